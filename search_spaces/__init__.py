@@ -1,0 +1,148 @@
+"""Define-by-run Optuna search spaces around the reference, registered by name.
+
+Every space is built from the experiment's base config (the reference, possibly shrunk
+for a CPU by the CLI flags) and samples only `TrainConfig` field names, so every point
+is a valid `TrainConfig` (the contract test checks it). The base config's own values are
+the first point of every sweep, so each sweep measures the reference itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from trainable.config import TrainConfig
+
+DefineByRun = Callable[[optuna.Trial], dict[str, Any] | None]
+
+# (probability field, choices of probability); strengths are sampled only when it is on.
+AUGMENTATION_PROBABILITIES = (0.0, 0.25, 0.5)
+AUGMENTATION_STRENGTHS: dict[str, dict[str, tuple[float, float]]] = {
+    "aug_hflip_p": {},
+    "aug_affine_p": {
+        "aug_affine_rotate": (5.0, 30.0),
+        "aug_affine_scale": (0.0, 0.2),
+        "aug_affine_shift": (0.0, 0.1),
+    },
+    "aug_brightness_contrast_p": {
+        "aug_brightness_limit": (0.05, 0.3),
+        "aug_contrast_limit": (0.05, 0.3),
+    },
+    "aug_gamma_p": {"aug_gamma_limit": (5.0, 40.0)},
+    "aug_gauss_noise_p": {"aug_gauss_noise_std": (0.01, 0.1)},
+    "aug_speckle_p": {"aug_speckle_limit": (0.05, 0.3)},
+    "aug_elastic_p": {"aug_elastic_alpha": (10.0, 60.0)},
+    "aug_clahe_p": {"aug_clahe_clip": (1.5, 4.0)},
+}
+
+# Encoders the `wide` space chooses from, with the weights each uses when pretrained.
+REFERENCE_SIZED_ENCODERS = {
+    "resnext101_32x16d": "instagram",
+    "resnext50_32x4d": "imagenet",
+    "resnet50": "imagenet",
+    "efficientnet-b4": "imagenet",
+}
+SMALL_ENCODERS = {"resnet18": "imagenet", "resnet34": "imagenet"}
+
+
+def _around_reference(trial: optuna.Trial, base: TrainConfig) -> None:
+    trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+    trial.suggest_categorical("batch_size", sorted({4, 8, 16, base.batch_size}))
+    # Adam keeps the reference's zero weight decay; AdamW searches it log-uniformly.
+    if trial.suggest_categorical("optimizer", ["adam", "adamw"]) == "adamw":
+        trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
+    for probability, strengths in AUGMENTATION_STRENGTHS.items():
+        if trial.suggest_categorical(probability, AUGMENTATION_PROBABILITIES) > 0:
+            for name, (low, high) in strengths.items():
+                trial.suggest_float(name, low, high)
+
+
+def wide_encoders(base: TrainConfig) -> dict[str, str]:
+    """Reference-sized encoders around the reference; small ones around a CPU-sized base."""
+    if base.encoder in REFERENCE_SIZED_ENCODERS:
+        return REFERENCE_SIZED_ENCODERS
+    return {base.encoder: base.encoder_weights, **SMALL_ENCODERS}
+
+
+def wide_image_sizes(base: TrainConfig) -> tuple[int, ...]:
+    return tuple(
+        s for s in (base.image_size - 64, base.image_size, base.image_size + 64) if s >= 64
+    )
+
+
+def _reference_space(base: TrainConfig) -> DefineByRun:
+    def define(trial: optuna.Trial) -> None:
+        _around_reference(trial, base)
+
+    return define
+
+
+def _wide_space(base: TrainConfig) -> DefineByRun:
+    encoders = wide_encoders(base)
+
+    def define(trial: optuna.Trial) -> dict[str, Any]:
+        _around_reference(trial, base)
+        trial.suggest_categorical("loss", ["dice", "dice_bce", "dice_focal"])
+        trial.suggest_categorical("lr_schedule", ["constant", "cosine"])
+        trial.suggest_categorical("image_size", list(wide_image_sizes(base)))
+        encoder = trial.suggest_categorical("encoder", list(encoders))
+        # Constants returned by a define-by-run function join the trial's config.
+        pretrained = base.encoder_weights != "none" and encoder != base.encoder
+        weights = encoders[encoder] if pretrained else base.encoder_weights
+        return {"encoder_weights": weights}
+
+    return define
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    description: str
+    build: Callable[[TrainConfig], DefineByRun]
+    # Keys of the first point (the base config's values); what the space samples.
+    keys: tuple[str, ...]
+    image_sizes: Callable[[TrainConfig], tuple[int, ...]] = lambda base: (base.image_size,)
+
+    def define(self, base: TrainConfig) -> DefineByRun:
+        return self.build(base)
+
+    def reference_point(self, base: TrainConfig) -> dict[str, Any]:
+        """The base config as a point of this space: the first trial of every sweep."""
+        flat = base.to_flat()
+        return {key: flat[key] for key in self.keys}
+
+
+_REFERENCE_KEYS = ("lr", "batch_size", "optimizer", *AUGMENTATION_STRENGTHS)
+
+SPACES: dict[str, SearchSpace] = {
+    "reference": SearchSpace(
+        name="reference",
+        description=(
+            "around the reference: lr 1e-5..1e-3 (log), batch {4,8,16}, Adam or AdamW "
+            "(+ weight decay 1e-6..1e-1 log), 8 augmentations (p in {0,0.25,0.5}) with "
+            "conditional strengths"
+        ),
+        build=_reference_space,
+        keys=_REFERENCE_KEYS,
+    ),
+    "wide": SearchSpace(
+        name="wide",
+        description=(
+            "reference + loss (dice, dice+bce, dice+focal), lr schedule (constant, cosine), "
+            "encoder and image size (base -64/+0/+64 px)"
+        ),
+        build=_wide_space,
+        keys=(*_REFERENCE_KEYS, "loss", "lr_schedule", "image_size", "encoder"),
+        image_sizes=wide_image_sizes,
+    ),
+}
+
+
+def get_space(name: str) -> SearchSpace:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise KeyError(f"unknown search space {name!r}; valid: {', '.join(SPACES)}") from None

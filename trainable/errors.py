@@ -1,0 +1,13 @@
+"""Errors a user can fix. The CLI prints their one-line message, never a traceback."""
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message names the file or value and the fix."""
+
+
+class DataError(UserError):
+    """A dataset problem."""
+
+
+class WeightsError(UserError):
+    """Pretrained encoder weights that cannot be found or loaded."""

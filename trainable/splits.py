@@ -1,0 +1,100 @@
+"""Seeded, class-stratified splits, written to the run directory as a manifest.
+
+`random` is the reference's 80/20 split (624/156 of the 780 BUSI images); `grouped` has
+the same proportions but keeps each near-duplicate group on one side, so the same lesion
+cannot be in training and test at once. For tuning, a validation part is carved from the
+training part with the same policy; the test part is never used for any choice.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainable.preprocess import BusiArrays
+
+TEST_FRACTION = 0.2
+VALIDATION_FRACTION = 0.2
+
+
+class SplitPolicy(enum.StrEnum):
+    RANDOM = "random"
+    GROUPED = "grouped"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into a BusiArrays; `validation` is empty for the reference protocol."""
+
+    policy: SplitPolicy
+    seed: int
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+
+    def manifest(self, names: tuple[str, ...]) -> dict:
+        sides = {
+            side: sorted(names[i] for i in getattr(self, side))
+            for side in ("train", "validation", "test")
+        }
+        digest = hashlib.sha256(json.dumps(sides, sort_keys=True).encode()).hexdigest()
+        return {
+            "policy": self.policy.value,
+            "seed": self.seed,
+            "counts": {side: len(members) for side, members in sides.items()},
+            "sha256": digest,
+            **sides,
+        }
+
+    def write_manifest(self, names: tuple[str, ...], path: Path) -> None:
+        path.write_text(json.dumps(self.manifest(names), indent=1) + "\n")
+
+
+def hold_out(
+    candidates: np.ndarray,
+    labels: tuple[str, ...],
+    groups: np.ndarray,
+    fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `candidates` into (kept, held out): per class, whole groups are drawn in a
+    seeded order until the held-out part reaches round(fraction x class size). A group
+    counts for the class of its first member, so even a group whose members carry
+    different labels stays on one side."""
+    rng = np.random.default_rng(seed)
+    by_group: dict[int, list[int]] = {}
+    for i in sorted(int(i) for i in candidates):
+        by_group.setdefault(int(groups[i]), []).append(i)
+    held: list[int] = []
+    for label in sorted({labels[i] for i in candidates}):
+        class_groups = sorted(g for g, members in by_group.items() if labels[members[0]] == label)
+        target = round(fraction * sum(len(by_group[g]) for g in class_groups))
+        taken = 0
+        for group_id in rng.permutation(class_groups):
+            group = by_group[int(group_id)]
+            if taken + len(group) > target:
+                continue  # would overshoot: a smaller group may still fit
+            held.extend(group)
+            taken += len(group)
+    held_set = set(held)
+    kept = [i for i in sorted(int(i) for i in candidates) if i not in held_set]
+    return np.array(kept, dtype=np.int64), np.array(sorted(held_set), dtype=np.int64)
+
+
+def make_split(data: BusiArrays, policy: SplitPolicy, seed: int, with_validation: bool) -> Split:
+    """Test part first (20 %), then, for tuning, a validation part (20 % of the rest)."""
+    policy = SplitPolicy(policy)
+    labels = tuple(label.value for label in data.labels)
+    # Under the random policy every image is its own group.
+    groups = data.groups if policy is SplitPolicy.GROUPED else np.arange(len(data))
+    everything = np.arange(len(data))
+    train, test = hold_out(everything, labels, groups, TEST_FRACTION, seed)
+    validation = np.array([], dtype=np.int64)
+    if with_validation:
+        train, validation = hold_out(train, labels, groups, VALIDATION_FRACTION, seed + 1)
+    return Split(policy, seed, train, validation, test)

@@ -1,0 +1,86 @@
+"""What a trial writes to TensorBoard itself: readable scalars and example images.
+
+Ray's own TensorBoard callback adds the raw `ray/tune/*` scalars and the HParams; the
+trial writes into its own directory, which reaches the storage path through
+`SyncConfig(sync_artifacts=True)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+
+from trainable.engine import EpochReport
+from trainable.metrics import DICE, IOU, METRIC_KEYS
+
+IMAGE_TAG = "validation/examples"
+SCALAR_TAGS = (
+    "loss/train",
+    "loss/heldout",
+    "loss/combined",
+    "heldout/dice",
+    "heldout/iou",
+    "lr",
+    *(f"test_at_selection/{m}" for m in METRIC_KEYS),
+)
+
+
+def overlay_panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """One row: input | ground truth | prediction in red over the input (truth edge
+    in green), as uint8 RGB (S, 3S, 3)."""
+    grey = np.repeat(image[..., None], 3, axis=2)
+    truth_rgb = np.repeat((truth.astype(np.uint8) * 255)[..., None], 3, axis=2)
+    overlay = grey.astype(np.float32)
+    overlay[prediction.astype(bool)] = 0.5 * overlay[prediction.astype(bool)] + [127, 0, 0]
+    edge = truth.astype(bool) & ~_eroded(truth.astype(bool))
+    overlay[edge] = [0, 255, 0]
+    return np.concatenate([grey, truth_rgb, overlay.astype(np.uint8)], axis=1)
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return inner
+
+
+class TrialWriter:
+    """Scalars every epoch, example images every `image_every` epochs (and the first)."""
+
+    def __init__(self, directory: Path, image_every: int) -> None:
+        self.writer = SummaryWriter(log_dir=str(directory))
+        self.image_every = image_every
+
+    def epoch(self, report: EpochReport) -> None:
+        step = report.epoch
+        values = (
+            report.train_loss,
+            report.heldout_loss,
+            report.combined_loss,
+            report.heldout[DICE],
+            report.heldout[IOU],
+            report.lr,
+            *(report.test.get(m, float("nan")) for m in METRIC_KEYS),
+        )
+        for tag, value in zip(SCALAR_TAGS, values, strict=True):
+            self.writer.add_scalar(tag, value, step)
+
+    def wants_images(self, epoch: int, last_epoch: int) -> bool:
+        return epoch == 1 or epoch == last_epoch or epoch % self.image_every == 0
+
+    def images(self, epoch: int, images, truths, predictions) -> None:
+        grid = np.concatenate(
+            [overlay_panel(i, t, p) for i, t, p in zip(images, truths, predictions, strict=True)],
+            axis=0,
+        )
+        self.writer.add_image(IMAGE_TAG, grid, epoch, dataformats="HWC")
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,179 @@
+"""The thin Ray Tune adapter: one trial = `fit` plus report, checkpoint and TensorBoard.
+
+Everything Ray-specific in `trainable/` lives here. Data arrives through
+`tune.with_parameters` (Ray's object store), never as file paths, so worker nodes need
+no copy of the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from trainable import keys
+from trainable.config import TrainConfig
+from trainable.engine import EpochReport, TrainingState, fit, pick_device
+from trainable.metrics import METRIC_KEYS
+from trainable.preprocess import BusiArrays, resized
+from trainable.splits import Split, SplitPolicy, make_split
+from trainable.tensorboard import TrialWriter
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.json"
+SELECTION_FILE = "selection.npz"
+TENSORBOARD_DIR = "tensorboard"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of an experiment shares; the Tune config holds what varies."""
+
+    base: TrainConfig
+    split_policy: SplitPolicy = SplitPolicy.RANDOM
+    split_seed: int = 0
+    select_on_test: bool = False  # True only for the reference protocol
+    cpus: int = 1
+    num_workers: int = 0
+    image_every: int = 5
+    examples: int = 4
+
+
+def resolve_config(setup: TrialSetup, tune_config: dict[str, Any]) -> TrainConfig:
+    """The search space's values over the experiment's base config; unknown keys fail."""
+    return TrainConfig.from_flat({**setup.base.to_flat(), **tune_config})
+
+
+def to_tune_metrics(report: EpochReport) -> dict[str, float]:
+    """Exactly `keys.REPORTED`, every epoch."""
+    metrics = {
+        keys.EPOCH: report.epoch,
+        keys.TRAIN_LOSS: report.train_loss,
+        keys.HELDOUT_LOSS: report.heldout_loss,
+        keys.COMBINED_LOSS: report.combined_loss,
+        keys.BEST_COMBINED_LOSS: report.best_combined_loss,
+        keys.BEST_EPOCH: report.best_epoch,
+        keys.LR: report.lr,
+        keys.EPOCH_SECONDS: report.seconds,
+        keys.IMAGES_PER_SECOND: report.images_per_second,
+        keys.TEST_LOSS: report.test_loss,
+    }
+    for m in METRIC_KEYS:
+        metrics[keys.on_heldout(m)] = report.heldout[m]
+        metrics[keys.on_test(m)] = report.test.get(m, math.nan)
+    return {k: metrics[k] for k in keys.REPORTED}
+
+
+def selection_summary(report: EpochReport, setup: TrialSetup, split: Split) -> dict[str, Any]:
+    """metrics.json: the selected epoch's test metrics and the protocol behind them."""
+    return {
+        "protocol": {
+            "selection": (
+                "held-out = test part (reference protocol; optimistic)"
+                if setup.select_on_test
+                else "validation part (test part locked)"
+            ),
+            "split": split.policy.value,
+            "split_seed": split.seed,
+            "counts": {
+                "train": len(split.train),
+                "validation": len(split.validation),
+                "test": len(split.test),
+            },
+        },
+        "selected_epoch": report.best_epoch,
+        "checkpoint": f"checkpoint_{report.best_epoch - 1:06d}",
+        keys.COMBINED_LOSS: report.best_combined_loss,
+        keys.TEST_LOSS: report.test_loss,
+        "test": report.test,
+    }
+
+
+def write_selection(directory: Path, report: EpochReport, names: list[str]) -> None:
+    """What the reporter needs about the selected model on the test part: ROC/PR curves,
+    per-image Dice and the predicted masks (bit-packed)."""
+    assert report.test_stats is not None and report.test_predictions is not None
+    curves = report.test_stats.curves()
+    # 65,537 curve points are more than a plot needs; keep about a thousand.
+    step = max(1, len(curves["fpr"]) // 1000)
+    np.savez_compressed(
+        directory / SELECTION_FILE,
+        epoch=report.epoch,
+        names=np.array(names),
+        per_image_dice=report.test_stats.per_image_dice(),
+        predictions=np.packbits(report.test_predictions, axis=-1),
+        **{name: values[::step] for name, values in curves.items()},
+    )
+
+
+def train_busi(tune_config: dict[str, Any], data: BusiArrays, setup: TrialSetup) -> None:
+    """The function trainable: one training run, reported every epoch."""
+    torch.set_num_threads(setup.cpus)
+    config = resolve_config(setup, tune_config)
+    data = resized(data, config.image_size)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    device = pick_device()
+    if device.type == "cpu" and ray.get_gpu_ids():
+        log.warning(
+            "Ray assigned GPU %s but CUDA is not available: training on the CPU", ray.get_gpu_ids()
+        )
+    split = make_split(data, setup.split_policy, setup.split_seed, not setup.select_on_test)
+    split.write_manifest(data.names, trial_dir / SPLIT_FILE)
+    config.save(trial_dir / CONFIG_FILE)
+
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume_from = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+
+    heldout = split.test if setup.select_on_test else split.validation
+    examples = heldout[: setup.examples]
+    writer = TrialWriter(trial_dir / TENSORBOARD_DIR, setup.image_every)
+
+    def on_epoch_end(report: EpochReport, state: TrainingState) -> None:
+        writer.epoch(report)
+        if writer.wants_images(report.epoch, config.epochs):
+            writer.images(
+                report.epoch,
+                data.images[examples],
+                data.masks[examples],
+                report.heldout_predictions[: len(examples)],
+            )
+        if report.improved:
+            write_selection(trial_dir, report, [data.names[i] for i in split.test])
+            summary = selection_summary(report, setup, split)
+            (trial_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        writer.flush()
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state.to_dict(), Path(directory) / STATE_FILE)
+            tune.report(
+                to_tune_metrics(report), checkpoint=tune.Checkpoint.from_directory(directory)
+            )
+
+    try:
+        fit(
+            config,
+            data,
+            split,
+            device=device,
+            select_on_test=setup.select_on_test,
+            num_workers=setup.num_workers,
+            resume_from=resume_from,
+            on_epoch_end=on_epoch_end,
+        )
+    finally:
+        writer.close()

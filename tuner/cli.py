@@ -1,0 +1,312 @@
+"""`python -m tuner`: the command line. The only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from trainable import keys
+from trainable.config import TrainConfig
+from trainable.errors import UserError
+from trainable.splits import SplitPolicy
+from tuner.settings import RunSettings, Scheduler
+
+# The demo: a synthetic set and a model small enough for a laptop CPU in minutes.
+DEMO_DATA_DIR = "demo-data"
+DEMO = {
+    "encoder": "resnet18",
+    "encoder_weights": "none",
+    "image_size": 64,
+    "batch_size": 8,
+    "epochs": 4,
+    "trials": 6,
+}
+DEFAULT_TRIALS = 32
+TRAINING_FLAGS = ("encoder", "encoder_weights", "image_size", "batch_size", "epochs")
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    ref = TrainConfig.reference()
+    group = parser.add_argument_group("model and budget (defaults: the reference study)")
+
+    def flag(name: str, kind: type, text: str) -> None:
+        field = name.removeprefix("--").replace("-", "_")
+        default = f"{getattr(ref, field)}; --demo: {DEMO[field]}"
+        group.add_argument(name, type=kind, default=None, help=f"{text} (default: {default})")
+
+    flag("--encoder", str, "smp encoder")
+    flag("--encoder-weights", str, "smp weights name, a weights file (.safetensors/.pth), or none")
+    flag("--image-size", int, "pixels, a multiple of 32")
+    flag("--batch-size", int, "images per step")
+    flag("--epochs", int, "epochs of a full trial: the budget")
+
+
+def _add_run_parser(commands) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run a sweep (or the reference config alone with --reference)",
+        description="Run an Optuna search around the reference through Ray Tune, or with "
+        "--reference the reference config alone as one Ray Tune trial.",
+    )
+    what = run.add_argument_group("what to run")
+    what.add_argument("--data", type=Path, help="BUSI folder (Dataset_BUSI_with_GT layout)")
+    what.add_argument(
+        "--demo",
+        action="store_true",
+        help="sweep a synthetic set it generates, with a small model "
+        f"({DEMO['trials']} trials, {DEMO['epochs']} epochs, "
+        f"{DEMO['image_size']} px, {DEMO['encoder']})",
+    )
+    what.add_argument(
+        "--reference",
+        action="store_true",
+        help="run the reference config alone, reference protocol: random "
+        "80/20 split, selection on the test part (optimistic)",
+    )
+    _add_training_flags(run)
+    sweep = run.add_argument_group("the search")
+    sweep.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help=f"(default: {DEFAULT_TRIALS}; --demo: {DEMO['trials']})",
+    )
+    sweep.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="trials at once (default: as many as resources allow)",
+    )
+    sweep.add_argument(
+        "--space", default="reference", help="search space, see `spaces` (default: %(default)s)"
+    )
+    sweep.add_argument(
+        "--scheduler",
+        choices=[s.value for s in Scheduler],
+        default="asha",
+        help="(default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--metric",
+        default=keys.BEST_COMBINED_LOSS,
+        help="objective, a reported key (default: %(default)s, on the validation part)",
+    )
+    sweep.add_argument(
+        "--mode", choices=["min", "max"], default="min", help="(default: %(default)s)"
+    )
+    sweep.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split, the sampler and training (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--split",
+        choices=[p.value for p in SplitPolicy],
+        default="random",
+        help="random (the reference's) or grouped (near-duplicates kept "
+        "together) (default: %(default)s)",
+    )
+    where = run.add_argument_group("where and how")
+    where.add_argument(
+        "--storage",
+        default="./runs",
+        help="folder or URI (s3://...) for experiments (default: %(default)s)",
+    )
+    where.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="the local --storage path is mounted by every node, e.g. NFS (default: off)",
+    )
+    where.add_argument(
+        "--name", default="", help="experiment name (default: sweep-/reference-<date-time>)"
+    )
+    where.add_argument(
+        "--resume", action="store_true", help="continue the experiment --name (default: off)"
+    )
+    where.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address, e.g. auto (default: start Ray locally)",
+    )
+    where.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="fractions pack trials on one GPU (default: 1 if the cluster has GPUs, else 0)",
+    )
+    where.add_argument(
+        "--cpus-per-trial",
+        type=int,
+        default=1,
+        help="torch threads + data workers of a trial (default: %(default)s)",
+    )
+    where.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="retries of a trial lost to a dead worker (default: %(default)s)",
+    )
+    where.add_argument(
+        "--local-gpus",
+        type=int,
+        default=None,
+        help="GPUs to declare when starting Ray locally (default: detected)",
+    )
+    where.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="preprocessed-data cache (default: $BUSI_TUNE_CACHE or ~/.cache/busi-tune)",
+    )
+    run.set_defaults(handler=_run)
+
+
+def _add_data_parser(commands) -> None:
+    data = commands.add_parser("data", help="check a BUSI folder, or write a synthetic one")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser("check", help="integrity report of a BUSI folder")
+    check.add_argument(
+        "dir",
+        type=Path,
+        nargs="?",
+        default=Path("Dataset_BUSI_with_GT"),
+        help="(default: %(default)s)",
+    )
+    check.set_defaults(handler=_data_check)
+    synth = data_commands.add_parser("synth", help="write a synthetic BUSI-layout dataset")
+    synth.add_argument("dir", type=Path, help="new folder to create")
+    synth.add_argument("--benign", type=int, default=24, help="(default: %(default)s)")
+    synth.add_argument("--malignant", type=int, default=12, help="(default: %(default)s)")
+    synth.add_argument("--normal", type=int, default=8, help="(default: %(default)s)")
+    synth.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    synth.set_defaults(handler=_data_synth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tuner",
+        description="busi-tune: hyper-parameter tuning for BUSI tumour segmentation",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (default: off)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(commands)
+    _add_data_parser(commands)
+    spaces = commands.add_parser("spaces", help="list the search spaces")
+    spaces.set_defaults(handler=_spaces)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    """Flags left unset take the reference's values (the demo's with --demo)."""
+    ref = TrainConfig.reference().to_flat()
+    defaults = {**ref, "trials": DEFAULT_TRIALS, **(DEMO if args.demo else {})}
+    chosen = {
+        name: defaults[name] if getattr(args, name) is None else getattr(args, name)
+        for name in (*TRAINING_FLAGS, "trials")
+    }
+    if args.demo:
+        args.data = Path(args.storage) / DEMO_DATA_DIR
+    if args.data is None:
+        raise UserError("run: give --data DIR (a BUSI folder), --demo, or --resume --name NAME")
+    try:
+        base = TrainConfig.reference().replace(
+            seed=args.seed, **{name: chosen[name] for name in TRAINING_FLAGS}
+        )
+    except ValueError as error:
+        raise UserError(f"run: {error}") from None
+    return RunSettings(
+        data=args.data,
+        base=base,
+        reference_only=args.reference,
+        trials=chosen["trials"],
+        max_concurrent=args.max_concurrent,
+        space=args.space,
+        scheduler=Scheduler(args.scheduler),
+        metric=args.metric,
+        mode=args.mode,
+        seed=args.seed,
+        split=SplitPolicy(args.split),
+        storage=args.storage,
+        name=args.name,
+        shared_storage=args.shared_storage,
+        resume=args.resume,
+        address=args.address,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        max_failures=args.max_failures,
+        local_gpus=args.local_gpus,
+        cache_dir=args.cache_dir,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from search_spaces import get_space
+    from trainable.model import check_weights
+    from tuner import summary, sweep
+
+    if args.resume and args.data is None and not args.demo:
+        args.data = Path(".")  # replaced by the saved settings of the experiment
+    settings = settings_from_args(args)
+    if not settings.reference_only:
+        try:
+            get_space(settings.space)  # an unknown name fails before anything starts
+        except KeyError as error:
+            raise UserError(f"run: {error.args[0]}") from None
+    check_weights(settings.base)
+    if args.demo and not settings.resume and not settings.data.exists():
+        from trainable.synth import write_synthetic_busi
+
+        count = write_synthetic_busi(settings.data)
+        print(f"wrote a synthetic BUSI set of {count} images to {settings.data}")
+    results = sweep.run(settings)
+    print(summary.summarise(settings, results))
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from trainable.integrity import check_dataset, format_report
+
+    report = check_dataset(args.dir, progress=True)
+    print(format_report(report))
+    return 0 if report.usable else 1
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from trainable.synth import write_synthetic_busi
+
+    count = write_synthetic_busi(
+        args.dir,
+        n_benign=args.benign,
+        n_malignant=args.malignant,
+        n_normal=args.normal,
+        seed=args.seed,
+    )
+    print(f"wrote {count} images in the BUSI layout to {args.dir}")
+    return 0
+
+
+def _spaces(args: argparse.Namespace) -> int:
+    from search_spaces import SPACES
+
+    for space in SPACES.values():
+        print(f"{space.name:<10} {space.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume --name NAME", file=sys.stderr)
+        return 130

@@ -1,0 +1,81 @@
+"""Ray Tune's OptunaSearch, with three fixes the sweep needs (see design.md, Known traps).
+
+- A trial stopped early by ASHA reaches `on_trial_complete` with a partial value; plain
+  OptunaSearch records it COMPLETE, as if it had trained the full budget, which biases
+  TPE and parameter importances. Here it is recorded PRUNED (its last value kept as an
+  intermediate value).
+- An errored trial (non-finite loss, out of memory) must be FAIL, not COMPLETE with its
+  last reported value.
+- After `Tuner.restore`, the persistent study can be ahead of Tune's snapshot: reporting
+  to, or telling, a trial the study already finished raises `UpdateFinishedTrialError`
+  and would crash the restore. Such updates are skipped.
+
+Each Optuna trial also carries the Tune trial id and the epochs it ran (user attributes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
+
+TUNE_TRIAL_ID = "tune_trial_id"
+EPOCHS_RUN = "epochs_run"
+
+
+def completion_state(value: float | None, epochs_run: int, budget: int, error: bool) -> TrialState:
+    """How a finished Tune trial is recorded in the study."""
+    if error or value is None or not math.isfinite(value):
+        return TrialState.FAIL
+    if epochs_run < budget:
+        return TrialState.PRUNED
+    return TrialState.COMPLETE
+
+
+class BudgetAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that knows the epoch budget of a full trial."""
+
+    def __init__(self, *args, budget_epochs: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._budget_epochs = budget_epochs
+
+    def _is_finished_in_study(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials[trial_id]
+        state = self._ot_study._storage.get_trial(ot_trial._trial_id).state
+        return state.is_finished()
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._ot_trials and self._is_finished_in_study(trial_id):
+            return  # the study is ahead of Tune's restored snapshot
+        value = result.get(self.metric)
+        if value is not None and not math.isfinite(value):
+            return  # Optuna refuses non-finite intermediate values; the trial will fail
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._completed_trials.add(trial_id)
+        if self._is_finished_in_study(trial_id):
+            log.info("trial %s is already finished in the study; not told again", trial_id)
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = result.get(self.metric) if result else None
+        epochs_run = int(result.get("training_iteration", 0)) if result else 0
+        ot_trial.set_user_attr(EPOCHS_RUN, epochs_run)
+        state = completion_state(value, epochs_run, self._budget_epochs, error)
+        self._ot_study.tell(ot_trial, value if state is TrialState.COMPLETE else None, state=state)
+
+
+def sqlite_storage(path: str) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(f"sqlite:///{path}")

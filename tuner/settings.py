@@ -1,0 +1,78 @@
+"""The run settings: one frozen object built from the command line, checked once."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainable import keys
+from trainable.config import TrainConfig
+from trainable.errors import UserError
+from trainable.splits import SplitPolicy
+
+
+class Scheduler(enum.StrEnum):
+    ASHA = "asha"
+    FIFO = "fifo"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    data: Path
+    base: TrainConfig  # the reference, shrunk by --encoder/--image-size/... if asked
+    reference_only: bool = False  # one trial, reference protocol (selection on test)
+    trials: int = 32
+    max_concurrent: int | None = None
+    space: str = "reference"
+    scheduler: Scheduler = Scheduler.ASHA
+    metric: str = keys.BEST_COMBINED_LOSS
+    mode: str = "min"
+    seed: int = 0
+    split: SplitPolicy = SplitPolicy.RANDOM
+    storage: str = "./runs"
+    name: str = ""
+    shared_storage: bool = False  # a local --storage path that every node mounts (NFS)
+    resume: bool = False
+    address: str | None = None
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_trial: int = 1
+    max_failures: int = 2
+    local_gpus: int | None = None  # logical GPUs to declare when starting Ray locally
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            kind = "reference" if self.reference_only else "sweep"
+            object.__setattr__(self, "name", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if self.address and self.storage_is_local and not self.shared_storage:
+            raise UserError(
+                f"--storage {self.storage}: a Ray cluster (--address) needs storage every "
+                "node can reach; pass a URI such as s3://bucket/runs, or an NFS path that "
+                "every node mounts together with --shared-storage"
+            )
+        if self.trials < 1 or self.cpus_per_trial < 1:
+            raise UserError("--trials and --cpus-per-trial must be at least 1")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise UserError("--gpus-per-trial must be 0 or more")
+
+    @property
+    def storage_is_local(self) -> bool:
+        return "://" not in self.storage
+
+    @property
+    def storage_path(self) -> str:
+        """Absolute for a local folder (Tune requires it), unchanged for a URI."""
+        return str(Path(self.storage).resolve()) if self.storage_is_local else self.storage
+
+    @property
+    def experiment_dir(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def study_path(self) -> Path:
+        """The Optuna study (SQLite), beside the trials when storage is local."""
+        if self.storage_is_local:
+            return Path(self.experiment_dir) / f"{self.name}.sqlite"
+        return Path.cwd() / f"{self.name}.sqlite"

@@ -1,0 +1,67 @@
+"""The text printed at the end of `python -m tuner run`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ray import tune
+
+from results.compare import comparison_table
+from trainable import keys
+from trainable.tune_adapter import METRICS_FILE
+from tuner.settings import RunSettings
+
+
+def _selected(result: tune.Result) -> dict | None:
+    path = Path(result.path) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _test_with_loss(selected: dict) -> dict[str, float]:
+    return {"loss": selected[keys.TEST_LOSS], **selected["test"]}
+
+
+def trial_state(result: tune.Result, budget: int) -> str:
+    if result.error is not None:
+        return "errored"
+    epochs = int((result.metrics or {}).get("training_iteration", 0))
+    return "finished" if epochs >= budget else f"stopped early at epoch {epochs}"
+
+
+def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
+    lines = [f"experiment: {settings.experiment_dir}"]
+    budget = settings.base.epochs
+    states = [trial_state(r, budget) for r in results]
+    lines.append(
+        f"trials: {len(states)} — {states.count('finished')} finished, "
+        f"{sum(s.startswith('stopped') for s in states)} stopped early, "
+        f"{states.count('errored')} errored"
+    )
+    for result in results:
+        if result.error is not None:
+            last_line = str(result.error).strip().splitlines()[-1]
+            lines.append(f"  errored {Path(result.path).name}: {last_line}")
+    scored = [r for r in results if r.error is None and r.metrics]
+    if scored:
+        sign = 1 if settings.mode == "min" else -1
+        best = min(scored, key=lambda r: sign * r.metrics[settings.metric])
+        selected = _selected(best)
+        title = "the reference config" if settings.reference_only else "best trial"
+        lines.append(
+            f"{title}: {Path(best.path).name} ({settings.metric} = "
+            f"{best.metrics[settings.metric]:.4f})"
+        )
+        if selected:
+            lines.append(
+                f"selected epoch {selected['selected_epoch']}; selection on the "
+                f"{selected['protocol']['selection']}"
+            )
+            lines.append("test metrics at the selected epoch vs the published reference:")
+            lines.append(comparison_table(_test_with_loss(selected)))
+            lines.append(f"details: {Path(best.path) / METRICS_FILE}")
+    if not settings.reference_only:
+        lines.append(f"optuna study: {settings.study_path}")
+    lines.append(f"report:      python -m tuner report {settings.experiment_dir}")
+    lines.append(f"tensorboard: tensorboard --logdir {settings.experiment_dir}")
+    return "\n".join(lines)

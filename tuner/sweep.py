@@ -1,0 +1,175 @@
+"""Builds and runs the Ray Tune experiment. The only place that calls `ray.init` or
+creates a `Tuner`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from search_spaces import get_space
+from trainable import keys
+from trainable.config import TrainConfig
+from trainable.errors import UserError
+from trainable.preprocess import BusiArrays, load_busi
+from trainable.splits import SplitPolicy
+from trainable.tune_adapter import TrialSetup, train_busi
+from tuner.searcher import BudgetAwareOptunaSearch, sqlite_storage
+from tuner.settings import RunSettings, Scheduler
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "busi_tune_settings.json"
+
+
+def save_settings(settings: RunSettings, path: Path) -> None:
+    flat = dataclasses.asdict(settings)
+    flat["base"] = settings.base.to_flat()
+    path.write_text(json.dumps(flat, indent=2, default=str) + "\n")
+
+
+def load_settings(path: Path) -> RunSettings:
+    flat = json.loads(path.read_text())
+    flat["base"] = TrainConfig.from_flat(flat["base"])
+    flat["data"] = Path(flat["data"])
+    flat["cache_dir"] = Path(flat["cache_dir"]) if flat["cache_dir"] else None
+    flat["split"] = SplitPolicy(flat["split"])
+    flat["scheduler"] = Scheduler(flat["scheduler"])
+    return RunSettings(**flat)
+
+
+def prepare_experiment(settings: RunSettings) -> RunSettings:
+    """Refuse to overwrite or to resume nothing; on resume, the saved settings win."""
+    if not settings.storage_is_local:
+        return settings  # remote storage: Tune itself refuses a clash or a missing run
+    directory = Path(settings.experiment_dir)
+    if settings.resume:
+        if not (directory / SETTINGS_FILE).is_file():
+            raise UserError(
+                f"{directory}: no experiment to resume; check --storage and --name "
+                "(or start it without --resume)"
+            )
+        saved = load_settings(directory / SETTINGS_FILE)
+        return dataclasses.replace(saved, resume=True, address=settings.address)
+    if directory.exists():
+        raise UserError(
+            f"{directory}: an experiment of that name exists; continue it with --resume "
+            "or choose another --name"
+        )
+    directory.mkdir(parents=True)
+    save_settings(settings, directory / SETTINGS_FILE)
+    return settings
+
+
+def load_data(settings: RunSettings) -> BusiArrays:
+    """Preprocessed once per experiment, at the largest size the space can ask for."""
+    sizes = (settings.base.image_size,)
+    if not settings.reference_only:
+        sizes = get_space(settings.space).image_sizes(settings.base)
+    return load_busi(settings.data, max(sizes), settings.cache_dir)
+
+
+def init_ray(settings: RunSettings) -> None:
+    if ray.is_initialized():
+        return
+    if settings.address:
+        ray.init(address=settings.address, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_gpus=settings.local_gpus, include_dashboard=False, logging_level=logging.WARNING
+        )
+
+
+def gpus_per_trial(settings: RunSettings) -> float:
+    if settings.gpus_per_trial is not None:
+        return settings.gpus_per_trial
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def build_trainable(settings: RunSettings, data: BusiArrays):
+    setup = TrialSetup(
+        base=settings.base,
+        split_policy=settings.split,
+        split_seed=settings.seed,
+        select_on_test=settings.reference_only,
+        cpus=settings.cpus_per_trial,
+        # One CPU trains; the others run DataLoader workers (augmentation).
+        num_workers=settings.cpus_per_trial - 1,
+    )
+    resources = {"cpu": settings.cpus_per_trial, "gpu": gpus_per_trial(settings)}
+    # with_parameters puts the arrays in Ray's object store once for every trial.
+    return tune.with_resources(tune.with_parameters(train_busi, data=data, setup=setup), resources)
+
+
+def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
+    if settings.reference_only:
+        return tune.TuneConfig(num_samples=1)
+    space = get_space(settings.space)
+    searcher = BudgetAwareOptunaSearch(
+        space=space.define(settings.base),
+        metric=settings.metric,
+        mode=settings.mode,
+        points_to_evaluate=[space.reference_point(settings.base)],
+        seed=settings.seed,
+        study_name=settings.name,
+        storage=sqlite_storage(str(settings.study_path)),
+        budget_epochs=settings.base.epochs,
+    )
+    epochs = settings.base.epochs
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=epochs,
+            grace_period=max(1, epochs // 5),
+            reduction_factor=3,
+        )
+        if settings.scheduler is Scheduler.ASHA
+        else FIFOScheduler()
+    )
+    return tune.TuneConfig(
+        metric=settings.metric,
+        mode=settings.mode,
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=settings.trials,
+        max_concurrent_trials=settings.max_concurrent,
+    )
+
+
+def build_run_config(settings: RunSettings) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=settings.name,
+        storage_path=settings.storage_path,
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        # Keep the selected (lowest combined loss) checkpoint; Tune also keeps the latest.
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=1,
+            checkpoint_score_attribute=keys.COMBINED_LOSS,
+            checkpoint_score_order="min",
+        ),
+        # Trial-written files (TensorBoard images, metrics.json) reach the storage path.
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        verbose=1,
+    )
+
+
+def run(settings: RunSettings) -> tune.ResultGrid:
+    settings = prepare_experiment(settings)
+    data = load_data(settings)
+    init_ray(settings)
+    trainable = build_trainable(settings, data)
+    if settings.resume:
+        tuner = tune.Tuner.restore(settings.experiment_dir, trainable, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={},
+            tune_config=build_tune_config(settings),
+            run_config=build_run_config(settings),
+        )
+    return tuner.fit()
