@@ -73,17 +73,23 @@ def wide_image_sizes(base: TrainConfig) -> tuple[int, ...]:
     )
 
 
-def _reference_space(base: TrainConfig) -> DefineByRun:
-    def define(trial: optuna.Trial) -> None:
-        _around_reference(trial, base)
+# Define-by-run functions are callable dataclasses, not closures: Tune pickles the
+# searcher (with its space) into every experiment snapshot.
+@dataclass(frozen=True)
+class _ReferenceSpace:
+    base: TrainConfig
 
-    return define
+    def __call__(self, trial: optuna.Trial) -> None:
+        _around_reference(trial, self.base)
 
 
-def _wide_space(base: TrainConfig) -> DefineByRun:
-    encoders = wide_encoders(base)
+@dataclass(frozen=True)
+class _WideSpace:
+    base: TrainConfig
 
-    def define(trial: optuna.Trial) -> dict[str, Any]:
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        base = self.base
+        encoders = wide_encoders(base)
         _around_reference(trial, base)
         trial.suggest_categorical("loss", ["dice", "dice_bce", "dice_focal"])
         trial.suggest_categorical("lr_schedule", ["constant", "cosine"])
@@ -93,8 +99,6 @@ def _wide_space(base: TrainConfig) -> DefineByRun:
         pretrained = base.encoder_weights != "none" and encoder != base.encoder
         weights = encoders[encoder] if pretrained else base.encoder_weights
         return {"encoder_weights": weights}
-
-    return define
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ SPACES: dict[str, SearchSpace] = {
             "(+ weight decay 1e-6..1e-1 log), 8 augmentations (p in {0,0.25,0.5}) with "
             "conditional strengths"
         ),
-        build=_reference_space,
+        build=_ReferenceSpace,
         keys=_REFERENCE_KEYS,
     ),
     "wide": SearchSpace(
@@ -134,7 +138,7 @@ SPACES: dict[str, SearchSpace] = {
             "reference + loss (dice, dice+bce, dice+focal), lr schedule (constant, cosine), "
             "encoder and image size (base -64/+0/+64 px)"
         ),
-        build=_wide_space,
+        build=_WideSpace,
         keys=(*_REFERENCE_KEYS, "loss", "lr_schedule", "image_size", "encoder"),
         image_sizes=wide_image_sizes,
     ),

@@ -29,3 +29,35 @@ def busi_root() -> Path:
     if not (root / "benign").is_dir():
         pytest.skip(f"real BUSI data: BUSI_DATA={value} has no benign/ folder")
     return root
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic BUSI folder (24 benign, 12 malignant, 8 normal)."""
+    from trainable.synth import write_synthetic_busi
+
+    root = tmp_path_factory.mktemp("synth") / "busi"
+    write_synthetic_busi(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def synth_arrays(synth_root, cache_dir):
+    from trainable.preprocess import load_busi
+
+    return load_busi(synth_root, 64, cache_dir, progress=False)
+
+
+@pytest.fixture
+def tiny_config():
+    """A CPU-sized config: small encoder, no pretrained weights, 64 px, 2 epochs."""
+    from trainable.config import TrainConfig
+
+    return TrainConfig.reference().replace(
+        encoder="resnet18", encoder_weights="none", image_size=64, epochs=2, batch_size=8
+    )

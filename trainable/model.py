@@ -109,8 +109,9 @@ def _ensure_hub_weights(encoder: str, weights: str) -> None:
         ) from None
 
 
-def build_loss(loss: Loss) -> nn.Module:
+def build_loss(loss: Loss | str) -> nn.Module:
     """Dice (the reference), optionally plus BCE or focal, all from logits."""
+    loss = Loss(loss)
     dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
     if loss is Loss.DICE:
         return dice

@@ -106,9 +106,16 @@ def build_trainable(settings: RunSettings, data: BusiArrays):
     return tune.with_resources(tune.with_parameters(train_busi, data=data, setup=setup), resources)
 
 
+def trial_dirname(trial) -> str:
+    """`trial_003_ab12cd34`: the sweep's counter (0 is the reference point) and Tune's id,
+    instead of Tune's default name with every parameter in it."""
+    counter = int(trial.experiment_tag.split("_")[0])
+    return f"trial_{counter:03d}_{trial.trial_id}"
+
+
 def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
     if settings.reference_only:
-        return tune.TuneConfig(num_samples=1)
+        return tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname)
     space = get_space(settings.space)
     searcher = BudgetAwareOptunaSearch(
         space=space.define(settings.base),
@@ -138,6 +145,7 @@ def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
         scheduler=scheduler,
         num_samples=settings.trials,
         max_concurrent_trials=settings.max_concurrent,
+        trial_dirname_creator=trial_dirname,
     )
 
 

@@ -1,0 +1,84 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from trainable.preprocess import load_busi
+from trainable.splits import SplitPolicy, make_split
+
+
+@pytest.fixture(scope="module")
+def busi64(busi_root, tmp_path_factory):
+    return load_busi(busi_root, 64, tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def _labels(data, indices):
+    return Counter(data.labels[i].value for i in indices)
+
+
+def test_random_split_is_the_reference_624_156_stratified(busi64):
+    split = make_split(busi64, SplitPolicy.RANDOM, seed=0, with_validation=False)
+    assert (len(split.train), len(split.test), len(split.validation)) == (624, 156, 0)
+    assert _labels(busi64, split.test) == {"benign": 87, "malignant": 42, "normal": 27}
+
+
+def test_splits_are_deterministic_disjoint_and_seed_dependent(busi64):
+    a = make_split(busi64, SplitPolicy.RANDOM, seed=3, with_validation=True)
+    b = make_split(busi64, SplitPolicy.RANDOM, seed=3, with_validation=True)
+    c = make_split(busi64, SplitPolicy.RANDOM, seed=4, with_validation=True)
+    for side in ("train", "validation", "test"):
+        assert np.array_equal(getattr(a, side), getattr(b, side))
+    assert not np.array_equal(a.test, c.test)
+    parts = [set(a.train.tolist()), set(a.validation.tolist()), set(a.test.tolist())]
+    assert sum(len(p) for p in parts) == 780 == len(set().union(*parts))
+    # The validation part is 20 % of the 624 training images, stratified by class.
+    assert (len(a.train), len(a.validation), len(a.test)) == (499, 125, 156)
+
+
+def _side_of(split, index):
+    for side in ("train", "validation", "test"):
+        if index in getattr(split, side):
+            return side
+    raise AssertionError(index)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_split_keeps_near_duplicates_together(busi64, seed):
+    split = make_split(busi64, SplitPolicy.GROUPED, seed=seed, with_validation=True)
+    names = busi64.names
+    pairs = [
+        ("benign (1)", "benign (318)"),
+        ("benign (10)", "benign (327)"),
+        ("benign (105)", "benign (156)"),
+        ("benign (433)", "malignant (145)"),
+    ]
+    for a, b in pairs:
+        assert _side_of(split, names.index(a)) == _side_of(split, names.index(b)), (a, b)
+    # Every group, not only the known pairs, stays on one side.
+    for group in np.unique(busi64.groups):
+        members = np.flatnonzero(busi64.groups == group)
+        assert len({_side_of(split, int(i)) for i in members}) == 1
+    # Same proportions as the random split, give or take a group.
+    assert abs(len(split.test) - 156) <= 3
+
+
+def test_random_split_does_leak_a_known_pair_for_some_seed(busi64):
+    # The reason the grouped policy exists: random splits put near-duplicates on both sides.
+    leaks = 0
+    for seed in range(10):
+        split = make_split(busi64, SplitPolicy.RANDOM, seed=seed, with_validation=False)
+        sides = {_side_of(split, busi64.names.index(n)) for n in ("benign (1)", "benign (318)")}
+        leaks += len(sides) == 2
+    assert leaks > 0
+
+
+def test_manifest_lists_names_and_a_hash(busi64, tmp_path):
+    split = make_split(busi64, SplitPolicy.RANDOM, seed=0, with_validation=False)
+    split.write_manifest(busi64.names, tmp_path / "split.json")
+    manifest = json.loads((tmp_path / "split.json").read_text())
+    assert manifest["counts"] == {"train": 624, "validation": 0, "test": 156}
+    assert len(manifest["sha256"]) == 64 and manifest["policy"] == "random"
+    assert set(manifest["test"]) == {busi64.names[i] for i in split.test}
+    other = make_split(busi64, SplitPolicy.RANDOM, seed=1, with_validation=False)
+    assert other.manifest(busi64.names)["sha256"] != manifest["sha256"]
