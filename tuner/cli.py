@@ -209,6 +209,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     }
     if args.demo:
         args.data = Path(args.storage) / DEMO_DATA_DIR
+    if args.resume and not args.name:
+        raise UserError("run: --resume needs the --name of the experiment to continue")
     if args.data is None:
         raise UserError("run: give --data DIR (a BUSI folder), --demo, or --resume --name NAME")
     try:

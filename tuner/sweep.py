@@ -43,8 +43,9 @@ def load_settings(path: Path) -> RunSettings:
     return RunSettings(**flat)
 
 
-def prepare_experiment(settings: RunSettings) -> RunSettings:
-    """Refuse to overwrite or to resume nothing; on resume, the saved settings win."""
+def resolve_settings(settings: RunSettings) -> RunSettings:
+    """Refuse to overwrite or to resume nothing; on resume, the saved settings win.
+    Writes nothing."""
     if not settings.storage_is_local:
         return settings  # remote storage: Tune itself refuses a clash or a missing run
     directory = Path(settings.experiment_dir)
@@ -61,9 +62,14 @@ def prepare_experiment(settings: RunSettings) -> RunSettings:
             f"{directory}: an experiment of that name exists; continue it with --resume "
             "or choose another --name"
         )
-    directory.mkdir(parents=True)
-    save_settings(settings, directory / SETTINGS_FILE)
     return settings
+
+
+def create_experiment(settings: RunSettings) -> None:
+    if settings.storage_is_local:
+        directory = Path(settings.experiment_dir)
+        directory.mkdir(parents=True)
+        save_settings(settings, directory / SETTINGS_FILE)
 
 
 def load_data(settings: RunSettings) -> BusiArrays:
@@ -167,8 +173,10 @@ def build_run_config(settings: RunSettings) -> tune.RunConfig:
 
 
 def run(settings: RunSettings) -> tune.ResultGrid:
-    settings = prepare_experiment(settings)
-    data = load_data(settings)
+    settings = resolve_settings(settings)
+    data = load_data(settings)  # bad data fails here, before anything is written
+    if not settings.resume:
+        create_experiment(settings)
     init_ray(settings)
     trainable = build_trainable(settings, data)
     if settings.resume:

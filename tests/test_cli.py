@@ -1,0 +1,225 @@
+"""The command line: every bad input is one line, no traceback, nothing written."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainable.metrics import METRIC_KEYS
+from tuner.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _png(path, size=(40, 30), mode="L"):
+    Image.fromarray(np.zeros(size[::-1], dtype=np.uint8)).convert(mode).save(path)
+
+
+def _broken(tmp_path, problem):
+    """A tiny BUSI folder with one problem; returns (root, the file the error must name)."""
+    root = tmp_path / "busi"
+    for cls in ("benign", "malignant", "normal"):
+        (root / cls).mkdir(parents=True)
+    _png(root / "benign" / "benign (1).png", mode="RGB")
+    _png(root / "benign" / "benign (1)_mask.png", mode="1")
+    named = root
+    if problem == "missing folder":
+        shutil.rmtree(root)
+    elif problem == "no class folders":
+        for cls in ("benign", "malignant", "normal"):
+            shutil.rmtree(root / cls)
+    elif problem == "image without mask":
+        named = root / "benign" / "benign (2).png"
+        _png(named, mode="RGB")
+    elif problem == "mask without image":
+        named = root / "benign" / "benign (3)_mask.png"
+        _png(named, mode="1")
+    elif problem == "size mismatch":
+        named = root / "benign" / "benign (1)_mask.png"
+        _png(named, size=(41, 30), mode="1")
+    elif problem == "corrupt png":
+        named = root / "benign" / "benign (1).png"
+        named.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    elif problem == "empty dataset":
+        for path in (root / "benign").iterdir():
+            path.unlink()
+    return root, named
+
+
+def _listing(root):
+    if not root.exists():
+        return None
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
+
+
+PROBLEMS = [
+    "missing folder",
+    "no class folders",
+    "image without mask",
+    "mask without image",
+    "size mismatch",
+    "corrupt png",
+    "empty dataset",
+]
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_run_refuses_bad_data_with_one_line(problem, tmp_path, capsys):
+    root, named = _broken(tmp_path, problem)
+    before = _listing(root)
+    storage = tmp_path / "runs"
+    code = main(
+        [
+            "run",
+            "--reference",
+            "--data",
+            str(root),
+            "--encoder",
+            "resnet18",
+            "--encoder-weights",
+            "none",
+            "--storage",
+            str(storage),
+            "--name",
+            "x",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    # One error line (after any progress bar), no traceback.
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and err.count("error:") == 1
+    assert "Traceback" not in err and str(named) in last_line
+    assert _listing(root) == before
+    assert not (storage / "x").exists()  # no half-made experiment left behind
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_data_check_lists_the_problem_and_exits_1(problem, tmp_path, capsys):
+    root, named = _broken(tmp_path, problem)
+    before = _listing(root)
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert str(named) in out and "Traceback" not in out
+    assert _listing(root) == before
+
+
+def test_data_check_of_a_good_folder_exits_0(synth_root, capsys):
+    assert main(["data", "check", str(synth_root)]) == 0
+    assert "usable" in capsys.readouterr().out
+
+
+def test_data_synth_refuses_to_overwrite(tmp_path, capsys):
+    target = tmp_path / "synthetic"
+    assert (
+        main(["data", "synth", str(target), "--benign", "3", "--malignant", "2", "--normal", "1"])
+        == 0
+    )
+    before = _listing(target)
+    assert main(["data", "synth", str(target)]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert _listing(target) == before
+
+
+def test_resume_of_a_missing_experiment_and_reuse_of_a_name(synth_root, tmp_path, capsys):
+    common = [
+        "--data",
+        str(synth_root),
+        "--storage",
+        str(tmp_path),
+        "--encoder",
+        "resnet18",
+        "--encoder-weights",
+        "none",
+    ]
+    assert main(["run", *common, "--resume", "--name", "nothing"]) == 2
+    assert "no experiment to resume" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("precious")
+    assert main(["run", *common, "--name", "taken"]) == 2
+    assert "exists; continue it with --resume" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "precious"
+
+
+def test_bad_flags_are_one_line(synth_root, tmp_path, capsys):
+    base = ["run", "--data", str(synth_root), "--storage", str(tmp_path)]
+    assert main([*base, "--image-size", "100"]) == 2
+    assert "image_size=100" in capsys.readouterr().err
+    assert main([*base, "--space", "nope"]) == 2
+    assert "valid: reference, wide" in capsys.readouterr().err
+    assert main([*base, "--encoder", "resnet18", "--encoder-weights", "/no/such.pth"]) == 2
+    assert "/no/such.pth: no such weights file" in capsys.readouterr().err
+    assert main([*base, "--address", "auto"]) == 2
+    assert "needs storage every node can reach" in capsys.readouterr().err
+
+
+def test_help_states_every_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    help_text = capsys.readouterr().out
+    flags = [line.split()[0] for line in help_text.splitlines() if line.strip().startswith("--")]
+    assert len(flags) > 20
+    # Every option but the switches' own help carries "(default: ...)".
+    squashed = " ".join(help_text.split())
+    for flag in ("--trials", "--epochs", "--storage", "--gpus-per-trial", "--split", "--seed"):
+        after = squashed.split(flag, 2)[-1]
+        assert "(default:" in after.split(" --")[0], flag
+
+
+def run_cli(*args, cwd, env_extra=None, timeout=900):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_reference_run_on_real_busi(busi_root, tmp_path):
+    """2 epochs at 64 px, small encoder, through `python -m tuner run --reference`."""
+    args = [
+        "run",
+        "--reference",
+        "--data",
+        str(busi_root),
+        "--encoder",
+        "resnet18",
+        "--encoder-weights",
+        "none",
+        "--image-size",
+        "64",
+        "--epochs",
+        "2",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "ref",
+    ]
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "selection on the held-out = test part (reference protocol; optimistic)" in done.stdout
+    assert "published" in done.stdout and "0.7680" in done.stdout
+    (trial,) = [p for p in (tmp_path / "runs" / "ref").iterdir() if p.name.startswith("trial_")]
+    metrics = json.loads((trial / "metrics.json").read_text())
+    assert set(metrics["test"]) == set(METRIC_KEYS)
+    assert all(0.0 <= metrics["test"][k] <= 1.0 for k in METRIC_KEYS)
+    assert metrics["protocol"]["counts"] == {"train": 624, "validation": 0, "test": 156}
+    assert metrics["selected_epoch"] in (1, 2)
+    assert (trial / metrics["checkpoint"] / "state.pt").is_file()
+    split = json.loads((trial / "split.json").read_text())
+    assert len(split["test"]) == 156 and split["policy"] == "random"
+    config = json.loads((trial / "config.json").read_text())
+    assert config["lr"] == 1e-4 and config["loss"] == "dice" and config["epochs"] == 2
+    assert list((trial / "tensorboard").glob("events.out.tfevents.*"))
