@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
 SELECTION_FILE = "selection.npz"
+PLACEMENT_FILE = "placement.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -119,6 +121,20 @@ def write_selection(directory: Path, report: EpochReport, names: list[str]) -> N
     )
 
 
+def log_placement(trial_dir: Path, device: torch.device, resumed_after_epoch: int) -> None:
+    """One line per (re)start of the trial: where it ran and where it resumed from, so a
+    retry after a lost node can be seen and checked."""
+    entry = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "device": str(device),
+        "resumed_after_epoch": resumed_after_epoch,
+        "time": time.time(),
+    }
+    with open(trial_dir / PLACEMENT_FILE, "a") as log_file:
+        log_file.write(json.dumps(entry) + "\n")
+
+
 def train_busi(tune_config: dict[str, Any], data: BusiArrays, setup: TrialSetup) -> None:
     """The function trainable: one training run, reported every epoch."""
     torch.set_num_threads(setup.cpus)
@@ -139,6 +155,7 @@ def train_busi(tune_config: dict[str, Any], data: BusiArrays, setup: TrialSetup)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume_from = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+    log_placement(trial_dir, device, resume_from["epoch"] if resume_from else 0)
 
     heldout = split.test if setup.select_on_test else split.validation
     examples = heldout[: setup.examples]

@@ -245,25 +245,17 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from search_spaces import get_space
-    from trainable.model import check_weights
     from tuner import summary, sweep
 
     if args.resume and args.data is None and not args.demo:
         args.data = Path(".")  # replaced by the saved settings of the experiment
     settings = settings_from_args(args)
-    if not settings.reference_only:
-        try:
-            get_space(settings.space)  # an unknown name fails before anything starts
-        except KeyError as error:
-            raise UserError(f"run: {error.args[0]}") from None
-    check_weights(settings.base)
     if args.demo and not settings.resume and not settings.data.exists():
         from trainable.synth import write_synthetic_busi
 
         count = write_synthetic_busi(settings.data)
         print(f"wrote a synthetic BUSI set of {count} images to {settings.data}")
-    results = sweep.run(settings)
+    settings, results = sweep.run(settings)
     print(summary.summarise(settings, results))
     return 0
 

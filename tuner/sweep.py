@@ -16,6 +16,7 @@ from search_spaces import get_space
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.errors import UserError
+from trainable.model import check_weights
 from trainable.preprocess import BusiArrays, load_busi
 from trainable.splits import SplitPolicy
 from trainable.tune_adapter import TrialSetup, train_busi
@@ -172,8 +173,16 @@ def build_run_config(settings: RunSettings) -> tune.RunConfig:
     )
 
 
-def run(settings: RunSettings) -> tune.ResultGrid:
+def run(settings: RunSettings) -> tuple[RunSettings, tune.ResultGrid]:
+    """Run (or resume) the experiment; returns the settings it ran with (the saved ones
+    on resume) and Tune's results."""
     settings = resolve_settings(settings)
+    if not settings.reference_only:
+        try:
+            get_space(settings.space)  # an unknown name fails before anything starts
+        except KeyError as error:
+            raise UserError(f"run: {error.args[0]}") from None
+    check_weights(settings.base)
     data = load_data(settings)  # bad data fails here, before anything is written
     if not settings.resume:
         create_experiment(settings)
@@ -188,4 +197,4 @@ def run(settings: RunSettings) -> tune.ResultGrid:
             tune_config=build_tune_config(settings),
             run_config=build_run_config(settings),
         )
-    return tuner.fit()
+    return settings, tuner.fit()

@@ -1,0 +1,341 @@
+"""Sweeps through Ray Tune on the CPU: tiny encoder, 32-64 px, a few epochs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import search_spaces
+from search_spaces import SearchSpace
+from trainable.config import TrainConfig
+from trainable.splits import SplitPolicy
+from trainable.tensorboard import IMAGE_TAG, SCALAR_TAGS
+from trainable.tune_adapter import METRICS_FILE, PLACEMENT_FILE, SELECTION_FILE
+from tuner import sweep
+from tuner.settings import RunSettings, Scheduler
+
+pytestmark = pytest.mark.slow
+
+TINY = TrainConfig.reference().replace(
+    encoder="resnet18", encoder_weights="none", image_size=64, batch_size=8, epochs=3
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_ray():
+    yield
+    ray.shutdown()
+
+
+def _trial_dirs(experiment: Path) -> list[Path]:
+    return sorted(p for p in experiment.iterdir() if p.name.startswith("trial_"))
+
+
+def _progress_rows(trial: Path) -> list[dict]:
+    lines = (
+        (trial / "result.json").read_text().splitlines() if (trial / "result.json").exists() else []
+    )
+    return [json.loads(line) for line in lines]
+
+
+def _study(settings: RunSettings) -> optuna.Study:
+    return optuna.load_study(study_name=settings.name, storage=f"sqlite:///{settings.study_path}")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_demo_sweep_end_to_end(tmp_path):
+    """The README's first command, shrunk: the reference first, TensorBoard for every trial."""
+    process = _cli(
+        "run",
+        "--demo",
+        "--trials",
+        "4",
+        "--epochs",
+        "2",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "demo",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        cwd=tmp_path,
+    )
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-3000:]
+    assert "tensorboard --logdir" in output and "published" in output
+    experiment = tmp_path / "runs" / "demo"
+    trials = _trial_dirs(experiment)
+    assert len(trials) == 4
+    first = json.loads((trials[0] / "config.json").read_text())
+    reference = TINY.replace(epochs=2).to_flat()
+    assert {k: first[k] for k in search_spaces.get_space("reference").keys} == {
+        k: reference[k] for k in search_spaces.get_space("reference").keys
+    }
+    for trial in trials:
+        events = EventAccumulator(str(trial / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        assert set(SCALAR_TAGS) <= set(events.Tags()["scalars"])
+        assert IMAGE_TAG in events.Tags()["images"]
+        image = events.Images(IMAGE_TAG)[0]
+        assert image.width == 3 * 64 and image.height == 4 * 64  # 4 examples, 3 panels
+        assert [s.step for s in events.Scalars("loss/combined")][0] == 1
+        assert (trial / METRICS_FILE).is_file() and (trial / SELECTION_FILE).is_file()
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{experiment}/demo.sqlite")
+    assert len(study.trials) == 4
+    assert {t.user_attrs["tune_trial_id"] for t in study.trials} == {
+        t.name.split("_")[-1] for t in trials
+    }
+
+
+# A space that makes trial 2 diverge (lr 1e12 gives a NaN loss in the first epoch) and
+# trials 3 and 4 learn nothing (lr 1e-8), so that ASHA has trials to stop.
+@dataclass(frozen=True)
+class _ForcedOutcomes:
+    base: TrainConfig
+
+    def __call__(self, trial: optuna.Trial) -> dict | None:
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        forced = {2: 1e12, 3: 1e-8, 4: 1e-8}.get(trial.number)
+        return {"lr": forced} if forced else None
+
+
+@pytest.fixture
+def forced_space(monkeypatch):
+    space = SearchSpace("forced", "test only", _ForcedOutcomes, keys=("lr",))
+    monkeypatch.setitem(search_spaces.SPACES, "forced", space)
+    return space
+
+
+def test_asha_stops_bad_trials_and_a_nan_trial_errors(synth_root, tmp_path, forced_space):
+    settings = RunSettings(
+        data=synth_root,
+        base=TINY.replace(lr=3e-3, epochs=5),
+        trials=5,
+        max_concurrent=1,
+        space="forced",
+        scheduler=Scheduler.ASHA,
+        storage=str(tmp_path),
+        name="asha",
+        cache_dir=tmp_path / "cache",
+    )
+    _, results = sweep.run(settings)
+    assert len(results) == 5
+    by_number = {int(Path(r.path).name.split("_")[1]): r for r in results}
+    nan_trial = by_number[3]  # Tune counts from 1, Optuna from 0
+    assert nan_trial.error is not None and "training loss became nan" in str(nan_trial.error)
+    others = [r for n, r in by_number.items() if n != 3]
+    assert all(r.error is None for r in others)
+    epochs = {n: r.metrics["training_iteration"] for n, r in by_number.items() if n != 3}
+    assert epochs[1] == 5  # the reference point ran the whole budget
+    assert min(epochs[4], epochs[5]) < 5, epochs  # ASHA stopped a trial that learnt nothing
+    states = {t.number: t.state.name for t in _study(settings).trials}
+    assert states[2] == "FAIL"
+    assert states[0] == "COMPLETE"
+    for number, ran in epochs.items():
+        expected = "COMPLETE" if ran == 5 else "PRUNED"
+        assert states[number - 1] == expected
+    pruned = [t for t in _study(settings).trials if t.state.name == "PRUNED"]
+    assert all(t.user_attrs["epochs_run"] < 5 for t in pruned)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root, tmp_path):
+    storage = tmp_path / "runs"
+    args = [
+        "run",
+        "--data",
+        str(synth_root),
+        "--encoder",
+        "resnet18",
+        "--encoder-weights",
+        "none",
+        "--image-size",
+        "64",
+        "--epochs",
+        "2",
+        "--trials",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--scheduler",
+        "fifo",
+        "--storage",
+        str(storage),
+        "--name",
+        "resumable",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    process = _cli(*args, cwd=tmp_path)
+    experiment = storage / "resumable"
+    deadline = time.time() + 600
+    # Interrupt (Ctrl-C) as soon as the first trial has finished and the second started.
+    while time.time() < deadline:
+        trials = _trial_dirs(experiment) if experiment.exists() else []
+        if len(trials) >= 2 and len(_progress_rows(trials[0])) >= 2:
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=300)
+    first = _trial_dirs(experiment)[0]
+    first_rows = _progress_rows(first)
+    assert len(first_rows) == 2
+
+    resumed = _cli(
+        "run", "--resume", "--name", "resumable", "--storage", str(storage), cwd=tmp_path
+    )
+    output, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, output[-3000:]
+    trials = _trial_dirs(experiment)
+    assert len(trials) == 3
+    assert _progress_rows(first) == first_rows  # not re-run
+    for trial in trials:
+        assert [row["epoch"] for row in _progress_rows(trial)][-1] == 2
+    assert "3 finished" in output
+
+
+def test_fractional_gpus_pack_two_trials_on_one_declared_gpu(synth_root, tmp_path):
+    settings = RunSettings(
+        data=synth_root,
+        # Long enough (8 epochs) to outlast the few seconds a second trial takes to start.
+        base=TINY.replace(epochs=8),
+        trials=2,
+        space="reference",
+        scheduler=Scheduler.FIFO,
+        storage=str(tmp_path),
+        name="gpus",
+        gpus_per_trial=0.5,
+        local_gpus=1,
+        cache_dir=tmp_path / "cache",
+    )
+    _, results = sweep.run(settings)
+    assert all(r.error is None for r in results)
+    placements = [
+        json.loads((Path(r.path) / PLACEMENT_FILE).read_text().splitlines()[0]) for r in results
+    ]
+    assert [p["gpu_ids"] for p in placements] == [["0"], ["0"]]
+    assert all(p["device"] == "cpu" for p in placements)  # no CUDA here: CPU fallback
+    spans = []
+    for r in results:
+        rows = _progress_rows(Path(r.path))
+        spans.append((placements[len(spans)]["time"], rows[-1]["timestamp"]))
+    (start_a, end_a), (start_b, end_b) = spans
+    assert start_a < end_b and start_b < end_a  # they ran at the same time
+
+
+def test_two_node_cluster_moves_a_lost_trial_to_the_other_node(synth_root, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address)
+        settings = RunSettings(
+            data=synth_root,
+            base=TINY.replace(epochs=6, image_size=32),
+            split=SplitPolicy.RANDOM,
+            trials=2,
+            space="reference",
+            scheduler=Scheduler.FIFO,
+            storage=str(tmp_path),
+            shared_storage=True,
+            address=cluster.address,
+            name="cluster",
+            max_failures=2,
+            cache_dir=tmp_path / "cache",
+        )
+        experiment = Path(settings.experiment_dir)
+
+        def remove_worker_mid_trial() -> None:
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                for trial in _trial_dirs(experiment) if experiment.exists() else []:
+                    placement = trial / PLACEMENT_FILE
+                    if not placement.exists():
+                        continue
+                    entry = json.loads(placement.read_text().splitlines()[0])
+                    if entry["node_id"] == worker.node_id and len(_progress_rows(trial)) >= 2:
+                        cluster.remove_node(worker)
+                        return
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=remove_worker_mid_trial, daemon=True)
+        killer.start()
+        _, results = sweep.run(settings)
+        killer.join(timeout=5)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert all(r.error is None for r in results)
+    placements = {
+        Path(r.path).name: [
+            json.loads(x) for x in (Path(r.path) / PLACEMENT_FILE).read_text().splitlines()
+        ]
+        for r in results
+    }
+    nodes = {entry["node_id"] for entries in placements.values() for entry in entries}
+    assert worker.node_id in nodes and len(nodes) == 2  # trials ran on both nodes
+    moved = [entries for entries in placements.values() if len(entries) > 1]
+    assert len(moved) == 1, placements
+    first_start, restart = moved[0][0], moved[0][1]
+    assert first_start["node_id"] == worker.node_id
+    assert restart["node_id"] != worker.node_id
+    assert restart["resumed_after_epoch"] >= 1  # from its checkpoint, not from epoch 0
+    for r in results:
+        assert r.metrics["training_iteration"] == 6
+
+
+def test_real_busi_sweep(busi_root, tmp_path):
+    """4 trials, 3 epochs, 64 px, small encoder on the real BUSI, as CI runs it."""
+    process = _cli(
+        "run",
+        "--data",
+        str(busi_root),
+        "--encoder",
+        "resnet18",
+        "--encoder-weights",
+        "none",
+        "--image-size",
+        "64",
+        "--epochs",
+        "3",
+        "--trials",
+        "4",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "real",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        cwd=tmp_path,
+    )
+    output, _ = process.communicate(timeout=1200)
+    assert process.returncode == 0, output[-3000:]
+    experiment = tmp_path / "runs" / "real"
+    trials = _trial_dirs(experiment)
+    assert len(trials) == 4
+    for trial in trials:
+        metrics = json.loads((trial / METRICS_FILE).read_text())
+        assert metrics["protocol"]["counts"] == {"train": 499, "validation": 125, "test": 156}
+        assert metrics["protocol"]["selection"] == "validation part (test part locked)"
+        assert 0.0 < metrics["test"]["dice"] < 1.0
+    assert "best trial: trial_" in output and "selection on the validation part" in output
