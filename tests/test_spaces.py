@@ -84,3 +84,57 @@ def test_unknown_space_lists_valid_names():
 )
 def test_how_a_tune_trial_is_recorded_in_the_study(value, epochs_run, error, state):
     assert completion_state(value, epochs_run, budget=20, error=error) is state
+
+
+def _searcher(tmp_path, budget=4):
+    from search_spaces import get_space
+    from tuner.searcher import BudgetAwareOptunaSearch, sqlite_storage
+
+    space = get_space("reference")
+    searcher = BudgetAwareOptunaSearch(
+        space=space.define(CPU_BASE),
+        metric="best_combined_loss",
+        mode="min",
+        points_to_evaluate=[space.reference_point(CPU_BASE)],
+        seed=0,
+        study_name="s",
+        storage=sqlite_storage(str(tmp_path / "s.sqlite")),
+        budget_epochs=budget,
+    )
+    searcher.set_search_properties("best_combined_loss", "min", {})
+    return searcher
+
+
+def test_searcher_records_tune_id_epochs_and_states(tmp_path):
+    searcher = _searcher(tmp_path)
+    first = searcher.suggest("t1")
+    assert first["lr"] == CPU_BASE.lr  # the reference point comes first
+    searcher.suggest("t2")
+    for epoch in (1, 2, 3, 4):
+        searcher.on_trial_result("t1", {"best_combined_loss": 0.5, "training_iteration": epoch})
+    searcher.on_trial_complete("t1", {"best_combined_loss": 0.5, "training_iteration": 4})
+    searcher.on_trial_result("t2", {"best_combined_loss": 0.9, "training_iteration": 1})
+    searcher.on_trial_complete("t2", {"best_combined_loss": 0.9, "training_iteration": 1})
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.sqlite").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert [t.user_attrs for t in trials] == [
+        {"tune_trial_id": "t1", "epochs_run": 4},
+        {"tune_trial_id": "t2", "epochs_run": 1},
+    ]
+    assert trials[0].value == 0.5
+    assert trials[1].intermediate_values == {1: 0.9}  # kept, but not a full-budget value
+
+
+def test_searcher_survives_a_study_ahead_of_the_restored_snapshot(tmp_path):
+    searcher = _searcher(tmp_path)
+    searcher.suggest("t1")
+    searcher.save(str(tmp_path / "snapshot.pkl"))  # Tune's snapshot, taken mid-trial
+    searcher.on_trial_complete("t1", {"best_combined_loss": 0.5, "training_iteration": 4})
+    restored = _searcher(tmp_path)
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    # Tune re-runs t1 from its checkpoint: its results reach a trial the study finished.
+    restored.on_trial_result("t1", {"best_combined_loss": 0.4, "training_iteration": 4})
+    restored.on_trial_complete("t1", {"best_combined_loss": 0.4, "training_iteration": 4})
+    trial = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.sqlite").trials[0]
+    assert trial.user_attrs["tune_trial_id"] == "t1"
+    assert trial.state is TrialState.COMPLETE and trial.value == 0.5

@@ -20,9 +20,11 @@ DEMO = {
     "encoder_weights": "none",
     "image_size": 64,
     "batch_size": 8,
-    "epochs": 4,
-    "trials": 6,
+    "epochs": 8,
+    "trials": 8,
 }
+# 88 images: enough that the demo's tuned model learns the synthetic lesions (Dice ~0.8).
+DEMO_SYNTH = {"n_benign": 48, "n_malignant": 24, "n_normal": 16}
 DEFAULT_TRIALS = 32
 TRAINING_FLAGS = ("encoder", "encoder_weights", "image_size", "batch_size", "epochs")
 
@@ -185,6 +187,56 @@ def _add_data_parser(commands) -> None:
     synth.set_defaults(handler=_data_synth)
 
 
+def _add_report_parser(commands) -> None:
+    report = commands.add_parser(
+        "report",
+        help="tables, plots and report.md of an experiment, compared with the reference",
+        description="Read an experiment folder offline (no Ray cluster) and write "
+        "EXPERIMENT_DIR/report/: report.md, trials.csv and PNG plots.",
+    )
+    report.add_argument("dir", type=Path, help="the experiment folder, <storage>/<name>")
+    report.set_defaults(handler=_report)
+
+
+def _add_confirm_parser(commands) -> None:
+    confirm = commands.add_parser(
+        "confirm",
+        help="retrain the reference and the best config over seeds; is the gain real?",
+        description="Retrain the in-sweep reference config and the best config(s) for the "
+        "full budget with K training seeds each (same split, no early stopping) as one Ray "
+        "Tune run <name>-confirm beside the sweep, then compare them on the test part with "
+        "95% intervals. Writes EXPERIMENT_DIR/report/confirm.json.",
+    )
+    confirm.add_argument("dir", type=Path, help="the sweep's folder, <storage>/<name>")
+    confirm.add_argument(
+        "--seeds", type=int, default=3, help="training seeds per config (default: %(default)s)"
+    )
+    confirm.add_argument(
+        "--top",
+        type=int,
+        default=1,
+        help="how many of the best trials to retrain besides the reference (default: %(default)s)",
+    )
+    confirm.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address, e.g. auto (default: start Ray locally)",
+    )
+    confirm.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="fractions pack trials on one GPU (default: 1 if the cluster has GPUs, else 0)",
+    )
+    confirm.add_argument(
+        "--cpus-per-trial",
+        type=int,
+        default=1,
+        help="torch threads + data workers of a trial (default: %(default)s)",
+    )
+    confirm.set_defaults(handler=_confirm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tuner",
@@ -196,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(commands)
     spaces = commands.add_parser("spaces", help="list the search spaces")
     spaces.set_defaults(handler=_spaces)
+    _add_report_parser(commands)
+    _add_confirm_parser(commands)
     return parser
 
 
@@ -253,10 +307,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.demo and not settings.resume and not settings.data.exists():
         from trainable.synth import write_synthetic_busi
 
-        count = write_synthetic_busi(settings.data)
+        count = write_synthetic_busi(settings.data, **DEMO_SYNTH)
         print(f"wrote a synthetic BUSI set of {count} images to {settings.data}")
     settings, results = sweep.run(settings)
     print(summary.summarise(settings, results))
+    if args.demo:
+        print("(synthetic data: the comparison shows the pipeline working, not a BUSI result)")
     return 0
 
 
@@ -287,6 +343,49 @@ def _spaces(args: argparse.Namespace) -> int:
 
     for space in SPACES.values():
         print(f"{space.name:<10} {space.description}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from results.experiment import load_experiment
+    from results.report import format_terminal_table, write_report
+
+    experiment = load_experiment(args.dir)
+    paths = write_report(args.dir)
+    print(format_terminal_table(experiment))
+    print(f"report:  {paths.markdown}")
+    print(f"trials:  {paths.trials_csv}")
+    for plot in paths.plots:
+        print(f"plot:    {plot}")
+    return 0
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    from results import confirm
+    from results.experiment import load_experiment
+    from results.report import REPORT_DIR
+    from tuner import confirm as retrain
+
+    if args.seeds < 2 or args.top < 1:
+        raise UserError(
+            "confirm: --seeds must be at least 2 (an interval needs two) and --top at least 1"
+        )
+    experiment = load_experiment(args.dir)
+    candidates = confirm.choose_candidates(experiment, args.top)
+    seeds = confirm.training_seeds(experiment.settings.base.seed, args.seeds)
+    confirm_dir = retrain.run(
+        experiment,
+        candidates,
+        seeds,
+        address=args.address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+    result = confirm.confirmation(experiment, candidates, load_experiment(confirm_dir))
+    path = confirm.save_confirmation(result, experiment.path / REPORT_DIR)
+    print("\n".join(confirm.confirmation_lines(result)))
+    print(f"\nsaved: {path}")
+    print(f"report with it: python -m tuner report {experiment.path}")
     return 0
 
 

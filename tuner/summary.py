@@ -8,6 +8,7 @@ from pathlib import Path
 from ray import tune
 
 from results.compare import comparison_table
+from results.experiment import trial_state
 from trainable import keys
 from trainable.tune_adapter import METRICS_FILE
 from tuner.settings import RunSettings
@@ -22,17 +23,15 @@ def _test_with_loss(selected: dict) -> dict[str, float]:
     return {"loss": selected[keys.TEST_LOSS], **selected["test"]}
 
 
-def trial_state(result: tune.Result, budget: int) -> str:
-    if result.error is not None:
-        return "errored"
+def _state(result: tune.Result, budget: int) -> str:
     epochs = int((result.metrics or {}).get("training_iteration", 0))
-    return "finished" if epochs >= budget else f"stopped early at epoch {epochs}"
+    return trial_state(result.error is not None, epochs, budget)
 
 
 def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
     lines = [f"experiment: {settings.experiment_dir}"]
     budget = settings.base.epochs
-    states = [trial_state(r, budget) for r in results]
+    states = [_state(r, budget) for r in results]
     lines.append(
         f"trials: {len(states)} — {states.count('finished')} finished, "
         f"{sum(s.startswith('stopped') for s in states)} stopped early, "

@@ -1,0 +1,270 @@
+"""An experiment directory read offline: settings, trials, the best and the reference trial.
+
+Plain files only (JSON, CSV, NumPy, the Optuna SQLite study): no Ray cluster is needed, so
+a report can be made from a copied or interrupted experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from search_spaces import get_space
+from trainable import keys
+from trainable.config import TrainConfig
+from trainable.errors import UserError
+from trainable.tune_adapter import CONFIG_FILE, METRICS_FILE, SELECTION_FILE
+from tuner.searcher import TUNE_TRIAL_ID
+from tuner.settings import RunSettings
+from tuner.sweep import SETTINGS_FILE, load_settings
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"  # Tune's per-epoch results, one JSON object per line
+PARAMS_FILE = "params.json"  # Tune's config of the trial: the searched values
+ERROR_FILE = "error.txt"  # Tune writes it when a trial errors
+
+FINISHED = "finished"
+ERRORED = "errored"
+
+
+def trial_state(errored: bool, epochs_run: int, budget: int, ended: bool = True) -> str:
+    """finished / stopped early at epoch k / interrupted at epoch k / errored. A short trial
+    that has not ended was cut off by an interrupted run, not judged by the scheduler."""
+    if errored:
+        return ERRORED
+    if epochs_run >= budget:
+        return FINISHED
+    if ended:
+        return f"stopped early at epoch {epochs_run}"
+    return f"interrupted at epoch {epochs_run}"
+
+
+@dataclass(frozen=True)
+class Selected:
+    """metrics.json: the selected epoch and its test metrics, with the protocol behind them."""
+
+    epoch: int
+    selection: str  # which part chose the epoch: validation (honest) or test (optimistic)
+    split: str
+    split_seed: int
+    counts: dict[str, int]
+    combined_loss: float
+    test: dict[str, float]  # "loss" (the test Dice loss) and the metric keys
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Selected:
+        protocol = raw["protocol"]
+        return cls(
+            epoch=raw["selected_epoch"],
+            selection=protocol["selection"],
+            split=protocol["split"],
+            split_seed=protocol["split_seed"],
+            counts=protocol["counts"],
+            combined_loss=raw[keys.COMBINED_LOSS],
+            test={"loss": raw[keys.TEST_LOSS], **raw["test"]},
+        )
+
+
+@dataclass(frozen=True)
+class SelectionArrays:
+    """selection.npz: what the selected model did on the test part."""
+
+    epoch: int
+    names: tuple[str, ...]  # test images, in the order of the arrays below
+    per_image_dice: np.ndarray  # NaN for images without a lesion
+    predictions: np.ndarray  # bool (N, S, S)
+    curves: dict[str, np.ndarray]  # fpr, tpr, precision, recall, thresholds
+
+
+def read_selection(path: Path, image_size: int) -> SelectionArrays:
+    with np.load(path) as raw:
+        return SelectionArrays(
+            epoch=int(raw["epoch"]),
+            names=tuple(str(n) for n in raw["names"]),
+            per_image_dice=raw["per_image_dice"],
+            predictions=np.unpackbits(raw["predictions"], axis=-1, count=image_size).astype(bool),
+            curves={k: raw[k] for k in ("fpr", "tpr", "precision", "recall", "thresholds")},
+        )
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str  # trial_004_cc4fd320
+    number: int  # the sweep's counter: 001 is the reference point (000 in a --reference run)
+    path: Path
+    state: str  # see trial_state
+    params: dict[str, Any]  # the searched values
+    config: TrainConfig | None  # None only if neither config.json nor params resolve
+    rows: tuple[dict[str, Any], ...]  # one per epoch, in epoch order
+    objective: float | None  # the settings' metric in the last row (validation part)
+    selected: Selected | None  # None for a trial that errored before its first epoch
+    error: str | None  # the last line of error.txt
+    optuna_state: str | None  # COMPLETE / PRUNED / FAIL / RUNNING, None without a study
+
+    @property
+    def epochs_run(self) -> int:
+        return int(self.rows[-1][keys.EPOCH]) if self.rows else 0
+
+    @property
+    def errored(self) -> bool:
+        return self.state == ERRORED
+
+    @property
+    def has_selection(self) -> bool:
+        return (self.path / SELECTION_FILE).is_file()
+
+    def selection(self) -> SelectionArrays:
+        """Read on demand: the arrays are only needed for the best trial's plots."""
+        assert self.config is not None
+        return read_selection(self.path / SELECTION_FILE, self.config.image_size)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    path: Path
+    settings: RunSettings
+    trials: tuple[Trial, ...]  # by number
+    best: Trial | None  # best objective on the held-out part; never chosen on test
+    reference: Trial | None  # the in-sweep reference trial (the base config)
+    study_path: Path | None  # the Optuna study, None for a --reference run
+
+    @property
+    def is_sweep(self) -> bool:
+        return not self.settings.reference_only
+
+    def ranked(self) -> list[Trial]:
+        return rank_trials(self.trials, self.settings.mode)
+
+    def load_study(self) -> optuna.Study | None:
+        return open_study(self.study_path, self.settings.name)
+
+
+def rank_trials(trials: tuple[Trial, ...], mode: str) -> list[Trial]:
+    """Trials with a finite objective, best first (ties: the lower number first). A trial
+    stopped early competes with the value it reached, as in Tune's own choice of the best."""
+    sign = 1 if mode == "min" else -1
+    scored = [t for t in trials if t.objective is not None and not t.errored]
+    return sorted(scored, key=lambda t: (sign * t.objective, t.number))
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_rows(trial_dir: Path) -> tuple[dict[str, Any], ...]:
+    """Per-epoch results; after a retry from a checkpoint an epoch can appear twice, and
+    the later report wins."""
+    path = trial_dir / RESULT_FILE
+    if not path.is_file():
+        return ()
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if keys.EPOCH in row:
+                by_epoch[int(row[keys.EPOCH])] = row
+    return tuple(by_epoch[e] for e in sorted(by_epoch))
+
+
+def _last_error_line(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return lines[-1] if lines else "(empty error.txt)"
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _config(trial_dir: Path, base: TrainConfig, params: dict[str, Any]) -> TrainConfig | None:
+    saved = _read_json(trial_dir / CONFIG_FILE)
+    try:
+        return TrainConfig.from_flat(saved if saved else {**base.to_flat(), **params})
+    except ValueError as error:
+        log.warning("%s: no usable config (%s)", trial_dir.name, error)
+        return None
+
+
+def open_study(path: Path | None, name: str) -> optuna.Study | None:
+    """The sweep's Optuna study, None when there is none (a --reference run)."""
+    if path is None or not path.is_file():
+        return None
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
+
+
+def _optuna_states(study: optuna.Study | None) -> dict[str, str]:
+    """Tune trial id -> Optuna state."""
+    trials = study.get_trials(deepcopy=False) if study else []
+    return {
+        t.user_attrs[TUNE_TRIAL_ID]: t.state.name for t in trials if TUNE_TRIAL_ID in t.user_attrs
+    }
+
+
+def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, str]) -> Trial:
+    _, number, tune_id = trial_dir.name.split("_", 2)
+    params = _read_json(trial_dir / PARAMS_FILE) or {}
+    rows = read_rows(trial_dir)
+    error = _last_error_line(trial_dir / ERROR_FILE)
+    optuna_state = optuna_states.get(tune_id)
+    epochs_run = int(rows[-1][keys.EPOCH]) if rows else 0
+    # A --reference run has no scheduler to stop it early, and a sweep's trial that the
+    # study still holds RUNNING was cut off by an interruption.
+    ended = not settings.reference_only and optuna_state != "RUNNING"
+    metrics = _read_json(trial_dir / METRICS_FILE)
+    return Trial(
+        name=trial_dir.name,
+        number=int(number),
+        path=trial_dir,
+        state=trial_state(error is not None, epochs_run, settings.base.epochs, ended),
+        params=params,
+        config=_config(trial_dir, settings.base, params),
+        rows=rows,
+        objective=_finite(rows[-1].get(settings.metric)) if rows else None,
+        selected=Selected.from_json(metrics) if metrics else None,
+        error=error,
+        optuna_state=optuna_state,
+    )
+
+
+def is_base_config(config: TrainConfig | None, settings: RunSettings) -> bool:
+    """True when the config has the base config's values on every key the space searches."""
+    if config is None:
+        return False
+    flat, base = config.to_flat(), settings.base.to_flat()
+    return all(flat[k] == base[k] for k in get_space(settings.space).keys)
+
+
+def load_experiment(directory: Path) -> Experiment:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such folder; give an experiment folder <storage>/<name>")
+    if not (directory / SETTINGS_FILE).is_file():
+        raise UserError(
+            f"{directory}: not an experiment folder (no {SETTINGS_FILE}); give the folder "
+            "that `python -m tuner run` made, <storage>/<name>"
+        )
+    settings = load_settings(directory / SETTINGS_FILE)
+    study_path = None if settings.reference_only else directory / f"{settings.name}.sqlite"
+    states = _optuna_states(open_study(study_path, settings.name))
+    trial_dirs = sorted(p for p in directory.glob("trial_*_*") if p.is_dir())
+    trials = tuple(
+        sorted((read_trial(p, settings, states) for p in trial_dirs), key=lambda t: t.number)
+    )
+    ranked = rank_trials(trials, settings.mode)
+    return Experiment(
+        path=directory,
+        settings=settings,
+        trials=trials,
+        best=ranked[0] if ranked else None,
+        reference=next((t for t in trials if is_base_config(t.config, settings)), None),
+        study_path=study_path if study_path and study_path.is_file() else None,
+    )

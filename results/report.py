@@ -1,0 +1,662 @@
+"""`python -m tuner report`: an experiment compared with the published reference.
+
+Writes EXPERIMENT_DIR/report/: report.md (GitHub-readable, plots embedded), trials.csv and
+PNG plots. Reads the experiment folder offline (no Ray). Every number is printed with
+the protocol behind it, so that the optimistic published numbers (epoch selected on the
+test set) are never mistaken for honest ones (epoch selected on a validation part).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from results.compare import COMPARED, deltas
+from results.confirm import CONFIRM_FILE, confirmation_lines
+from results.experiment import ERRORED, FINISHED, Experiment, Trial, load_experiment
+from results.reference import PublishedReference, load_reference
+from trainable import keys
+from trainable.errors import UserError
+from trainable.metrics import AVERAGE_PRECISION, METRIC_KEYS, ROC_AUC
+from trainable.preprocess import resized
+from tuner.sweep import load_data
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+MARKDOWN_FILE = "report.md"
+TRIALS_FILE = "trials.csv"
+COMPARISON_PLOT = "comparison.png"
+CURVES_PLOT = "learning_curves.png"
+ROC_PR_PLOT = "roc_pr.png"
+HISTORY_PLOT = "history.png"
+IMPORTANCE_PLOT = "importance.png"
+EXAMPLES_PLOT = "examples.png"
+PLOT_FILES = (
+    COMPARISON_PLOT,
+    CURVES_PLOT,
+    ROC_PR_PLOT,
+    HISTORY_PLOT,
+    IMPORTANCE_PLOT,
+    EXAMPLES_PLOT,
+)
+TEST_KEYS = ("loss", *METRIC_KEYS)
+PARAM_PREFIX = "param_"
+LOWER_IS_BETTER = ("loss",)
+MAX_IMPORTANCES = 15
+DPI = 120
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    directory: Path
+    markdown: Path
+    trials_csv: Path
+    plots: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One figure of the report: its file, or why it could not be drawn."""
+
+    title: str
+    path: Path | None
+    note: str  # a caption, or the reason the plot is absent
+
+
+# --- words shared by the terminal table and the markdown ------------------------------
+
+
+def marks(trial: Trial, experiment: Experiment) -> str:
+    """B: the best trial; R: the in-sweep reference trial."""
+    best = experiment.best is not None and trial.name == experiment.best.name
+    reference = experiment.reference is not None and trial.name == experiment.reference.name
+    return ("B" if best else "") + ("R" if reference else "")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """The searched values on one line; augmentations by their probability only (the
+    strengths are in trials.csv)."""
+    if not params:
+        return "the base config"
+    plain = [f"{k}={_short(v)}" for k, v in sorted(params.items()) if not k.startswith("aug_")]
+    probabilities = {k: v for k, v in params.items() if k.startswith("aug_") and k.endswith("_p")}
+    used = [f"{k[4:-2]} {v:g}" for k, v in sorted(probabilities.items()) if v > 0]
+    if probabilities:
+        plain.append(f"aug: {', '.join(used)}" if used else "no aug")
+    return " ".join(plain)
+
+
+def state_counts(trials: tuple[Trial, ...]) -> str:
+    states = [t.state for t in trials]
+    return (
+        f"trials: {len(states)} — {states.count(FINISHED)} finished, "
+        f"{sum(s.startswith('stopped') for s in states)} stopped early, "
+        f"{sum(s.startswith('interrupted') for s in states)} interrupted, "
+        f"{states.count(ERRORED)} errored"
+    )
+
+
+def _counts(experiment: Experiment) -> str:
+    selected = next((t.selected for t in experiment.trials if t.selected), None)
+    if selected is None:
+        return "no trial selected an epoch"
+    return ", ".join(f"{n} {part}" for part, n in selected.counts.items())
+
+
+def protocol_lines(experiment: Experiment, reference: PublishedReference) -> list[str]:
+    """How every number was obtained, in sentences."""
+    settings = experiment.settings
+    if settings.reference_only:
+        selection = (
+            "the epoch of the run was selected on the test part itself (the reference "
+            "protocol): its test numbers are optimistic, like the published ones"
+        )
+        choice = "a --reference run: one trial, the reference config"
+    else:
+        selection = (
+            "each trial's epoch was selected on the validation part and the test part was "
+            "locked (never used for any choice): test numbers are honest estimates"
+        )
+        extreme = "lowest" if settings.mode == "min" else "highest"
+        choice = (
+            f"best trial (B): the {extreme} {settings.metric} on the validation part (never "
+            "chosen on test); reference trial (R): the base config, run inside the sweep "
+            "under the same protocol"
+        )
+    return [
+        f"split: {settings.split.value} (seed {settings.seed}; {_counts(experiment)})",
+        f"selection: {selection}",
+        choice,
+        f"published reference: {reference.protocol['selection']}; split "
+        f"{reference.protocol['split']}",
+        "test metrics are those of each trial's selected epoch; Δ = ours − published "
+        "(for loss lower is better, for the others higher)",
+    ]
+
+
+def _details(trial: Trial) -> str:
+    searched = describe_params(trial.params)
+    return f"{searched}; error: {trial.error}" if trial.error else searched
+
+
+def _value(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _test(trial: Trial | None) -> dict[str, float] | None:
+    return trial.selected.test if trial is not None and trial.selected else None
+
+
+def format_terminal_table(
+    experiment: Experiment, reference: PublishedReference | None = None
+) -> str:
+    """The trials as text: test metrics at the selected epoch, the difference from the
+    published reference below them, the searched values below that."""
+    reference = reference or load_reference()
+    settings = experiment.settings
+    kind = "--reference run" if settings.reference_only else f"sweep ({settings.space} space)"
+    lines = [
+        f"experiment: {experiment.path} — {kind}; {state_counts(experiment.trials)}",
+        *protocol_lines(experiment, reference),
+        "",
+        f"{'':3}{'trial':<24}{'state':<28}{'objective':>10}"
+        + "".join(f"{m:>10}" for m in COMPARED),
+        f"{'':3}{'published reference':<24}{'':<28}{'—':>10}"
+        + "".join(f"{reference.test[m]:>10.4f}" for m in COMPARED),
+    ]
+    for trial in experiment.trials:
+        test = _test(trial)
+        values = [test.get(m) for m in COMPARED] if test else [None] * len(COMPARED)
+        lines.append(
+            f"{marks(trial, experiment):<3}{trial.name:<24}{trial.state:<28}"
+            f"{_value(trial.objective):>10}" + "".join(f"{_value(v):>10}" for v in values)
+        )
+        if test:
+            difference = deltas(test, reference)
+            lines.append(
+                f"{'':3}{'':<24}{'Δ published':<28}{'':>10}"
+                + "".join(f"{_value(difference[m], signed=True):>10}" for m in COMPARED)
+            )
+        lines.append(f"{'':27}{_details(trial)}")
+    return "\n".join(lines)
+
+
+# --- trials.csv ----------------------------------------------------------------------
+
+
+def trial_row(trial: Trial, experiment: Experiment, reference: PublishedReference) -> dict:
+    test = _test(trial) or {}
+    difference = deltas(test, reference) if test else {}
+    return {
+        "trial": trial.name,
+        "number": trial.number,
+        "marks": marks(trial, experiment),
+        "state": trial.state,
+        "optuna_state": trial.optuna_state or "",
+        "epochs_run": trial.epochs_run,
+        "selected_epoch": trial.selected.epoch if trial.selected else "",
+        "selection": trial.selected.selection if trial.selected else "",
+        f"objective_{experiment.settings.metric}": _csv(trial.objective),
+        **{f"test_{m}": _csv(test.get(m)) for m in TEST_KEYS},
+        **{f"delta_{m}": _csv(difference.get(m)) for m in COMPARED},
+        "error": trial.error or "",
+        **{f"{PARAM_PREFIX}{k}": v for k, v in trial.params.items()},
+    }
+
+
+def _csv(value: float | None) -> str | float:
+    return "" if value is None else value
+
+
+def write_trials_csv(experiment: Experiment, reference: PublishedReference, path: Path) -> None:
+    rows = [trial_row(t, experiment, reference) for t in experiment.trials]
+    names = dict.fromkeys(k for row in rows for k in row)
+    columns = [k for k in names if not k.startswith(PARAM_PREFIX)]
+    columns += sorted(k for k in names if k.startswith(PARAM_PREFIX))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# --- plots ---------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A Figure without pyplot: no global state, and PNGs through the Agg canvas whatever
+    the session's backend."""
+    return Figure(figsize=(width, height), layout="tight")
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def headline(experiment: Experiment) -> list[tuple[str, Trial]]:
+    """The trials set against the published reference, with their role: the best and the
+    in-sweep reference trial (once if they are the same), or a --reference run's trial."""
+    best, reference = experiment.best, experiment.reference
+    if experiment.settings.reference_only:
+        roles = [("this run", best)]
+    elif best is not None and best is reference:
+        roles = [("best = reference trial", best)]
+    else:
+        roles = [("best", best), ("reference trial", reference)]
+    return [(role, trial) for role, trial in roles if _test(trial)]
+
+
+def plot_comparison(experiment: Experiment, reference: PublishedReference, path: Path) -> Plot:
+    """(1) Best trial vs in-sweep reference trial vs published, metric by metric."""
+    title = "Test metrics vs the published reference"
+    bars = [(f"{role}: {trial.name}", _test(trial)) for role, trial in headline(experiment)]
+    if not bars:
+        return Plot(title, None, "absent: no trial selected an epoch, so there are no test metrics")
+    bars.append(("published (selection on test: optimistic)", reference.test))
+    figure = _figure(10, 4.5)
+    axis = figure.subplots()
+    width = 0.8 / len(bars)
+    x = np.arange(len(COMPARED))
+    for i, (label, test) in enumerate(bars):
+        values = [test.get(m, math.nan) for m in COMPARED]
+        axis.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=label)
+    axis.set_xticks(x, [f"{m}\n(lower better)" if m in LOWER_IS_BETTER else m for m in COMPARED])
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("test part, selected epoch")
+    axis.set_title(title)
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(bars))
+    return Plot(title, _save(figure, path), "Metric by metric: " + ", ".join(b[0] for b in bars))
+
+
+# Line style by the first word of a trial's state, and its legend entry.
+STATE_STYLE = {
+    "finished": ("-", "finished"),
+    "stopped": ("--", "stopped early (x: its last epoch)"),
+    "interrupted": ("-.", "interrupted"),
+    "errored": (":", "errored"),
+}
+
+
+def _style(state: str) -> str:
+    return STATE_STYLE[state.split()[0]][0]
+
+
+def plot_learning_curves(experiment: Experiment, path: Path) -> Plot:
+    """(2) Combined loss per epoch of every trial; short dashed lines stopped early."""
+    title = "Learning curves"
+    curves = [t for t in experiment.trials if t.rows]
+    if not curves:
+        return Plot(title, None, "absent: no trial finished an epoch")
+    figure = _figure(8, 4.5)
+    axis = figure.subplots()
+    palette = colormaps["viridis"](np.linspace(0, 0.9, len(curves)))
+    for trial, shade in zip(curves, palette, strict=True):
+        epochs = [row[keys.EPOCH] for row in trial.rows]
+        losses = [row[keys.COMBINED_LOSS] for row in trial.rows]
+        emphasis = {"B": ("tab:red", 2.5), "R": ("tab:blue", 2.0)}.get(marks(trial, experiment)[:1])
+        colour, width = emphasis or (shade, 1.0)
+        axis.plot(epochs, losses, _style(trial.state), color=colour, lw=width, alpha=0.85)
+        if trial.state != FINISHED:
+            axis.plot(epochs[-1], losses[-1], "x", color=colour, ms=8)
+    handles = [
+        Line2D([], [], color="tab:red", lw=2.5, label="best trial"),
+        Line2D([], [], color="tab:blue", lw=2.0, label="reference trial"),
+        *(Line2D([], [], color="grey", ls=s, label=text) for s, text in STATE_STYLE.values()),
+    ]
+    axis.legend(handles=handles, fontsize=8)
+    heldout = "test" if experiment.settings.reference_only else "validation"
+    axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylabel(f"combined loss (0.2 train + 0.8 {heldout})")
+    axis.set_title(
+        f"{title}: {len(curves)} trials, budget {experiment.settings.base.epochs} epochs"
+    )
+    errored = [t.name for t in experiment.trials if t.errored]
+    if errored:
+        axis.text(
+            0.01, 0.01, "errored: " + ", ".join(errored), transform=axis.transAxes, fontsize=7
+        )
+    note = (
+        "Combined loss of every trial per epoch (the selection criterion). Dashed lines "
+        "end where the scheduler stopped a trial early (x)."
+    )
+    if errored:
+        note += f" Errored: {', '.join(errored)}."
+    return Plot(title, _save(figure, path), note)
+
+
+def plot_roc_pr(experiment: Experiment, path: Path) -> Plot:
+    """(3) ROC and precision-recall curves of the best trial on the test part."""
+    title = "ROC and precision–recall curves of the best trial (test part)"
+    best = experiment.best
+    if best is None or not best.has_selection:
+        return Plot(title, None, "absent: the best trial has no selection.npz")
+    curves = best.selection().curves
+    test = best.selected.test if best.selected else {}
+    figure = _figure(9, 4.2)
+    roc, pr = figure.subplots(1, 2)
+    roc.plot(curves["fpr"], curves["tpr"], color="tab:red", label=f"AUC {test.get(ROC_AUC, 0):.3f}")
+    roc.plot([0, 1], [0, 1], ":", color="grey")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (pixels)")
+    pr.plot(
+        curves["recall"],
+        curves["precision"],
+        color="tab:red",
+        label=f"AP {test.get(AVERAGE_PRECISION, 0):.3f}",
+    )
+    pr.set(xlabel="recall", ylabel="precision", title="precision–recall (pixels)")
+    for axis in (roc, pr):
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1.02)
+        axis.legend(loc="lower right")
+    figure.suptitle(f"{best.name}, selected epoch {best.selected.epoch if best.selected else '?'}")
+    return Plot(title, _save(figure, path), "Pixel-level curves of the selected model.")
+
+
+def plot_history(experiment: Experiment, path: Path) -> Plot:
+    """(4a) Objective of every trial in order, with the best so far."""
+    title = "Optimisation history"
+    complete = [
+        t for t in experiment.trials if t.optuna_state == "COMPLETE" and t.objective is not None
+    ]
+    if len(complete) < 2:
+        return Plot(title, None, _too_few_complete(experiment, len(complete)))
+    sign = 1 if experiment.settings.mode == "min" else -1
+    best_so_far = np.minimum.accumulate([sign * t.objective for t in complete]) * sign
+    figure = _figure(8, 4)
+    axis = figure.subplots()
+    axis.plot([t.number for t in complete], [t.objective for t in complete], "o", label="complete")
+    axis.step([t.number for t in complete], best_so_far, where="post", color="tab:red")
+    stopped = [
+        t for t in experiment.trials if t.optuna_state == "PRUNED" and t.objective is not None
+    ]
+    if stopped:
+        axis.plot(
+            [t.number for t in stopped],
+            [t.objective for t in stopped],
+            "x",
+            color="grey",
+            label="stopped early (value when stopped)",
+        )
+    axis.set(xlabel="trial", ylabel=f"{experiment.settings.metric} (validation)", title=title)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.legend(fontsize=8)
+    return Plot(title, _save(figure, path), "Objective per trial; the line is the best so far.")
+
+
+def _too_few_complete(experiment: Experiment, count: int) -> str:
+    if experiment.study_path is None:
+        return "absent: no Optuna study (a --reference run, or the study is not beside it)"
+    return f"absent: the study has {count} COMPLETE trial(s); it needs at least 2"
+
+
+def plot_importance(experiment: Experiment, path: Path) -> Plot:
+    """(4b) Optuna's hyper-parameter importance (its default evaluator)."""
+    title = "Hyper-parameter importance"
+    study = experiment.load_study()
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if study else []
+    if len(complete) < 2:
+        return Plot(title, None, _too_few_complete(experiment, len(complete)))
+    names = {k for t in complete for k in t.params}
+    varied = [k for k in names if len({repr(t.params.get(k)) for t in complete}) > 1]
+    if not varied:
+        return Plot(title, None, "absent: every COMPLETE trial has the same values")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna warns about small samples; said below
+        try:
+            importances = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError) as error:
+            return Plot(title, None, f"absent: Optuna could not compute importances ({error})")
+    shown = list(importances.items())[:MAX_IMPORTANCES][::-1]
+    figure = _figure(8, 0.35 * len(shown) + 1.5)
+    axis = figure.subplots()
+    axis.barh([k for k, _ in shown], [v for _, v in shown], color="tab:blue")
+    axis.set(xlabel="importance (normalised)", title=title)
+    note = (
+        f"Optuna's default importance evaluator over the {len(complete)} COMPLETE trials "
+        "(trials stopped early are left out); with few trials it is noisy."
+    )
+    return Plot(title, _save(figure, path), note)
+
+
+def pick_cases(per_image_dice: np.ndarray) -> list[tuple[str, int]]:
+    """(label, index) of the best, median and worst Dice among images with a lesion."""
+    lesion = np.flatnonzero(~np.isnan(per_image_dice))
+    if lesion.size == 0:
+        return []
+    order = lesion[np.argsort(per_image_dice[lesion], kind="stable")]
+    cases = {"best": order[-1], "median": order[len(order) // 2], "worst": order[0]}
+    unique = dict.fromkeys(int(i) for i in cases.values())
+    return [(next(k for k, v in cases.items() if v == i), i) for i in unique]
+
+
+def plot_examples(experiment: Experiment, path: Path) -> Plot:
+    """(5) Test images with ground truth and prediction of the best trial."""
+    title = "Test images: best, median and worst Dice of the best trial"
+    best = experiment.best
+    if best is None or not best.has_selection:
+        return Plot(title, None, "absent: the best trial has no selection.npz")
+    settings = experiment.settings
+    if not settings.data.is_dir():
+        return Plot(title, None, f"absent: the data folder {settings.data} is gone")
+    try:
+        data = resized(load_data(settings), best.config.image_size)
+    except UserError as error:
+        return Plot(title, None, f"absent: the data could not be read ({error})")
+    selection = best.selection()
+    position = {name: i for i, name in enumerate(data.names)}
+    if any(name not in position for name in selection.names):
+        return Plot(title, None, f"absent: {settings.data} no longer holds the test images")
+    cases = pick_cases(selection.per_image_dice)
+    if not cases:
+        return Plot(title, None, "absent: no test image has a lesion")
+    figure = _figure(7.5, 2.7 * len(cases))
+    axes = figure.subplots(len(cases), 3, squeeze=False)
+    for row, (label, k) in enumerate(cases):
+        index = position[selection.names[k]]
+        image = data.images[index]
+        panels = (
+            (None, f"{label}: {selection.names[k]}", None),
+            (data.masks[index].astype(bool), "ground truth", "Greens"),
+            (
+                selection.predictions[k],
+                f"prediction, Dice {selection.per_image_dice[k]:.3f}",
+                "Reds",
+            ),
+        )
+        for axis, (mask, text, colours) in zip(axes[row], panels, strict=True):
+            axis.imshow(image, cmap="gray")
+            if mask is not None:
+                axis.imshow(
+                    np.ma.masked_where(~mask, mask), cmap=colours, vmin=0, vmax=1, alpha=0.5
+                )
+            axis.set_title(text, fontsize=9)
+            axis.axis("off")
+    note = f"{best.name}, selected epoch {selection.epoch}; lesion in colour."
+    return Plot(title, _save(figure, path), note)
+
+
+# --- report.md -----------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _with_delta(value: float | None, difference: float | None) -> str:
+    return "—" if value is None else f"{value:.4f} ({difference:+.4f})"
+
+
+def reference_section(reference: PublishedReference) -> list[str]:
+    return [
+        "## Published reference",
+        "",
+        f"Source: {reference.source}.",
+        "",
+        *(f"- {key}: {text}" for key, text in reference.protocol.items()),
+        f"- best epoch {reference.best_epoch}, combined loss {reference.combined_loss}",
+        "",
+        *_table(list(COMPARED), [[f"{reference.test[m]:.4f}" for m in COMPARED]]),
+        "",
+        "Noted inconsistencies of the paper:",
+        "",
+        *(f"- {text}" for text in reference.inconsistencies),
+    ]
+
+
+def comparison_section(experiment: Experiment, reference: PublishedReference) -> list[str]:
+    columns = headline(experiment)
+    header = ["metric", *(f"{role}: {t.name}" for role, t in columns), "published"]
+    header += [f"Δ {role}" for role, _ in columns]
+    rows = []
+    for m in COMPARED:
+        values = [_test(t)[m] for _, t in columns]
+        rows.append(
+            [
+                m,
+                *(f"{v:.4f}" for v in values),
+                f"{reference.test[m]:.4f}",
+                *(f"{v - reference.test[m]:+.4f}" for v in values),
+            ]
+        )
+    return _table(header, rows)
+
+
+def trials_section(experiment: Experiment, reference: PublishedReference) -> list[str]:
+    settings = experiment.settings
+    overview = [
+        [
+            marks(t, experiment),
+            t.name,
+            t.state,
+            str(t.selected.epoch) if t.selected else "—",
+            _value(t.objective),
+            _details(t),
+        ]
+        for t in experiment.trials
+    ]
+    metrics = [["", "published reference", *(f"{reference.test[m]:.4f}" for m in COMPARED)]]
+    for t in experiment.trials:
+        test = _test(t)
+        difference = deltas(test, reference) if test else {}
+        cells = [_with_delta(test.get(m) if test else None, difference.get(m)) for m in COMPARED]
+        metrics.append([marks(t, experiment), t.name, *cells])
+    return [
+        "## Trials",
+        "",
+        f"{state_counts(experiment.trials)}. B = best trial, R = in-sweep reference trial.",
+        "",
+        *_table(
+            ["", "trial", "state", "selected epoch", f"{settings.metric}", "searched values"],
+            overview,
+        ),
+        "",
+        "Test metrics at each trial's selected epoch, (difference from the published reference):",
+        "",
+        *_table(["", "trial", *COMPARED], metrics),
+    ]
+
+
+def plot_section(plot: Plot, directory: Path) -> list[str]:
+    if plot.path is None:
+        return [f"### {plot.title}", "", f"_{plot.note}_", ""]
+    return [
+        f"### {plot.title}",
+        "",
+        f"![{plot.title}]({plot.path.relative_to(directory).as_posix()})",
+        "",
+        plot.note,
+        "",
+    ]
+
+
+def render_markdown(
+    experiment: Experiment, reference: PublishedReference, plots: list[Plot], directory: Path
+) -> str:
+    settings = experiment.settings
+    kind = (
+        "a --reference run (the reference config alone, reference protocol)"
+        if settings.reference_only
+        else f"a sweep of {len(experiment.trials)} trials ({settings.trials} planned), space "
+        f"`{settings.space}`, scheduler "
+        f"`{settings.scheduler.value}`, objective `{settings.metric}` ({settings.mode})"
+    )
+    base = settings.base
+    lines = [
+        f"# Report: {settings.name}",
+        "",
+        f"`{experiment.path}`: {kind}; base config {base.encoder} ({base.encoder_weights} "
+        f"weights), {base.image_size} px, {base.epochs} epochs, data `{settings.data}`.",
+        "",
+        "## How to read the numbers",
+        "",
+        *(f"- {line}" for line in protocol_lines(experiment, reference)),
+        "",
+        "## Against the published reference",
+        "",
+    ]
+    if headline(experiment):
+        lines += comparison_section(experiment, reference)
+    else:
+        lines.append("_No trial has selected an epoch yet: there are no test metrics._")
+    lines += ["", *trials_section(experiment, reference), "", "## Plots", ""]
+    for plot in plots:
+        lines += plot_section(plot, directory)
+    confirm_path = directory / CONFIRM_FILE
+    if confirm_path.is_file():
+        lines += [
+            "## Confirmation over seeds",
+            "",
+            *confirmation_lines(json.loads(confirm_path.read_text())),
+            "",
+        ]
+    lines += reference_section(reference)
+    return "\n".join(lines) + "\n"
+
+
+def write_report(experiment_dir: Path) -> ReportPaths:
+    """Write EXPERIMENT_DIR/report/ and say where everything went."""
+    experiment = load_experiment(experiment_dir)
+    reference = load_reference()
+    directory = experiment.path / REPORT_DIR
+    directory.mkdir(exist_ok=True)
+    for name in PLOT_FILES:
+        (directory / name).unlink(missing_ok=True)  # a plot absent now must not linger
+    plots = [
+        plot_comparison(experiment, reference, directory / COMPARISON_PLOT),
+        plot_learning_curves(experiment, directory / CURVES_PLOT),
+        plot_roc_pr(experiment, directory / ROC_PR_PLOT),
+        plot_history(experiment, directory / HISTORY_PLOT),
+        plot_importance(experiment, directory / IMPORTANCE_PLOT),
+        plot_examples(experiment, directory / EXAMPLES_PLOT),
+    ]
+    markdown = directory / MARKDOWN_FILE
+    markdown.write_text(render_markdown(experiment, reference, plots, directory))
+    trials_csv = directory / TRIALS_FILE
+    write_trials_csv(experiment, reference, trials_csv)
+    log.info("report written to %s", directory)
+    return ReportPaths(directory, markdown, trials_csv, tuple(p.path for p in plots if p.path))

@@ -1,0 +1,417 @@
+"""The reporter and the confirm statistics: hand-made experiment folders with known numbers
+(no Ray), then a small real sweep and a confirm run through Ray (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import ray
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from results import confirm
+from results.compare import COMPARED
+from results.confirm import Interval, Run, bootstrap_mean, t_interval, verdict
+from results.experiment import load_experiment
+from results.reference import load_reference
+from results.report import format_terminal_table, pick_cases, write_report
+from search_spaces import get_space
+from trainable.config import TrainConfig
+from trainable.metrics import METRIC_KEYS
+from tuner import sweep
+from tuner.cli import main
+from tuner.settings import RunSettings, Scheduler
+
+BASE = TrainConfig.reference().replace(
+    encoder="resnet18", encoder_weights="none", image_size=32, batch_size=8, epochs=3
+)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PUBLISHED = ("0.2364", "0.9685", "0.8080", "0.7317", "0.7680", "0.6233", "0.9012")
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 5_000
+
+
+# --- a hand-made experiment folder -----------------------------------------------------
+
+
+def _test_metrics(dice: float, loss: float) -> dict[str, float]:
+    """Every metric key; pooled f1 = dice, as in the trainable."""
+    metrics = {m: 0.5 for m in METRIC_KEYS}
+    metrics.update(dice=dice, f1=dice, iou=dice / (2 - dice), accuracy=0.95, roc_auc=0.9)
+    return {"test_loss": loss, "test": metrics}
+
+
+def _write_trial(
+    experiment: Path,
+    name: str,
+    params: dict,
+    objectives: list[float],
+    selected: dict | None = None,
+    error: str | None = None,
+) -> None:
+    trial = experiment / name
+    trial.mkdir()
+    (trial / "params.json").write_text(json.dumps(params))
+    TrainConfig.from_flat({**BASE.to_flat(), **params}).save(trial / "config.json")
+    rows = [
+        {"epoch": e, "combined_loss": v, "best_combined_loss": v, "training_iteration": e}
+        for e, v in enumerate(objectives, start=1)
+    ]
+    (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if error:
+        (trial / "error.txt").write_text(f"Traceback ...\n{error}\n")
+    if selected is None:
+        return
+    metrics = {
+        "protocol": {
+            "selection": "validation part (test part locked)",
+            "split": "random",
+            "split_seed": 0,
+            "counts": {"train": 28, "validation": 7, "test": 4},
+        },
+        "selected_epoch": len(objectives),
+        "checkpoint": "checkpoint_000000",
+        "combined_loss": objectives[-1],
+        **selected,
+    }
+    (trial / "metrics.json").write_text(json.dumps(metrics))
+    curve = np.linspace(0, 1, 50)
+    predictions = np.zeros((4, 32, 32), dtype=bool)
+    predictions[:, 8:20, 8:20] = True
+    np.savez_compressed(
+        trial / "selection.npz",
+        epoch=len(objectives),
+        names=np.array(["benign (1)", "benign (2)", "malignant (1)", "normal (1)"]),
+        per_image_dice=np.array([0.9, 0.5, 0.7, np.nan]),
+        predictions=np.packbits(predictions, axis=-1),
+        fpr=curve,
+        tpr=np.sqrt(curve),
+        precision=1 - curve / 2,
+        recall=curve,
+        thresholds=curve[::-1],
+    )
+
+
+def _study_trial(tune_id: str, lr: float, state: TrialState, value: float | None = None):
+    return create_trial(
+        params={"lr": lr},
+        distributions={"lr": FloatDistribution(1e-5, 1e-2, log=True)},
+        value=value,
+        state=state,
+        user_attrs={"tune_trial_id": tune_id, "epochs_run": 3},
+    )
+
+
+@pytest.fixture
+def handmade(tmp_path) -> Path:
+    """Five trials: the reference (best on test, not on validation), the best on validation,
+    one stopped early, one errored before its first epoch, one cut off by an interruption."""
+    settings = RunSettings(
+        data=tmp_path / "data-that-is-gone", base=BASE, storage=str(tmp_path), name="handmade"
+    )
+    experiment = Path(settings.experiment_dir)
+    experiment.mkdir()
+    sweep.save_settings(settings, experiment / sweep.SETTINGS_FILE)
+    reference_point = get_space("reference").reference_point(BASE)
+    _write_trial(
+        experiment, "trial_001_aaaa", reference_point, [0.9, 0.8, 0.7], _test_metrics(0.80, 0.20)
+    )
+    _write_trial(
+        experiment,
+        "trial_002_bbbb",
+        {**reference_point, "lr": 1e-3},
+        [0.8, 0.6, 0.5],
+        _test_metrics(0.70, 0.30),
+    )
+    _write_trial(
+        experiment,
+        "trial_003_cccc",
+        {**reference_point, "lr": 1e-5},
+        [0.95],
+        _test_metrics(0.10, 0.90),
+    )
+    _write_trial(
+        experiment,
+        "trial_004_dddd",
+        {**reference_point, "lr": 1e12},
+        [],
+        error="NonFiniteLossError: training loss became nan; lower the learning rate",
+    )
+    _write_trial(
+        experiment,
+        "trial_005_eeee",
+        {**reference_point, "lr": 2e-3},
+        [0.85],
+        _test_metrics(0.30, 0.70),
+    )
+    study = optuna.create_study(study_name="handmade", storage=f"sqlite:///{settings.study_path}")
+    study.add_trial(_study_trial("aaaa", 1e-4, TrialState.COMPLETE, 0.7))
+    study.add_trial(_study_trial("bbbb", 1e-3, TrialState.COMPLETE, 0.5))
+    study.add_trial(_study_trial("cccc", 1e-5, TrialState.PRUNED))
+    study.add_trial(_study_trial("dddd", 1e-3, TrialState.FAIL))
+    study.add_trial(_study_trial("eeee", 2e-3, TrialState.RUNNING))
+    return experiment
+
+
+def test_handmade_experiment_is_read_with_its_best_and_reference_trials(handmade):
+    experiment = load_experiment(handmade)
+    states = {t.name: t.state for t in experiment.trials}
+    assert states == {
+        "trial_001_aaaa": "finished",
+        "trial_002_bbbb": "finished",
+        "trial_003_cccc": "stopped early at epoch 1",
+        "trial_004_dddd": "errored",
+        "trial_005_eeee": "interrupted at epoch 1",
+    }
+    # Chosen on validation (0.5 < 0.7), although the reference trial is better on test.
+    assert experiment.best.name == "trial_002_bbbb"
+    assert experiment.reference.name == "trial_001_aaaa"
+    errored = experiment.trials[3]
+    assert errored.selected is None and errored.objective is None
+    assert errored.error.startswith("NonFiniteLossError")
+    assert [t.optuna_state for t in experiment.trials] == [
+        "COMPLETE",
+        "COMPLETE",
+        "PRUNED",
+        "FAIL",
+        "RUNNING",
+    ]
+
+
+def test_report_of_handmade_experiment(handmade):
+    paths = write_report(handmade)
+    reference = load_reference()
+    with open(paths.trials_csv) as handle:
+        rows = {row["trial"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {t.name for t in load_experiment(handmade).trials}
+    best = rows["trial_002_bbbb"]
+    assert best["marks"] == "B" and rows["trial_001_aaaa"]["marks"] == "R"
+    assert float(best["delta_dice"]) == pytest.approx(0.70 - reference.test["dice"])
+    assert float(best["delta_loss"]) == pytest.approx(0.30 - reference.test["loss"])
+    assert float(rows["trial_001_aaaa"]["delta_f1"]) == pytest.approx(0.80 - 0.768)
+    assert rows["trial_004_dddd"]["delta_dice"] == ""
+    markdown = paths.markdown.read_text()
+    for text in (
+        "stopped early at epoch 1",
+        "interrupted at epoch 1",
+        "| errored |",
+        "training loss became nan",
+        "data-that-is-gone is gone",
+        "selected on the validation part",
+        "optimistic",
+        "5 trials (32 planned)",
+        *PUBLISHED,
+    ):
+        assert text in markdown, text
+    assert "0.7000 (-0.0680)" in markdown  # the best trial's Dice and its delta
+    names = {p.name for p in paths.plots}
+    assert names == {
+        "comparison.png",
+        "learning_curves.png",
+        "roc_pr.png",
+        "history.png",
+        "importance.png",
+    }
+    for plot in paths.plots:
+        assert _is_png(plot), plot
+        assert f"]({plot.name})" in markdown
+    table = format_terminal_table(load_experiment(handmade))
+    assert "B  trial_002_bbbb" in table and "R  trial_001_aaaa" in table
+    assert "-0.0680" in table and "error: NonFiniteLossError" in table
+
+
+def test_importance_needs_two_complete_trials_with_different_values(handmade):
+    study = optuna.load_study(
+        study_name="handmade", storage=f"sqlite:///{handmade / 'handmade.sqlite'}"
+    )
+    optuna.delete_study(study_name="handmade", storage=study._storage)
+    fresh = optuna.create_study(
+        study_name="handmade", storage=f"sqlite:///{handmade / 'handmade.sqlite'}"
+    )
+    fresh.add_trial(_study_trial("aaaa", 1e-4, TrialState.COMPLETE, 0.7))
+    fresh.add_trial(_study_trial("bbbb", 1e-4, TrialState.COMPLETE, 0.5))
+    paths = write_report(handmade)
+    markdown = paths.markdown.read_text()
+    assert "every COMPLETE trial has the same values" in markdown
+    assert not (paths.directory / "importance.png").exists()
+    assert (paths.directory / "history.png").exists()
+
+
+def test_report_of_a_missing_or_foreign_folder_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    (tmp_path / "foreign").mkdir()
+    assert main(["report", str(tmp_path / "foreign")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+    assert "not an experiment folder" in errors[1]
+
+
+def test_confirm_refuses_one_seed_and_a_reference_run(handmade, tmp_path, capsys):
+    assert main(["confirm", str(handmade), "--seeds", "1"]) == 2
+    settings = RunSettings(
+        data=tmp_path, base=BASE, storage=str(tmp_path), name="alone", reference_only=True
+    )
+    alone = Path(settings.experiment_dir)
+    alone.mkdir()
+    sweep.save_settings(settings, alone / sweep.SETTINGS_FILE)
+    assert main(["confirm", str(alone)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert "--seeds must be at least 2" in errors[0]
+    assert "is a --reference run" in errors[1]
+    assert not (tmp_path / "alone-confirm").exists()
+
+
+def test_pick_cases_best_median_worst_among_lesions():
+    dice = np.array([0.5, np.nan, 0.9, 0.1])
+    assert pick_cases(dice) == [("best", 2), ("median", 0), ("worst", 3)]
+    assert pick_cases(np.array([np.nan, 0.4])) == [("best", 1)]
+    assert pick_cases(np.array([np.nan])) == []
+
+
+# --- the confirm statistics ----------------------------------------------------------
+
+
+def test_t_interval_known_values():
+    interval = t_interval([1.0, 2.0, 3.0])
+    half = 4.302653 / math.sqrt(3)  # t(0.975, 2 df) x sd 1 / sqrt(3)
+    assert interval.mean == pytest.approx(2.0)
+    assert (interval.low, interval.high) == pytest.approx((2 - half, 2 + half), abs=1e-5)
+    assert interval.n == 3
+    single = t_interval([0.4])
+    assert single.mean == 0.4 and math.isnan(single.low) and math.isnan(single.high)
+
+
+def test_verdicts_in_words():
+    assert verdict(Interval(0.05, 0.01, 0.09, 3)) == "better"
+    assert verdict(Interval(-0.05, -0.09, -0.01, 3)) == "worse"
+    assert verdict(Interval(0.01, -0.02, 0.04, 3)) == "not distinguishable"
+    assert verdict(Interval(-0.05, -0.09, -0.01, 3), lower_is_better=True) == "better"
+    assert verdict(Interval(0.5, math.nan, math.nan, 1)) == "not distinguishable"
+
+
+def test_bootstrap_clearly_better_and_indistinguishable():
+    rng = np.random.default_rng(1)
+    better = 0.1 + rng.normal(0, 0.02, size=(3, 40))
+    better[:, 5] = np.nan  # an image without a lesion: left out
+    interval = bootstrap_mean(better, resamples=2000)
+    assert interval.n == 39
+    assert 0.09 < interval.mean < 0.11 and interval.low > 0.08
+    assert verdict(interval) == "better"
+    assert bootstrap_mean(better, resamples=2000) == interval  # seeded
+    noise = rng.normal(0, 0.1, size=(3, 40))
+    noise -= noise.mean()
+    assert verdict(bootstrap_mean(noise, resamples=2000)) == "not distinguishable"
+
+
+def _run(label: str, seed: int, dice: float, per_image: list[float]) -> Run:
+    test = {m: 0.5 for m in confirm.METRICS} | {"dice": dice}
+    names = tuple(f"benign ({i})" for i in range(len(per_image)))
+    return Run(label, seed, f"trial_{label}_{seed}", "finished", test, names, np.array(per_image))
+
+
+def test_paired_comparison_per_seed_and_per_image():
+    runs = [
+        _run("reference", 0, 0.70, [0.6, 0.7, 0.8]),
+        _run("reference", 1, 0.72, [0.6, 0.7, 0.8]),
+        _run("reference", 2, 0.74, [0.6, 0.7, 0.8]),
+        _run("best", 0, 0.80, [0.7, 0.8, 0.9]),
+        _run("best", 1, 0.83, [0.7, 0.8, 0.9]),
+        _run("best", 2, 0.84, [0.7, 0.8, 0.9]),
+    ]
+    result = confirm.compare_with_reference(runs, "best")
+    dice = result["per_seed"]["dice"]
+    differences = [0.10, 0.11, 0.10]
+    assert dice["mean"] == pytest.approx(np.mean(differences))
+    assert dice["low"] == pytest.approx(t_interval(differences).low)
+    assert dice["verdict"] == "better"
+    assert result["per_seed"]["loss"]["verdict"] == "not distinguishable"  # all equal: 0
+    assert result["per_image_dice"]["mean"] == pytest.approx(0.1)
+    assert result["per_image_dice"]["verdict"] == "better"
+    assert result["seeds"] == [0, 1, 2]
+    summary = confirm.summarise_runs([r for r in runs if r.label == "best"])
+    assert summary["dice"].mean == pytest.approx(np.mean([0.80, 0.83, 0.84]))
+
+
+# --- a real experiment, through Ray ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_sweep(synth_root, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    settings = RunSettings(
+        data=synth_root,
+        base=BASE.replace(epochs=2),
+        trials=3,
+        space="reference",
+        scheduler=Scheduler.FIFO,
+        storage=str(root),
+        name="small",
+        cache_dir=root / "cache",
+    )
+    try:
+        sweep.run(settings)
+    finally:
+        ray.shutdown()
+    return Path(settings.experiment_dir)
+
+
+@pytest.mark.slow
+def test_report_of_a_real_sweep(real_sweep, capsys):
+    assert main(["report", str(real_sweep)]) == 0
+    printed = capsys.readouterr().out
+    report = real_sweep / "report"
+    markdown = (report / "report.md").read_text()
+    for name in (
+        "comparison.png",
+        "learning_curves.png",
+        "roc_pr.png",
+        "history.png",
+        "importance.png",
+        "examples.png",
+    ):
+        assert _is_png(report / name), name
+        assert f"]({name})" in markdown
+    assert (report / "trials.csv").is_file()
+    trials = sorted(p.name for p in real_sweep.glob("trial_*"))
+    assert len(trials) == 3
+    for name in trials:
+        assert name in markdown and name in printed
+    for value in PUBLISHED:
+        assert value in markdown and value in printed
+    assert "R  trial_001_" in printed or "BR trial_001_" in printed
+    assert all(m in printed for m in COMPARED)
+
+
+@pytest.mark.slow
+def test_confirm_two_seeds_end_to_end(real_sweep, capsys):
+    try:
+        assert main(["confirm", str(real_sweep), "--seeds", "2"]) == 0
+    finally:
+        ray.shutdown()
+    printed = capsys.readouterr().out
+    assert "Verdict" in printed
+    result = json.loads((real_sweep / "report" / "confirm.json").read_text())
+    assert result["seeds"] == [0, 1]
+    assert [c["label"] for c in result["candidates"]] == ["reference", "best"]
+    assert len(result["runs"]) == 4 and all(r["state"] == "finished" for r in result["runs"])
+    for label in ("reference", "best"):
+        for metric in COMPARED:
+            interval = result["summary"][label][metric]
+            assert interval["n"] == 2 and interval["low"] <= interval["mean"] <= interval["high"]
+    (comparison,) = result["comparisons"]
+    assert comparison["per_image_dice"]["n"] > 0
+    assert comparison["per_image_dice"]["verdict"] in ("better", "worse", "not distinguishable")
+    # The first seed is the sweep's own: retraining reproduces the reference trial.
+    sweep_reference = load_experiment(real_sweep).reference
+    retrained = next(r for r in result["runs"] if r["label"] == "reference" and r["seed"] == 0)
+    assert retrained["test"]["dice"] == pytest.approx(sweep_reference.selected.test["dice"])
+    write_report(real_sweep)
+    assert "Confirmation over seeds" in (real_sweep / "report" / "report.md").read_text()

@@ -1,0 +1,102 @@
+"""The Ray part of `python -m tuner confirm`: retrain the chosen configs with several
+training seeds, as one Ray Tune run beside the sweep (`<name>-confirm`).
+
+Same base config, split policy and split seed as the sweep; FIFO, so every run trains the
+full budget. The statistics are in `results.confirm`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from results.confirm import Candidate
+from results.experiment import Experiment
+from trainable.config import TrainConfig
+from trainable.errors import UserError
+from trainable.model import check_weights
+from tuner.settings import RunSettings, Scheduler
+from tuner.sweep import (
+    build_run_config,
+    build_trainable,
+    create_experiment,
+    init_ray,
+    load_data,
+    trial_dirname,
+)
+
+SUFFIX = "-confirm"
+
+
+def confirm_settings(
+    experiment: Experiment,
+    runs: int,
+    address: str | None,
+    cpus_per_trial: int,
+    gpus_per_trial: float | None,
+) -> RunSettings:
+    """The sweep's settings, for a FIFO run of `runs` trials in a new experiment beside it."""
+    return dataclasses.replace(
+        experiment.settings,
+        name=experiment.settings.name + SUFFIX,
+        storage=str(experiment.path.resolve().parent),
+        trials=runs,
+        max_concurrent=None,
+        scheduler=Scheduler.FIFO,
+        resume=False,
+        address=address,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+    )
+
+
+def pair_grid(candidates: Sequence[Candidate], seeds: Sequence[int]) -> dict[str, Any]:
+    """A param_space whose grid, expanded over every candidate point, is the (config, seed)
+    pairs. Tune requires each key a point sets to be declared in param_space; the choices
+    declared here are never sampled, since every point sets every key."""
+    keys = candidates[0].point.keys()
+    return {
+        **{k: tune.choice(list(dict.fromkeys(c.point[k] for c in candidates))) for k in keys},
+        "seed": tune.grid_search(list(seeds)),
+    }
+
+
+def run(
+    experiment: Experiment,
+    candidates: Sequence[Candidate],
+    seeds: Sequence[int],
+    *,
+    address: str | None = None,
+    cpus_per_trial: int = 1,
+    gpus_per_trial: float | None = None,
+) -> Path:
+    """Train every (candidate, seed) pair; returns the new experiment's folder."""
+    settings = confirm_settings(
+        experiment, len(candidates) * len(seeds), address, cpus_per_trial, gpus_per_trial
+    )
+    directory = Path(settings.experiment_dir)
+    if directory.exists():
+        raise UserError(f"{directory}: a confirm run is already there; remove it to run again")
+    for candidate in candidates:
+        check_weights(TrainConfig.from_flat({**settings.base.to_flat(), **candidate.point}))
+    data = load_data(settings)
+    create_experiment(settings)
+    init_ray(settings)
+    points = [dict(c.point) for c in candidates]
+    tuner = tune.Tuner(
+        build_trainable(settings, data),
+        param_space=pair_grid(candidates, seeds),
+        tune_config=tune.TuneConfig(
+            num_samples=len(points),  # one sample per point, each expanded by the seed grid
+            search_alg=BasicVariantGenerator(points_to_evaluate=points),
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=build_run_config(settings),
+    )
+    tuner.fit()
+    return directory
