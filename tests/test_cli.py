@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,22 +76,10 @@ def test_run_refuses_bad_data_with_one_line(problem, tmp_path, capsys):
     before = _listing(root)
     storage = tmp_path / "runs"
     code = main(
-        [
-            "run",
-            "--reference",
-            "--data",
-            str(root),
-            "--encoder",
-            "resnet18",
-            "--encoder-weights",
-            "none",
-            "--storage",
-            str(storage),
-            "--name",
-            "x",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ]
+        shlex.split(
+            f"run --reference --data '{root}' --encoder resnet18 --encoder-weights none "
+            f"--storage '{storage}' --name x --cache-dir '{tmp_path / 'cache'}'"
+        )
     )
     err = capsys.readouterr().err
     assert code == 2
@@ -130,16 +119,9 @@ def test_data_synth_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_resume_of_a_missing_experiment_and_reuse_of_a_name(synth_root, tmp_path, capsys):
-    common = [
-        "--data",
-        str(synth_root),
-        "--storage",
-        str(tmp_path),
-        "--encoder",
-        "resnet18",
-        "--encoder-weights",
-        "none",
-    ]
+    common = shlex.split(
+        f"--data '{synth_root}' --storage '{tmp_path}' --encoder resnet18 --encoder-weights none"
+    )
     assert main(["run", *common, "--resume", "--name", "nothing"]) == 2
     assert "no experiment to resume" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()
@@ -189,24 +171,10 @@ def run_cli(*args, cwd, env_extra=None, timeout=900):
 @pytest.mark.slow
 def test_reference_run_on_real_busi(busi_root, tmp_path):
     """2 epochs at 64 px, small encoder, through `python -m tuner run --reference`."""
-    args = [
-        "run",
-        "--reference",
-        "--data",
-        str(busi_root),
-        "--encoder",
-        "resnet18",
-        "--encoder-weights",
-        "none",
-        "--image-size",
-        "64",
-        "--epochs",
-        "2",
-        "--storage",
-        str(tmp_path / "runs"),
-        "--name",
-        "ref",
-    ]
+    args = shlex.split(
+        f"run --reference --data '{busi_root}' --encoder resnet18 --encoder-weights none "
+        f"--image-size 64 --epochs 2 --storage '{tmp_path / 'runs'}' --name ref"
+    )
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "selection on the held-out = test part (reference protocol; optimistic)" in done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -66,18 +67,10 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
 def test_demo_sweep_end_to_end(tmp_path):
     """The README's first command, shrunk: the reference first, TensorBoard for every trial."""
     process = _cli(
-        "run",
-        "--demo",
-        "--trials",
-        "4",
-        "--epochs",
-        "2",
-        "--storage",
-        str(tmp_path / "runs"),
-        "--name",
-        "demo",
-        "--cache-dir",
-        str(tmp_path / "cache"),
+        *shlex.split(
+            f"run --demo --trials 4 --epochs 2 --storage '{tmp_path / 'runs'}' --name demo "
+            f"--cache-dir '{tmp_path / 'cache'}'"
+        ),
         cwd=tmp_path,
     )
     output, _ = process.communicate(timeout=900)
@@ -160,31 +153,11 @@ def test_asha_stops_bad_trials_and_a_nan_trial_errors(synth_root, tmp_path, forc
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root, tmp_path):
     storage = tmp_path / "runs"
-    args = [
-        "run",
-        "--data",
-        str(synth_root),
-        "--encoder",
-        "resnet18",
-        "--encoder-weights",
-        "none",
-        "--image-size",
-        "64",
-        "--epochs",
-        "2",
-        "--trials",
-        "3",
-        "--max-concurrent",
-        "1",
-        "--scheduler",
-        "fifo",
-        "--storage",
-        str(storage),
-        "--name",
-        "resumable",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
+    args = shlex.split(
+        f"run --data '{synth_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
+        f"--epochs 2 --trials 3 --max-concurrent 1 --scheduler fifo --storage '{storage}' "
+        f"--name resumable --cache-dir '{tmp_path / 'cache'}'"
+    )
     process = _cli(*args, cwd=tmp_path)
     experiment = storage / "resumable"
     deadline = time.time() + 600
@@ -307,25 +280,11 @@ def test_two_node_cluster_moves_a_lost_trial_to_the_other_node(synth_root, tmp_p
 def test_real_busi_sweep(busi_root, tmp_path):
     """4 trials, 3 epochs, 64 px, small encoder on the real BUSI, as CI runs it."""
     process = _cli(
-        "run",
-        "--data",
-        str(busi_root),
-        "--encoder",
-        "resnet18",
-        "--encoder-weights",
-        "none",
-        "--image-size",
-        "64",
-        "--epochs",
-        "3",
-        "--trials",
-        "4",
-        "--storage",
-        str(tmp_path / "runs"),
-        "--name",
-        "real",
-        "--cache-dir",
-        str(tmp_path / "cache"),
+        *shlex.split(
+            f"run --data '{busi_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
+            f"--epochs 3 --trials 4 --storage '{tmp_path / 'runs'}' --name real "
+            f"--cache-dir '{tmp_path / 'cache'}'"
+        ),
         cwd=tmp_path,
     )
     output, _ = process.communicate(timeout=1200)
