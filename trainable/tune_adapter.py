@@ -138,6 +138,9 @@ def log_placement(trial_dir: Path, device: torch.device, resumed_after_epoch: in
 def train_busi(tune_config: dict[str, Any], data: BusiArrays, setup: TrialSetup) -> None:
     """The function trainable: one training run, reported every epoch."""
     torch.set_num_threads(setup.cpus)
+    # Ray logs every checkpoint it persists (one line per trial per epoch); Tune's own
+    # results already say where they are.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = resolve_config(setup, tune_config)
     data = resized(data, config.image_size)
     trial_dir = Path(tune.get_context().get_trial_dir())
