@@ -25,7 +25,7 @@ def busi_root() -> Path:
     value = os.environ.get("BUSI_DATA")
     if not value:
         pytest.skip("real BUSI data: set BUSI_DATA=path/to/Dataset_BUSI_with_GT to run")
-    root = Path(value)
+    root = Path(value).resolve()  # subprocess tests run in other folders
     if not (root / "benign").is_dir():
         pytest.skip(f"real BUSI data: BUSI_DATA={value} has no benign/ folder")
     return root
