@@ -278,11 +278,11 @@ def test_two_node_cluster_moves_a_lost_trial_to_the_other_node(synth_root, tmp_p
 
 
 def test_real_busi_sweep(busi_root, tmp_path):
-    """4 trials, 3 epochs, 64 px, small encoder on the real BUSI, as CI runs it."""
+    """4 trials, 2 epochs, 64 px, small encoder on the real BUSI, as CI runs it."""
     process = _cli(
         *shlex.split(
             f"run --data '{busi_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
-            f"--epochs 3 --trials 4 --storage '{tmp_path / 'runs'}' --name real "
+            f"--epochs 2 --trials 4 --storage '{tmp_path / 'runs'}' --name real "
             f"--cache-dir '{tmp_path / 'cache'}'"
         ),
         cwd=tmp_path,
