@@ -79,7 +79,7 @@ def load_busi(
     cache_path = (cache_dir or default_cache_dir()) / f"busi-{key}.npz"
     if cache_path.is_file():
         log.info("dataset cache hit: %s", cache_path)
-        return _read_cache(cache_path)
+        return read_cache(cache_path)
     arrays = _decode(samples, image_size, progress)
     _write_cache(arrays, cache_path)
     log.info("dataset cached: %s", cache_path)
@@ -114,7 +114,7 @@ def _write_cache(arrays: BusiArrays, path: Path) -> None:
     partial.replace(path)
 
 
-def _read_cache(path: Path) -> BusiArrays:
+def read_cache(path: Path) -> BusiArrays:
     with np.load(path) as data:
         return BusiArrays(
             names=tuple(str(n) for n in data["names"]),

@@ -87,8 +87,12 @@ def init_ray(settings: RunSettings) -> None:
     if settings.address:
         ray.init(address=settings.address, logging_level=logging.WARNING)
     else:
+        # address="local": a new Ray, never one another session left running here.
         ray.init(
-            num_gpus=settings.local_gpus, include_dashboard=False, logging_level=logging.WARNING
+            address="local",
+            num_gpus=settings.local_gpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
         )
 
 
@@ -114,8 +118,8 @@ def build_trainable(settings: RunSettings, data: BusiArrays):
 
 
 def trial_dirname(trial) -> str:
-    """`trial_003_ab12cd34`: the sweep's counter (0 is the reference point) and Tune's id,
-    instead of Tune's default name with every parameter in it."""
+    """`trial_003_ab12cd34`: Tune's counter (trial_001 is a sweep's reference point,
+    trial_000 a `--reference` run) and its id, not every parameter as Tune's default."""
     counter = int(trial.experiment_tag.split("_")[0])
     return f"trial_{counter:03d}_{trial.trial_id}"
 

@@ -1,0 +1,204 @@
+"""The benchmark scripts run end to end with tiny settings on the CPU and produce every
+key of their tables and JSON; the GPU scripts import nothing the GPU machine lacks."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainable.metrics import METRIC_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ["--encoder", "resnet18", "--image-size", "64", "--threads", "1"]
+EPOCH_KEYS = {
+    "epoch",
+    "train_loss",
+    "heldout_loss",
+    "combined_loss",
+    "heldout_dice",
+    "seconds",
+    "images_per_second",
+    "peak_gpu_bytes",
+    "improved",
+}
+MODE_KEYS = {
+    "mode",
+    "parameters",
+    "autocast",
+    "channels_last",
+    "step_seconds",
+    "images_per_second",
+    "peak_allocated_bytes",
+    "peak_reserved_bytes",
+    "device_used_bytes",
+    "speedup_over_fp32",
+}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """Imports a benchmark module (they run from the repository root, as `python -m`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(ROOT))
+        yield lambda name: importlib.import_module(f"benchmarks.{name}")
+
+
+@pytest.fixture(scope="module")
+def synth_cache_file(bench, synth_root, tmp_path_factory) -> Path:
+    """The synthetic set's 64 px cache, as one compressed file (the GPU bundle's form)."""
+    out = tmp_path_factory.mktemp("bundle") / "busi-64.npz"
+    return bench("bundle_cache").write_compressed_cache(synth_root, 64, out)
+
+
+def test_bundle_cache_reads_back_as_the_project_cache(synth_cache_file, synth_arrays):
+    from trainable.preprocess import read_cache
+
+    copy = read_cache(synth_cache_file)
+    assert copy.names == synth_arrays.names and copy.labels == synth_arrays.labels
+    for field in ("images", "masks", "groups"):
+        assert np.array_equal(getattr(copy, field), getattr(synth_arrays, field))
+
+
+@pytest.mark.slow
+def test_data_pipeline_tiny(bench, synth_root, cache_dir, tmp_path, capsys):
+    module = bench("data_pipeline")
+    argv = ["--data", str(synth_root), "--cache-dir", str(cache_dir), *TINY_MODEL]
+    argv += ["--batches", "2", "--repeats", "1", "--steps", "1", "--step-repeats", "1"]
+    argv += ["--profile-images", "2"]
+    results = module.main([*argv, "--json", str(tmp_path / "pipeline.json")])
+    assert [r["augmentation"] for r in results["throughput"]] == ["off", "reference-max"]
+    for row in results["throughput"]:
+        assert set(row) == {
+            "augmentation",
+            "naive_samples_per_s",
+            "cached_samples_per_s",
+            "cached_over_naive",
+        }
+        assert row["naive_samples_per_s"] > 0 and row["cached_samples_per_s"] > 0
+    profile = results["augmentation_profile"]
+    assert len(profile) == 8 and all(row["ms_per_image"] > 0 for row in profile)
+    for row in results["waiting"]:
+        assert set(row) == {"augmentation", "step_seconds", "wait_seconds", "wait_fraction"}
+        assert 0 < row["wait_fraction"] < 1
+    assert json.loads((tmp_path / "pipeline.json").read_text())["waiting"]
+    printed = capsys.readouterr().out
+    assert "cached/naive" in printed and "waiting %" in printed and "elastic" in printed
+
+
+def test_heaviest_augmentation_is_the_top_of_the_reference_space(bench):
+    from search_spaces import AUGMENTATION_STRENGTHS
+    from trainable.config import TrainConfig
+
+    config = bench("data_pipeline").heaviest_augmentation(TrainConfig.reference())
+    assert config.aug_hflip_p == config.aug_elastic_p == 0.5
+    assert (
+        config.aug_affine_rotate == AUGMENTATION_STRENGTHS["aug_affine_p"]["aug_affine_rotate"][1]
+    )
+
+
+@pytest.mark.slow
+def test_gpu_throughput_tiny_on_cpu(bench, synth_cache_file, tmp_path, capsys):
+    module = bench("gpu_throughput")
+    argv = [*TINY_MODEL, "--cache", str(synth_cache_file), "--out", str(tmp_path)]
+    module.main([*argv, "--warmup", "1", "--steps", "1", "--repeats", "1"])
+    results = json.loads((tmp_path / module.RESULT_FILE).read_text())
+    assert [m["mode"] for m in results["modes"]] == list(module.MODES)
+    for mode in results["modes"]:
+        assert set(mode) == MODE_KEYS and mode["images_per_second"] > 0
+    assert results["packing"]["fit"] is None  # no GPU memory figures on the CPU
+    assert {"date", "cpus", "torch", "gpu"} <= set(results["machine"])
+    assert "bf16+channels-last" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_reference_tiny_on_cpu(bench, synth_root, cache_dir, tmp_path, capsys):
+    module = bench("gpu_reference")
+    argv = [*TINY_MODEL, "--epochs", "1", "--data", str(synth_root)]
+    module.main([*argv, "--cache-dir", str(cache_dir), "--out", str(tmp_path)])
+    results = json.loads((tmp_path / module.RESULT_FILE).read_text())
+    assert list(results["protocols"]) == ["reference", "locked-test"]
+    reference, locked = results["protocols"]["reference"], results["protocols"]["locked-test"]
+    assert reference["counts"]["validation"] == 0 and locked["counts"]["validation"] > 0
+    for protocol in (reference, locked):
+        assert [set(e) for e in protocol["epochs"]] == [EPOCH_KEYS]
+        assert protocol["selected_epoch"] == 1
+        assert set(protocol["test"]) == set(METRIC_KEYS)
+        assert protocol["test_loss"] > 0 and protocol["total_seconds"] > 0
+    assert results["config"]["encoder_weights"] == "none"
+    assert results["config"]["lr"] == 1e-4 and results["config"]["batch_size"] == 8
+    assert "locked-test epoch 1" in (tmp_path / module.LOG_FILE).read_text()
+    assert "selected epoch" in capsys.readouterr().out
+
+
+def test_gpu_scripts_need_neither_ray_nor_optuna():
+    """The GPU machine has no Ray (and no optuna): the GPU scripts must not import them."""
+    code = (
+        "import sys, benchmarks.gpu_reference, benchmarks.gpu_throughput\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'})\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.gpu
+def test_gpu_scripts_on_cuda_with_the_reference_model(bench, synth_root, cache_dir, tmp_path):
+    """The real model with bf16 autocast and channels-last: a few steps and one epoch."""
+    throughput = bench("gpu_throughput").main(
+        ["--data", str(synth_root), "--cache-dir", str(cache_dir), "--out", str(tmp_path)]
+        + ["--warmup", "1", "--steps", "2", "--repeats", "1"]
+    )
+    assert throughput["packing"]["fit"] >= 1
+    assert all(m["peak_allocated_bytes"] > 0 for m in throughput["modes"])
+    reference = bench("gpu_reference").main(
+        ["--data", str(synth_root), "--cache-dir", str(cache_dir), "--out", str(tmp_path)]
+        + ["--epochs", "1", "--protocols", "locked-test"]
+    )
+    assert reference["precision"]["channels_last"] and reference["precision"]["autocast"]
+    (epoch,) = reference["protocols"]["locked-test"]["epochs"]
+    assert np.isfinite(epoch["train_loss"]) and epoch["peak_gpu_bytes"] > 0
+
+
+def test_asha_expected_fraction_follows_the_sweeps_rungs(bench):
+    fraction = bench("early_stopping").asha_expected_fraction
+    assert fraction(1) == 1.0  # no rung below the budget: ASHA stops nothing
+    assert fraction(6) == pytest.approx(2 / 6)  # rungs 1, 3: 1 + 2/3 + 3/9 epochs
+    assert fraction(20) == pytest.approx((4 + 8 / 3 + 8 / 9) / 20)  # rungs 4, 12
+
+
+def test_scaling_estimate_covers_each_layout(bench, capsys):
+    rows = bench("scaling").main([])
+    assert [(r["gpus"], r["trials_at_once"]) for r in rows] == [(1, 1), (1, 4), (8, 8), (64, 32)]
+    assert rows[-1]["idle_gpus"] == 32  # 32 trials cannot use 64 GPUs
+    assert all(r["wall_s"] >= max(r["bounds_s"].values()) for r in rows)
+    assert rows[0]["wall_s"] > rows[2]["wall_s"] > rows[3]["wall_s"]
+    assert "bound by" in capsys.readouterr().out
+
+
+def test_read_experiment_counts_epochs_and_finds_the_best(bench, tmp_path):
+    rows = {"trial_000_a": [0.9, 0.7, 0.6], "trial_001_b": [0.8]}
+    for name, losses in rows.items():
+        trial = tmp_path / name
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps({"lr": 1e-4}))
+        lines = [json.dumps({"best_combined_loss": loss, "test_dice": 1 - loss}) for loss in losses]
+        (trial / "result.json").write_text("\n".join(lines) + "\n")
+    experiment = bench("early_stopping").read_experiment(tmp_path)
+    assert experiment["trial_epochs"] == 4
+    assert experiment["best_trial"] == "trial_000_a" and experiment["best_objective"] == 0.6
+    assert experiment["best_test_dice"] == pytest.approx(0.4)
+
+
+def test_memory_reads_this_process_from_proc(bench):
+    import os
+
+    memory = bench("memory")
+    usage = memory.read_usage(os.getpid())
+    assert usage.rss >= usage.pss >= usage.uss > 0
+    assert usage.store_rss == 0  # no Ray object store mapped here
+    assert os.getpid() in memory.descendants(os.getpid())
