@@ -24,18 +24,21 @@ DEFAULT_DATA = Path(os.environ.get("BUSI_DATA", "../shared/busi/Dataset_BUSI_wit
 OWN_RAY = {"RAY_ADDRESS": "local"}
 
 
-def add_data_flags(parser: argparse.ArgumentParser) -> None:
+def add_data_flags(parser: argparse.ArgumentParser, cache_file: bool = False) -> None:
+    """--data and --cache-dir; with `cache_file`, also --cache (a preprocessed .npz read
+    directly, as the GPU scripts do where the PNGs are not)."""
     group = parser.add_argument_group("data")
     group.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="BUSI folder (default: %(default)s)"
     )
-    group.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="read this preprocessed cache file (.npz as trainable.preprocess writes it, "
-        "compressed or not) instead of --data (default: none)",
-    )
+    if cache_file:
+        group.add_argument(
+            "--cache",
+            type=Path,
+            default=None,
+            help="read this preprocessed cache file (.npz as trainable.preprocess writes "
+            "it, compressed or not) instead of --data (default: none)",
+        )
     group.add_argument(
         "--cache-dir",
         type=Path,
@@ -44,16 +47,25 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def report(results: dict[str, Any], text: str, json_path: Path | None) -> dict[str, Any]:
+    """Print a benchmark's table and, when asked, save its results as JSON."""
+    print(text)
+    if json_path:
+        write_json(json_path, results)
+    return results
+
+
 def load_arrays(args: argparse.Namespace, image_size: int) -> BusiArrays:
     """The dataset at `image_size`: from `--cache` when given (shrunk if it was cached
     larger), else from `--data` through the project's cache."""
-    if args.cache is not None:
+    if getattr(args, "cache", None) is not None:
         return resized(read_cache(args.cache), image_size)
     return load_busi(args.data, image_size, args.cache_dir, progress=False)
 
 
 def data_source(args: argparse.Namespace) -> str:
-    return str(args.cache if args.cache is not None else args.data)
+    cache = getattr(args, "cache", None)
+    return str(cache if cache is not None else args.data)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

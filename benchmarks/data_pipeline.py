@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import DEFAULT_DATA, table, write_json
+from benchmarks.common import add_data_flags, report, table
 from search_spaces import AUGMENTATION_PROBABILITIES, AUGMENTATION_STRENGTHS
 from trainable.augment import build_augmentation, normalise
 from trainable.config import TrainConfig
@@ -266,15 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.data_pipeline", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="BUSI folder (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="preprocessed-data cache (default: $BUSI_TUNE_CACHE or ~/.cache/busi-tune)",
-    )
+    add_data_flags(parser)
     parser.add_argument("--image-size", type=int, default=256, help="(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
     parser.add_argument(
@@ -317,10 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     results = run(args)
-    print(format_results(results))
-    if args.json:
-        write_json(args.json, results)
-    return results
+    return report(results, format_results(results), args.json)
 
 
 if __name__ == "__main__":

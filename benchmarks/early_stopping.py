@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DEFAULT_DATA, OWN_RAY, table, write_json
+from benchmarks.common import OWN_RAY, add_data_flags, report, table
 from trainable import keys
 from trainable.metrics import DICE
 from tuner.settings import Scheduler
@@ -177,15 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.early_stopping", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="BUSI folder (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="preprocessed-data cache (default: $BUSI_TUNE_CACHE or ~/.cache/busi-tune)",
-    )
+    add_data_flags(parser)
     parser.add_argument("--trials", type=int, default=8, help="(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=6, help="(default: %(default)s)")
     parser.add_argument("--encoder", default="resnet18", help="(default: %(default)s)")
@@ -211,10 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     results = run(args)
-    print(format_results(results))
-    if args.json:
-        write_json(args.json, results)
-    return results
+    return report(results, format_results(results), args.json)
 
 
 if __name__ == "__main__":

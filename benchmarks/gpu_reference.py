@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_reference", description=__doc__.split("\n\n")[0]
     )
-    add_data_flags(parser)
+    add_data_flags(parser, cache_file=True)
     ref = TrainConfig.reference()
     shrink = parser.add_argument_group("shrinking, for a CPU (defaults: the reference)")
     shrink.add_argument("--encoder", default=ref.encoder, help="(default: %(default)s)")

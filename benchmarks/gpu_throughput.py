@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_throughput", description=__doc__.split("\n\n")[0]
     )
-    add_data_flags(parser)
+    add_data_flags(parser, cache_file=True)
     ref = TrainConfig.reference()
     model = parser.add_argument_group("model and timing")
     model.add_argument("--encoder", default=ref.encoder, help="(default: %(default)s)")

@@ -26,7 +26,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from benchmarks.common import DEFAULT_DATA, OWN_RAY, table, write_json
+from benchmarks.common import OWN_RAY, add_data_flags, table, write_json
 from trainable.config import TrainConfig
 from tuner import sweep
 from tuner.settings import RunSettings
@@ -226,15 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="BUSI folder (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="preprocessed-data cache (default: $BUSI_TUNE_CACHE or ~/.cache/busi-tune)",
-    )
+    add_data_flags(parser)
     parser.add_argument("--image-size", type=int, default=256, help="(default: %(default)s)")
     parser.add_argument("--encoder", default="resnet18", help="(default: %(default)s)")
     parser.add_argument(

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import DEFAULT_DATA, OWN_RAY, table, write_json
+from benchmarks.common import DEFAULT_DATA, OWN_RAY, report, table
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.engine import fit
@@ -209,10 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     results = run(args)
-    print(format_results(results))
-    if args.json:
-        write_json(args.json, results)
-    return results
+    return report(results, format_results(results), args.json)
 
 
 if __name__ == "__main__":
