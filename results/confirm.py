@@ -125,8 +125,9 @@ def choose_candidates(experiment: Experiment, top: int) -> tuple[Candidate, ...]
 
 
 def training_seeds(base_seed: int, count: int) -> list[int]:
-    """The sweep's own training seed first, then the next ones."""
-    return [base_seed + i for i in range(count)]
+    """`count` fresh training seeds: the ones after the sweep's own, which trained the
+    trials being confirmed (re-running it would replay the winning trial)."""
+    return [base_seed + 1 + i for i in range(count)]
 
 
 @dataclass(frozen=True)

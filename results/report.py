@@ -31,8 +31,7 @@ from results.reference import PublishedReference, load_reference
 from trainable import keys
 from trainable.errors import UserError
 from trainable.metrics import AVERAGE_PRECISION, METRIC_KEYS, ROC_AUC
-from trainable.preprocess import resized
-from tuner.sweep import load_data
+from trainable.preprocess import load_busi
 
 log = logging.getLogger(__name__)
 
@@ -137,19 +136,43 @@ def protocol_lines(experiment: Experiment, reference: PublishedReference) -> lis
         )
         extreme = "lowest" if settings.mode == "min" else "highest"
         choice = (
-            f"best trial (B): the {extreme} {settings.metric} on the validation part (never "
+            f"objective: configs are ranked by `{settings.metric}` ({settings.mode}imised), "
+            f"{objective_words(settings.metric)}; best trial (B): the {extreme} value (never "
             "chosen on test); reference trial (R): the base config, run inside the sweep "
             "under the same protocol"
         )
+    split_words = {
+        "grouped": "near-duplicate groups kept on one side of every cut",
+        "random": "the reference's random split, which puts near-duplicates of BUSI's on "
+        "both sides of a cut and so flatters held-out numbers",
+    }[settings.split.value]
     return [
-        f"split: {settings.split.value} (seed {settings.seed}; {_counts(experiment)})",
-        f"selection: {selection}",
+        f"split: {settings.split.value}, {split_words} (seed {settings.seed}; "
+        f"{_counts(experiment)})",
+        f"selection: {selection}; the epoch rule is the reference's, lowest "
+        f"{settings.base.selection_train_weight:g} × train loss + "
+        f"{1 - settings.base.selection_train_weight:g} × held-out loss",
+        f"evaluation: every trial at {settings.base.image_size} px (a trial trained at "
+        "another size has its probabilities resized to it), threshold "
+        f"{settings.base.threshold:g}, pixels pooled over the whole part; the loss is the "
+        "soft Dice loss pooled over every pixel of the part, which does not depend on "
+        "batch size or order (the paper's is smp's batch-pooled Dice loss averaged over "
+        "batches, which does, and which scores a lesion-free batch as 0)",
         choice,
         f"published reference: {reference.protocol['selection']}; split "
         f"{reference.protocol['split']}",
         "test metrics are those of each trial's selected epoch; Δ = ours − published "
         "(for loss lower is better, for the others higher)",
     ]
+
+
+def objective_words(metric: str) -> str:
+    if metric == keys.BEST_COMBINED_LOSS:
+        return (
+            "the selected epoch's combined loss, which holds 20 % training loss and so "
+            "penalises augmentation"
+        )
+    return "the selected model's value on the whole validation part"
 
 
 def _details(trial: Trial) -> str:
@@ -398,7 +421,7 @@ def plot_history(experiment: Experiment, path: Path) -> Plot:
             color="grey",
             label="stopped early (value when stopped)",
         )
-    axis.set(xlabel="trial", ylabel=f"{experiment.settings.metric} (validation)", title=title)
+    axis.set(xlabel="trial", ylabel=experiment.settings.metric, title=title)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend(fontsize=8)
     return Plot(title, _save(figure, path), "Objective per trial; the line is the best so far.")
@@ -460,7 +483,7 @@ def plot_examples(experiment: Experiment, path: Path) -> Plot:
     if not settings.data.is_dir():
         return Plot(title, None, f"absent: the data folder {settings.data} is gone")
     try:
-        data = resized(load_data(settings), best.config.image_size)
+        data = load_busi(settings.data, settings.base.image_size, settings.cache_dir, False)
     except UserError as error:
         return Plot(title, None, f"absent: the data could not be read ({error})")
     selection = best.selection()

@@ -143,6 +143,21 @@ def test_bad_flags_are_one_line(synth_root, tmp_path, capsys):
     assert "needs storage every node can reach" in capsys.readouterr().err
 
 
+def test_an_objective_on_the_test_part_is_refused_and_nothing_is_written(
+    synth_root, tmp_path, capsys
+):
+    storage = tmp_path / "runs"
+    for metric in ("test_dice", "heldout_dice", "nonsense"):
+        assert (
+            main(["run", "--data", str(synth_root), "--storage", str(storage), "--metric", metric])
+            == 2
+        )
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"--metric {metric}: not an objective" in error
+        assert "selected_heldout_dice" in error and "best_combined_loss" in error
+    assert not storage.exists()
+
+
 def test_help_states_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
@@ -185,7 +200,8 @@ def test_reference_run_on_real_busi(busi_root, tmp_path):
     assert all(0.0 <= metrics["test"][k] <= 1.0 for k in METRIC_KEYS)
     assert metrics["protocol"]["counts"] == {"train": 624, "validation": 0, "test": 156}
     assert metrics["selected_epoch"] in (1, 2)
-    assert (trial / metrics["checkpoint"] / "state.pt").is_file()
+    assert (trial / metrics["model"]).is_file()
+    assert metrics["protocol"]["evaluation_size"] == 64
     split = json.loads((trial / "split.json").read_text())
     assert len(split["test"]) == 156 and split["policy"] == "random"
     config = json.loads((trial / "config.json").read_text())

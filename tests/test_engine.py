@@ -106,3 +106,71 @@ def test_locked_protocol_needs_a_validation_part(synth_arrays, tiny_config):
     split = make_split(synth_arrays, SplitPolicy.RANDOM, seed=0, with_validation=False)
     with pytest.raises(ValueError, match="no validation part"):
         fit(tiny_config, synth_arrays, split, device=CPU)
+
+
+def _trained(config, data, split):
+    """A model after one epoch of training, in eval mode."""
+    state = fit(config.replace(epochs=1), data, split, device=CPU)
+    return state.model.eval()
+
+
+def test_heldout_loss_and_metrics_do_not_depend_on_batch_size_or_order(synth_arrays, tiny_config):
+    split = make_split(synth_arrays, SplitPolicy.GROUPED, seed=0, with_validation=True)
+    model = _trained(tiny_config, synth_arrays, split)
+    precision = engine.Precision.for_device(CPU, tiny_config)
+    # The validation part and the test part together: normal images form their own batches
+    # at some batch sizes, which is what made the old batch-mean loss move.
+    part = np.concatenate([split.validation, split.test])
+    shuffled = np.random.default_rng(1).permutation(part)
+
+    def on(indices, batch_size):
+        return engine.evaluate(
+            model, synth_arrays, synth_arrays, indices, CPU, precision, 0.5, batch_size
+        ).metrics()
+
+    reference = on(part, 16)
+    assert 0.0 < reference["loss"] < 1.0
+    for indices, batch_size in [(part, 1), (part, 3), (part, 8), (shuffled, 5)]:
+        values = on(indices, batch_size)
+        for key, value in reference.items():
+            assert values[key] == pytest.approx(value, abs=1e-6, nan_ok=True), (key, batch_size)
+
+
+def test_the_objective_ignores_training_loss_the_epoch_rule_does_not(
+    synth_arrays, tiny_config, monkeypatch
+):
+    """A trial whose training loss is higher (as augmentation makes it) but whose model and
+    validation are identical gets the same objective; the combined loss calls it worse."""
+    split = make_split(synth_arrays, SplitPolicy.GROUPED, seed=0, with_validation=True)
+    config = tiny_config.replace(epochs=3)
+    _, plain = _reports(config, synth_arrays, split)
+    real_train = engine.train_one_epoch
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a: real_train(*a) + 0.3)
+    _, harder = _reports(config, synth_arrays, split)
+    assert [r.train_loss + 0.3 for r in plain] == pytest.approx([r.train_loss for r in harder])
+    assert plain[-1].best_epoch == harder[-1].best_epoch
+    assert harder[-1].selected_heldout == plain[-1].selected_heldout
+    assert harder[-1].best_combined_loss == pytest.approx(plain[-1].best_combined_loss + 0.06)
+    # The objective is the selected epoch's validation values, not the last epoch's.
+    selected = plain[plain[-1].best_epoch - 1]
+    assert plain[-1].selected_heldout == {"loss": selected.heldout_loss, **selected.heldout}
+
+
+def test_a_model_trained_at_another_size_is_scored_at_the_evaluation_size(
+    synth_root, cache_dir, tiny_config
+):
+    from trainable.preprocess import load_sized
+
+    sized = load_sized(synth_root, (32,), 64, cache_dir, progress=False)
+    split = make_split(sized.at(32), SplitPolicy.GROUPED, seed=0, with_validation=True)
+    config = tiny_config.replace(image_size=32, epochs=1)
+    state, reports = _reports(config, sized.at(32), split, truth=sized.evaluation)
+    (report,) = reports
+    assert report.heldout_predictions.shape == (len(split.validation), 64, 64)
+    assert report.test_predictions.shape == (len(split.test), 64, 64)
+    precision = engine.Precision.for_device(CPU, config)
+    again = engine.evaluate(
+        state.model, sized.at(32), sized.evaluation, split.validation, CPU, precision, 0.5
+    )
+    assert again.metrics() == pytest.approx(report.selected_heldout, nan_ok=True)
+    assert np.array_equal(again.predictions, report.heldout_predictions)

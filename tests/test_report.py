@@ -61,8 +61,15 @@ def _write_trial(
     trial.mkdir()
     (trial / "params.json").write_text(json.dumps(params))
     TrainConfig.from_flat({**BASE.to_flat(), **params}).save(trial / "config.json")
+    # The objective (validation Dice of the selected model) is 1 - the combined loss here.
     rows = [
-        {"epoch": e, "combined_loss": v, "best_combined_loss": v, "training_iteration": e}
+        {
+            "epoch": e,
+            "combined_loss": v,
+            "best_combined_loss": v,
+            "selected_heldout_dice": 1 - v,
+            "training_iteration": e,
+        }
         for e, v in enumerate(objectives, start=1)
     ]
     (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -78,7 +85,7 @@ def _write_trial(
             "counts": {"train": 28, "validation": 7, "test": 4},
         },
         "selected_epoch": len(objectives),
-        "checkpoint": "checkpoint_000000",
+        "model": "model.pt",
         "combined_loss": objectives[-1],
         **selected,
     }
@@ -171,7 +178,7 @@ def test_handmade_experiment_is_read_with_its_best_and_reference_trials(handmade
         "trial_004_dddd": "errored",
         "trial_005_eeee": "interrupted at epoch 1",
     }
-    # Chosen on validation (0.5 < 0.7), although the reference trial is better on test.
+    # Chosen on validation (Dice 0.5 > 0.3), although the reference trial is better on test.
     assert experiment.best.name == "trial_002_bbbb"
     assert experiment.reference.name == "trial_001_aaaa"
     errored = experiment.trials[3]

@@ -138,3 +138,39 @@ def test_searcher_survives_a_study_ahead_of_the_restored_snapshot(tmp_path):
     trial = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.sqlite").trials[0]
     assert trial.user_attrs["tune_trial_id"] == "t1"
     assert trial.state is TrialState.COMPLETE and trial.value == 0.5
+
+
+def test_every_epoch_reaches_the_study_and_a_stopped_trial_keeps_its_value(tmp_path):
+    """Tune sends a trial's last result only to on_trial_complete: it must still become an
+    intermediate value, once, and a trial stopped at its first rung must show its value."""
+    searcher = _searcher(tmp_path)
+    searcher.suggest("t1")
+    searcher.suggest("t2")
+    for epoch, value in ((1, 0.7), (2, 0.6), (3, 0.55)):
+        searcher.on_trial_result("t1", {"best_combined_loss": value, "training_iteration": epoch})
+    last = {"best_combined_loss": 0.5, "training_iteration": 4}
+    searcher.on_trial_result("t1", last)  # Tune repeats the last result when a trial ends
+    searcher.on_trial_complete("t1", last)
+    searcher.on_trial_complete("t2", {"best_combined_loss": 0.9, "training_iteration": 1})
+    full, stopped = optuna.load_study(
+        study_name="s", storage=f"sqlite:///{tmp_path}/s.sqlite"
+    ).trials
+    assert full.intermediate_values == {1: 0.7, 2: 0.6, 3: 0.55, 4: 0.5}
+    assert full.state is TrialState.COMPLETE and full.value == 0.5
+    assert stopped.intermediate_values == {1: 0.9}
+    assert stopped.state is TrialState.PRUNED and stopped.value == 0.9
+
+
+def test_the_sampler_is_multivariate_grouped_tpe_with_a_constant_liar():
+    from tuner.searcher import tpe_sampler
+
+    sampler = tpe_sampler(7)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._multivariate and sampler._group and sampler._constant_liar
+
+
+def test_confirm_never_reuses_the_sweeps_training_seed():
+    from results.confirm import training_seeds
+
+    assert training_seeds(0, 3) == [1, 2, 3]
+    assert 5 not in training_seeds(5, 4)

@@ -9,8 +9,13 @@ from trainable.splits import SplitPolicy, make_split
 
 
 @pytest.fixture(scope="module")
-def busi64(busi_root, tmp_path_factory):
-    return load_busi(busi_root, 64, tmp_path_factory.mktemp("cache"), progress=False)
+def busi_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def busi64(busi_root, busi_cache):
+    return load_busi(busi_root, 64, busi_cache, progress=False)
 
 
 def _labels(data, indices):
@@ -82,3 +87,15 @@ def test_manifest_lists_names_and_a_hash(busi64, tmp_path):
     assert set(manifest["test"]) == {busi64.names[i] for i in split.test}
     other = make_split(busi64, SplitPolicy.RANDOM, seed=1, with_validation=False)
     assert other.manifest(busi64.names)["sha256"] != manifest["sha256"]
+
+
+def test_grouped_split_is_the_same_at_every_image_size(busi_root, busi_cache, busi64):
+    """Near-duplicates are found at one analysis size, so --image-size changes no split."""
+    expected = make_split(busi64, SplitPolicy.GROUPED, seed=0, with_validation=True)
+    for size in (32, 256):
+        data = load_busi(busi_root, size, busi_cache, progress=False)
+        assert np.array_equal(data.groups, busi64.groups), size
+        split = make_split(data, SplitPolicy.GROUPED, seed=0, with_validation=True)
+        assert split.manifest(data.names) == expected.manifest(busi64.names), size
+    grouped = Counter(busi64.groups.tolist())
+    assert sum(count > 1 for count in grouped.values()) == 147  # as `data check` finds

@@ -1,10 +1,15 @@
 """The training engine: `train_one_epoch`, `evaluate` and `fit`, free of Ray.
 
-Selection follows the reference: after each epoch, combined = 0.2 x train loss + 0.8 x
-held-out loss, and the epoch with the lowest combined loss is the selected model. Under
-the locked-test protocol the held-out part is the validation part, and the test part is
-evaluated only when the selection improves, so that the selected model's test metrics
-are known without the test part ever influencing a choice.
+Two decisions, two rules. Inside a run, the epoch is selected by the reference's rule:
+after each epoch, combined = 0.2 x train loss + 0.8 x held-out loss, lowest wins. Across
+runs, configs are ranked by the selected model's held-out metrics (`selected_heldout`),
+which the adapter reports every epoch; the training loss plays no part in them.
+
+The held-out loss and metrics are computed over the whole part at one evaluation size
+(pixels pooled, the soft Dice loss from pooled sums), so they do not depend on batch size,
+order or the size a run trains at. Under the locked-test protocol the held-out part is the
+validation part, and the test part is evaluated only when the selection improves, so the
+selected model's test metrics are known without the test part ever influencing a choice.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trainable.augment import build_augmentation, normalise
@@ -28,6 +34,10 @@ from trainable.preprocess import BusiArrays
 from trainable.splits import Split
 
 log = logging.getLogger(__name__)
+
+# Evaluation's batch size changes nothing but speed and memory (the results are pooled).
+EVAL_BATCH_SIZE = 16
+LOSS = "loss"  # the key of the pooled held-out loss beside the metric keys
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,17 +53,18 @@ class EpochReport:
     heldout_loss: float
     combined_loss: float
     heldout: dict[str, float]
-    heldout_predictions: np.ndarray  # bool (N, S, S), in the order of the held-out part
+    heldout_predictions: np.ndarray  # bool (N, E, E) at the evaluation size, in part order
     lr: float
     seconds: float
     images_per_second: float
     improved: bool
     best_epoch: int
     best_combined_loss: float
+    selected_heldout: dict[str, float]  # "loss" and metrics of the best-so-far model
     test_loss: float  # of the best-so-far model
     test: dict[str, float]  # metrics of the best-so-far model on the test part
     test_stats: PixelStats | None = None
-    test_predictions: np.ndarray | None = None  # bool (N, S, S), set with test_stats
+    test_predictions: np.ndarray | None = None  # bool (N, E, E), set with test_stats
 
 
 @dataclass
@@ -66,6 +77,7 @@ class TrainingState:
     epoch: int = 0
     best_epoch: int = 0
     best_combined_loss: float = math.inf
+    best_heldout: dict[str, float] = field(default_factory=dict)
     best_test_loss: float = math.nan
     best_test: dict[str, float] = field(default_factory=dict)
 
@@ -77,6 +89,7 @@ class TrainingState:
             "epoch": self.epoch,
             "best_epoch": self.best_epoch,
             "best_combined_loss": self.best_combined_loss,
+            "best_heldout": self.best_heldout,
             "best_test_loss": self.best_test_loss,
             "best_test": self.best_test,
         }
@@ -89,6 +102,7 @@ class TrainingState:
         self.epoch = saved["epoch"]
         self.best_epoch = saved["best_epoch"]
         self.best_combined_loss = saved["best_combined_loss"]
+        self.best_heldout = saved["best_heldout"]
         self.best_test_loss = saved["best_test_loss"]
         self.best_test = saved["best_test"]
 
@@ -197,43 +211,67 @@ def train_one_epoch(
     return mean
 
 
-def _eval_batches(
-    data: BusiArrays, indices: np.ndarray, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for start in range(0, len(indices), batch_size):
-        rows = indices[start : start + batch_size]
-        yield data.images[rows], data.masks[rows]
+@dataclass(frozen=True)
+class Evaluation:
+    """A model on one part: the pooled soft Dice loss, the pooled pixel statistics and
+    the predicted masks, all at the evaluation size."""
+
+    loss: float
+    stats: PixelStats
+    predictions: np.ndarray  # bool (N, E, E), in the order of the indices
+
+    def metrics(self) -> dict[str, float]:
+        return {LOSS: self.loss, **self.stats.compute()}
+
+
+def combined_loss(train_loss: float, heldout_loss: float, train_weight: float) -> float:
+    """The reference's epoch-selection rule: w x train + (1 - w) x held-out (lowest wins)."""
+    return train_weight * train_loss + (1 - train_weight) * heldout_loss
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    precision: Precision,
+    out_size: int,
+) -> torch.Tensor:
+    """Lesion probabilities (N, out_size, out_size) of uint8 images (N, S, S). A model
+    that works at another size has its probabilities resized (bilinear) to `out_size`."""
+    x = precision.layout(torch.from_numpy(normalise(images)).unsqueeze(1).to(device))
+    with precision.autocast(device):
+        logits = model(x)
+    probs = torch.sigmoid(logits.float())
+    if probs.shape[-1] != out_size:
+        probs = F.interpolate(probs, size=(out_size, out_size), mode="bilinear").clamp_(0, 1)
+    return probs.squeeze(1)
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    data: BusiArrays,
+    inputs: BusiArrays,
+    truth: BusiArrays,
     indices: np.ndarray,
-    loss_fn: nn.Module,
     device: torch.device,
     precision: Precision,
-    config: TrainConfig,
-) -> tuple[float, PixelStats, np.ndarray]:
-    """Mean batch loss, pooled pixel statistics and the predicted masks (bool) over
-    `indices`, without augmentation."""
+    threshold: float,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> Evaluation:
+    """The model on `indices`, without augmentation: images from `inputs` (the size the
+    model works at), scored against the masks of `truth` (the evaluation size)."""
     model.eval()
-    stats = PixelStats(threshold=config.threshold)
-    predictions = np.empty((len(indices), data.image_size, data.image_size), dtype=bool)
-    total, batches = 0.0, 0
-    for images, masks in _eval_batches(data, indices, config.batch_size):
-        x = precision.layout(torch.from_numpy(normalise(images)).unsqueeze(1).to(device))
-        y = torch.from_numpy(masks.astype(np.float32)).unsqueeze(1).to(device)
-        with precision.autocast(device):
-            logits = model(x)
-        total += loss_fn(logits.float(), y).item()
-        probs = torch.sigmoid(logits.float()).squeeze(1).cpu().numpy()
-        stats.update(probs, masks)
-        predictions[batches * config.batch_size : (batches + 1) * config.batch_size] = (
-            probs > config.threshold
-        )
-        batches += 1
-    return total / max(batches, 1), stats, predictions
+    stats = PixelStats(threshold=threshold)
+    size = truth.image_size
+    predictions = np.empty((len(indices), size, size), dtype=bool)
+    for start in range(0, len(indices), batch_size):
+        rows = indices[start : start + batch_size]
+        probs = predict_probabilities(model, inputs.images[rows], device, precision, size)
+        probs = probs.cpu().numpy()
+        stats.update(probs, truth.masks[rows])
+        predictions[start : start + len(rows)] = probs > threshold
+    return Evaluation(stats.dice_loss(), stats, predictions)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -255,18 +293,22 @@ def fit(
     split: Split,
     *,
     device: torch.device,
+    truth: BusiArrays | None = None,
     select_on_test: bool = False,
     num_workers: int = 0,
     resume_from: dict[str, Any] | None = None,
     on_epoch_end: Callable[[EpochReport, TrainingState], None] | None = None,
 ) -> TrainingState:
-    """Train `config.epochs` epochs, selecting by combined loss on the held-out part.
+    """Train `config.epochs` epochs on `data` (at `config.image_size`), selecting by
+    combined loss on the held-out part, evaluated against the masks of `truth` (the
+    experiment's evaluation size; `data` itself by default).
 
     The held-out part is the test part when `select_on_test` (the reference protocol,
     optimistic) and the validation part otherwise. `on_epoch_end` receives each epoch's
     report and the state to checkpoint; it is where Ray reporting happens.
     """
     torch.manual_seed(config.seed)
+    truth = data if truth is None else truth
     heldout = split.test if select_on_test else split.validation
     if len(heldout) == 0:
         raise ValueError("the split has no validation part; make it with_validation=True")
@@ -282,7 +324,9 @@ def fit(
     loss_fn = build_loss(config.loss)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16)
     loader = make_train_loader(data, split, config, num_workers)
-    w = config.selection_train_weight
+
+    def evaluate_on(indices: np.ndarray) -> Evaluation:
+        return evaluate(model, data, truth, indices, device, precision, config.threshold)
 
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
@@ -296,46 +340,40 @@ def fit(
         train_seconds = time.perf_counter() - started
         if state.scheduler is not None:
             state.scheduler.step()
-        heldout_loss, heldout_stats, heldout_predictions = evaluate(
-            model, data, heldout, loss_fn, device, precision, config
-        )
-        combined = w * train_loss + (1 - w) * heldout_loss
+        on_heldout = evaluate_on(heldout)
+        combined = combined_loss(train_loss, on_heldout.loss, config.selection_train_weight)
         improved = combined < state.best_combined_loss
-        test_stats = test_predictions = None
+        on_test = None
         if improved:
             state.best_epoch, state.best_combined_loss = epoch, combined
-            if select_on_test:
-                test_stats, test_predictions = heldout_stats, heldout_predictions
-                state.best_test_loss = heldout_loss
-            else:
-                state.best_test_loss, test_stats, test_predictions = evaluate(
-                    model, data, split.test, loss_fn, device, precision, config
-                )
-            state.best_test = test_stats.compute()
+            state.best_heldout = on_heldout.metrics()
+            on_test = on_heldout if select_on_test else evaluate_on(split.test)
+            state.best_test_loss, state.best_test = on_test.loss, on_test.stats.compute()
         state.epoch = epoch
         report = EpochReport(
             epoch=epoch,
             train_loss=train_loss,
-            heldout_loss=heldout_loss,
+            heldout_loss=on_heldout.loss,
             combined_loss=combined,
-            heldout=heldout_stats.compute(),
-            heldout_predictions=heldout_predictions,
+            heldout=on_heldout.stats.compute(),
+            heldout_predictions=on_heldout.predictions,
             lr=lr,
             seconds=time.perf_counter() - started,
             images_per_second=len(split.train) / train_seconds,
             improved=improved,
             best_epoch=state.best_epoch,
             best_combined_loss=state.best_combined_loss,
+            selected_heldout=dict(state.best_heldout),
             test_loss=state.best_test_loss,
             test=dict(state.best_test),
-            test_stats=test_stats,
-            test_predictions=test_predictions,
+            test_stats=on_test.stats if on_test else None,
+            test_predictions=on_test.predictions if on_test else None,
         )
         log.info(
             "epoch %d: train %.4f held-out %.4f combined %.4f%s",
             epoch,
             train_loss,
-            heldout_loss,
+            on_heldout.loss,
             combined,
             " *" if improved else "",
         )

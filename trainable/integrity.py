@@ -28,8 +28,9 @@ _CENTRE_FRACTION = 0.8
 _THUMB_SIDE = 16
 _HIGH_PASS_SIGMA = 2.0  # thumbnail pixels
 _NEAR_THRESHOLD = 0.67  # Pearson correlation of two thumbnails
-# check_dataset compares images at the size the training pipeline uses.
-_CHECK_SIDE = 256
+# Near-duplicates are always found on images resized to this side, whatever size a run
+# trains at, so the groups (and the grouped split) are the same at every --image-size.
+ANALYSIS_SIDE = 256
 # How many duplicate groups format_report lists before "...".
 _LISTED_GROUPS = 5
 
@@ -48,6 +49,11 @@ def _pixel_key(image: np.ndarray) -> str:
     digest = hashlib.blake2b(str(image.shape).encode(), digest_size=16)
     digest.update(np.ascontiguousarray(image).tobytes())
     return digest.hexdigest()
+
+
+def analysis_image(image: np.ndarray) -> np.ndarray:
+    """The image as near-duplicate detection sees it: ANALYSIS_SIDE square, area-averaged."""
+    return cv2.resize(image, (ANALYSIS_SIDE, ANALYSIS_SIDE), interpolation=cv2.INTER_AREA)
 
 
 def near_duplicate_groups(names: Sequence[str], images: Sequence[np.ndarray]) -> list[list[str]]:
@@ -162,7 +168,7 @@ def check_dataset(root: Path, progress: bool = False) -> IntegrityReport:
         loaded.append(sample)
         sizes.append((image.shape[1], image.shape[0]))
         modes.update(sample_modes)
-        images.append(cv2.resize(image, (_CHECK_SIDE, _CHECK_SIDE), interpolation=cv2.INTER_AREA))
+        images.append(analysis_image(image))
     report = _report(root, samples, loaded, images, sizes, modes, problems)
     log.info("checked %s: %d images, %d problems", root, len(samples), len(problems))
     return report

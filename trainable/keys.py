@@ -3,13 +3,13 @@ and the reporter so that the name reported and the name optimised cannot drift a
 
 from __future__ import annotations
 
-from trainable.metrics import METRIC_KEYS
+from trainable.metrics import DICE, METRIC_KEYS, NORMAL_FP_RATE
 
 EPOCH = "epoch"
 TRAIN_LOSS = "train_loss"
 HELDOUT_LOSS = "heldout_loss"  # validation part, or test part under the reference protocol
 COMBINED_LOSS = "combined_loss"
-BEST_COMBINED_LOSS = "best_combined_loss"  # the default objective (minimised)
+BEST_COMBINED_LOSS = "best_combined_loss"  # the selected epoch's combined loss
 BEST_EPOCH = "best_epoch"
 LR = "lr"
 EPOCH_SECONDS = "epoch_seconds"
@@ -25,6 +25,24 @@ def on_test(metric: str) -> str:
     return f"test_{metric}"
 
 
+def selected(metric: str) -> str:
+    """The held-out value of the selected (best-so-far) model: what configs are ranked by."""
+    return f"selected_heldout_{metric}"
+
+
+SELECTED_LOSS = selected("loss")
+SELECTED_METRICS = tuple(selected(m) for m in METRIC_KEYS)
+
+# The objectives a sweep may rank configs by, with their direction: the selected model's
+# held-out values (never the test part's), or the combined loss with its training term.
+LOWER_IS_BETTER = {"loss", NORMAL_FP_RATE}
+OBJECTIVES: dict[str, str] = {
+    **{selected(m): "min" if m in LOWER_IS_BETTER else "max" for m in ("loss", *METRIC_KEYS)},
+    BEST_COMBINED_LOSS: "min",
+}
+DEFAULT_OBJECTIVE = selected(DICE)
+
+
 HELDOUT_METRICS = tuple(on_heldout(m) for m in METRIC_KEYS)
 TEST_METRICS = tuple(on_test(m) for m in METRIC_KEYS)
 # Every result carries exactly these keys, every epoch (progress.csv fixes its columns
@@ -36,6 +54,8 @@ REPORTED = (
     COMBINED_LOSS,
     BEST_COMBINED_LOSS,
     BEST_EPOCH,
+    SELECTED_LOSS,
+    *SELECTED_METRICS,
     LR,
     EPOCH_SECONDS,
     IMAGES_PER_SECOND,

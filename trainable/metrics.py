@@ -28,6 +28,11 @@ Zero-division rules:
 - normal_fp_rate: fraction of empty-mask ("normal") images with any predicted lesion pixel, NaN
   when there are none
 
+The soft Dice loss of a whole part, ``1 - 2 sum(p y) / (sum(p) + sum(y))`` with the sums taken
+over every pixel of every image (float64), is accumulated beside the counts: like the pooled
+metrics it does not depend on how the images are batched or ordered, unlike the mean of smp's
+batch-pooled ``DiceLoss`` over batches (which also scores a lesion-free batch as 0).
+
 roc_auc and average_precision are computed on a 65,536-bin histogram of the probabilities
 (equal-width bins over [0, 1], probability 1.0 in the last bin; pixels within one bin are ties).
 roc_auc is the trapezoidal area under the bin-wise cumulative (FPR, TPR) points; average
@@ -104,6 +109,8 @@ class PixelStats:
         self.tp = self.fp = self.fn = self.tn = 0
         self.pos_hist = np.zeros(self.bins, dtype=np.int64)
         self.neg_hist = np.zeros(self.bins, dtype=np.int64)
+        self.soft_intersection = 0.0  # sum of p * y, float64
+        self.soft_total = 0.0  # sum of p + sum of y, float64
         self._dice: list[np.ndarray] = []
         self._normal_fp: list[np.ndarray] = []
 
@@ -127,6 +134,9 @@ class PixelStats:
         truth = masks.reshape(n, -1)
         if truth.dtype != np.bool_:
             truth = truth != 0
+
+        self.soft_intersection += float(probs[truth].sum(dtype=np.float64))
+        self.soft_total += float(probs.sum(dtype=np.float64)) + int(np.count_nonzero(truth))
 
         pred = probs > self.threshold
         tp_i = np.count_nonzero(pred & truth, axis=1)
@@ -155,6 +165,13 @@ class PixelStats:
         counts = np.bincount(idx.ravel(), minlength=2 * self.bins)
         self.neg_hist += counts[: self.bins]
         self.pos_hist += counts[self.bins :]
+
+    def dice_loss(self) -> float:
+        """Soft Dice loss pooled over every pixel accumulated so far (0 when both the truth
+        and the probabilities are all zero)."""
+        if self.soft_total == 0:
+            return 0.0
+        return 1.0 - 2.0 * self.soft_intersection / self.soft_total
 
     def per_image_dice(self) -> np.ndarray:
         """Dice of every image in update order, NaN for images without a lesion."""

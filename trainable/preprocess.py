@@ -18,12 +18,12 @@ import numpy as np
 from tqdm import tqdm
 
 from trainable.dataset import BusiClass, Sample, discover, load_sample
-from trainable.integrity import near_duplicate_groups
+from trainable.integrity import analysis_image, near_duplicate_groups
 
 log = logging.getLogger(__name__)
 
 # Bump when the preprocessing changes, so old caches are not reused.
-_PREPROCESS_VERSION = 1
+_PREPROCESS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,14 @@ def load_busi(
 def _decode(samples: list[Sample], size: int, progress: bool) -> BusiArrays:
     images = np.empty((len(samples), size, size), dtype=np.uint8)
     masks = np.empty((len(samples), size, size), dtype=np.uint8)
+    analysed = []
     for i, sample in enumerate(tqdm(samples, desc="decoding BUSI", disable=not progress)):
-        images[i], masks[i] = resize_pair(*load_sample(sample), size)
+        image, mask = load_sample(sample)
+        images[i], masks[i] = resize_pair(image, mask, size)
+        analysed.append(analysis_image(image))
     names = tuple(s.name for s in samples)
     groups = np.arange(len(samples), dtype=np.int32)
-    for group_id, members in enumerate(near_duplicate_groups(names, list(images))):
+    for group_id, members in enumerate(near_duplicate_groups(names, analysed)):
         for name in members:
             groups[names.index(name)] = len(samples) + group_id
     return BusiArrays(names, tuple(s.label for s in samples), images, masks, groups)
@@ -126,9 +129,8 @@ def read_cache(path: Path) -> BusiArrays:
 
 
 def resized(data: BusiArrays, size: int) -> BusiArrays:
-    """The same dataset at another size, for a trial whose config searches image size.
-    (It starts from the cached size rather than the original PNGs: the sweep caches the
-    largest size its space can ask for, so this only ever shrinks.)"""
+    """The same dataset at another size, shrunk from these arrays (the benchmarks' bundled
+    cache); training and evaluation decode every size from the PNGs (`load_sized`)."""
     if size == data.image_size:
         return data
     pairs = [resize_pair(i, m, size) for i, m in zip(data.images, data.masks, strict=True)]
@@ -139,3 +141,33 @@ def resized(data: BusiArrays, size: int) -> BusiArrays:
         masks=np.stack([p[1] for p in pairs]),
         groups=data.groups,
     )
+
+
+@dataclass(frozen=True)
+class SizedData:
+    """One dataset decoded from its PNGs at every size an experiment's trials train at,
+    and the experiment's one evaluation size: every trial is scored on the masks at
+    `eval_size`, so trials that train at other sizes stay comparable."""
+
+    by_size: dict[int, BusiArrays]
+    eval_size: int
+
+    def at(self, size: int) -> BusiArrays:
+        return self.by_size[size]
+
+    @property
+    def evaluation(self) -> BusiArrays:
+        return self.by_size[self.eval_size]
+
+
+def load_sized(
+    root: Path,
+    sizes: tuple[int, ...],
+    eval_size: int,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> SizedData:
+    """The dataset at each of `sizes` and at `eval_size`, each decoded from the PNGs
+    (cached per size), never resized from another size."""
+    wanted = sorted({*sizes, eval_size})
+    return SizedData({s: load_busi(root, s, cache_dir, progress) for s in wanted}, eval_size)

@@ -23,15 +23,17 @@ from ray import tune
 
 from trainable import keys
 from trainable.config import TrainConfig
-from trainable.engine import EpochReport, TrainingState, fit, pick_device
+from trainable.engine import LOSS, EpochReport, NonFiniteLossError, TrainingState, fit, pick_device
 from trainable.metrics import METRIC_KEYS
-from trainable.preprocess import BusiArrays, resized
+from trainable.preprocess import SizedData
 from trainable.splits import Split, SplitPolicy, make_split
 from trainable.tensorboard import TrialWriter
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"  # the selected model's weights (state dict), rewritten on improvement
+FAILURE_FILE = "failure.json"  # why a trial failed deterministically: its retries do not train
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
@@ -45,7 +47,7 @@ class TrialSetup:
     """What every trial of an experiment shares; the Tune config holds what varies."""
 
     base: TrainConfig
-    split_policy: SplitPolicy = SplitPolicy.RANDOM
+    split_policy: SplitPolicy = SplitPolicy.GROUPED
     split_seed: int = 0
     select_on_test: bool = False  # True only for the reference protocol
     cpus: int = 1
@@ -68,6 +70,7 @@ def to_tune_metrics(report: EpochReport) -> dict[str, float]:
         keys.COMBINED_LOSS: report.combined_loss,
         keys.BEST_COMBINED_LOSS: report.best_combined_loss,
         keys.BEST_EPOCH: report.best_epoch,
+        keys.SELECTED_LOSS: report.selected_heldout[LOSS],
         keys.LR: report.lr,
         keys.EPOCH_SECONDS: report.seconds,
         keys.IMAGES_PER_SECOND: report.images_per_second,
@@ -75,12 +78,16 @@ def to_tune_metrics(report: EpochReport) -> dict[str, float]:
     }
     for m in METRIC_KEYS:
         metrics[keys.on_heldout(m)] = report.heldout[m]
+        metrics[keys.selected(m)] = report.selected_heldout[m]
         metrics[keys.on_test(m)] = report.test.get(m, math.nan)
     return {k: metrics[k] for k in keys.REPORTED}
 
 
-def selection_summary(report: EpochReport, setup: TrialSetup, split: Split) -> dict[str, Any]:
-    """metrics.json: the selected epoch's test metrics and the protocol behind them."""
+def selection_summary(
+    report: EpochReport, setup: TrialSetup, split: Split, eval_size: int
+) -> dict[str, Any]:
+    """metrics.json: the selected epoch, its held-out and test metrics, and the protocol
+    behind them."""
     return {
         "protocol": {
             "selection": (
@@ -88,6 +95,12 @@ def selection_summary(report: EpochReport, setup: TrialSetup, split: Split) -> d
                 if setup.select_on_test
                 else "validation part (test part locked)"
             ),
+            "epoch_rule": (
+                f"lowest {setup.base.selection_train_weight:g} x train loss + "
+                f"{1 - setup.base.selection_train_weight:g} x held-out loss"
+            ),
+            "heldout_loss": "soft Dice loss pooled over every pixel of the part",
+            "evaluation_size": eval_size,
             "split": split.policy.value,
             "split_seed": split.seed,
             "counts": {
@@ -97,8 +110,9 @@ def selection_summary(report: EpochReport, setup: TrialSetup, split: Split) -> d
             },
         },
         "selected_epoch": report.best_epoch,
-        "checkpoint": f"checkpoint_{report.best_epoch - 1:06d}",
+        "model": MODEL_FILE,
         keys.COMBINED_LOSS: report.best_combined_loss,
+        "heldout": report.selected_heldout,
         keys.TEST_LOSS: report.test_loss,
         "test": report.test,
     }
@@ -135,15 +149,53 @@ def log_placement(trial_dir: Path, device: torch.device, resumed_after_epoch: in
         log_file.write(json.dumps(entry) + "\n")
 
 
-def train_busi(tune_config: dict[str, Any], data: BusiArrays, setup: TrialSetup) -> None:
+class DeterministicFailure(RuntimeError):
+    """A failure that a retry would only repeat (see FAILURE_FILE)."""
+
+
+# Failures that training the same config again would repeat: Tune's retries are for lost
+# workers and nodes, and Tune has no per-error retry policy, so the trial records them and
+# a retry ends at once instead of training again.
+DETERMINISTIC = (NonFiniteLossError, torch.OutOfMemoryError, ValueError)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Write then rename: a reader never sees half a file."""
+    partial = path.with_suffix(".partial")
+    torch.save(model.state_dict(), partial)
+    partial.replace(path)
+
+
+def _refuse_known_failure(trial_dir: Path) -> None:
+    path = trial_dir / FAILURE_FILE
+    if path.is_file():
+        reason = json.loads(path.read_text())["reason"]
+        raise DeterministicFailure(f"not retried, it would fail again: {reason}")
+
+
+def _record_failure(trial_dir: Path, error: BaseException) -> None:
+    reason = f"{type(error).__name__}: {error}"
+    (trial_dir / FAILURE_FILE).write_text(json.dumps({"reason": reason}) + "\n")
+
+
+def train_busi(tune_config: dict[str, Any], data: SizedData, setup: TrialSetup) -> None:
     """The function trainable: one training run, reported every epoch."""
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    _refuse_known_failure(trial_dir)
+    try:
+        _train(tune_config, data, setup, trial_dir)
+    except DETERMINISTIC as error:
+        _record_failure(trial_dir, error)
+        raise
+
+
+def _train(tune_config: dict[str, Any], sized: SizedData, setup: TrialSetup, trial_dir: Path):
     torch.set_num_threads(setup.cpus)
     # Ray logs every checkpoint it persists (one line per trial per epoch); Tune's own
     # results already say where they are.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = resolve_config(setup, tune_config)
-    data = resized(data, config.image_size)
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    data, truth = sized.at(config.image_size), sized.evaluation
     device = pick_device()
     if device.type == "cpu" and ray.get_gpu_ids():
         log.warning(
@@ -157,7 +209,9 @@ def train_busi(tune_config: dict[str, Any], data: BusiArrays, setup: TrialSetup)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            resume_from = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+            resume_from = torch.load(
+                Path(directory) / STATE_FILE, map_location=device, weights_only=True
+            )
     log_placement(trial_dir, device, resume_from["epoch"] if resume_from else 0)
 
     heldout = split.test if setup.select_on_test else split.validation
@@ -169,13 +223,14 @@ def train_busi(tune_config: dict[str, Any], data: BusiArrays, setup: TrialSetup)
         if writer.wants_images(report.epoch, config.epochs):
             writer.images(
                 report.epoch,
-                data.images[examples],
-                data.masks[examples],
+                truth.images[examples],
+                truth.masks[examples],
                 report.heldout_predictions[: len(examples)],
             )
         if report.improved:
+            save_weights(state.model, trial_dir / MODEL_FILE)
             write_selection(trial_dir, report, [data.names[i] for i in split.test])
-            summary = selection_summary(report, setup, split)
+            summary = selection_summary(report, setup, split, truth.image_size)
             (trial_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         writer.flush()
         with tempfile.TemporaryDirectory() as directory:
@@ -190,6 +245,7 @@ def train_busi(tune_config: dict[str, Any], data: BusiArrays, setup: TrialSetup)
             data,
             split,
             device=device,
+            truth=truth,
             select_on_test=setup.select_on_test,
             num_workers=setup.num_workers,
             resume_from=resume_from,

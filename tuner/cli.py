@@ -92,11 +92,11 @@ def _add_run_parser(commands) -> None:
     )
     sweep.add_argument(
         "--metric",
-        default=keys.BEST_COMBINED_LOSS,
-        help="objective, a reported key (default: %(default)s, on the validation part)",
-    )
-    sweep.add_argument(
-        "--mode", choices=["min", "max"], default="min", help="(default: %(default)s)"
+        default=keys.DEFAULT_OBJECTIVE,
+        help="what configs are ranked by: the selected model's value on the validation "
+        "part, selected_heldout_<loss|dice|iou|...>, maximised or minimised as the metric "
+        "wants; or best_combined_loss, the epoch rule's own value, which holds 20%% "
+        "training loss and so penalises augmentation (default: %(default)s)",
     )
     sweep.add_argument(
         "--seed",
@@ -107,9 +107,9 @@ def _add_run_parser(commands) -> None:
     sweep.add_argument(
         "--split",
         choices=[p.value for p in SplitPolicy],
-        default="random",
-        help="random (the reference's) or grouped (near-duplicates kept "
-        "together) (default: %(default)s)",
+        default=None,
+        help="grouped (near-duplicates kept on one side) or random (the reference's, which "
+        "leaks near-duplicates across parts) (default: grouped; --reference: random)",
     )
     where = run.add_argument_group("where and how")
     where.add_argument(
@@ -237,6 +237,44 @@ def _add_confirm_parser(commands) -> None:
     confirm.set_defaults(handler=_confirm)
 
 
+def _add_evaluate_parser(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="a trial's selected model on the validation or test part, or on other data",
+        description="Load a trial's selected model (default: the best trial) and evaluate "
+        "it on a part of the experiment's own split, or with --data on every image of "
+        "another BUSI-layout folder, at the experiment's evaluation size. Prints the "
+        "pooled loss and every metric; on the experiment's parts also what the trial "
+        "recorded.",
+    )
+    evaluate.add_argument("dir", type=Path, help="the experiment folder, <storage>/<name>")
+    evaluate.add_argument(
+        "--trial", default=None, help="trial name, e.g. trial_004 (default: the best trial)"
+    )
+    evaluate.add_argument(
+        "--part",
+        choices=["validation", "test"],
+        default="test",
+        help="part of the experiment's split (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="evaluate on every image of this BUSI folder instead (default: the split's part)",
+    )
+    evaluate.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="images per forward pass; changes no result (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--json", action="store_true", help="print one JSON object instead (default: off)"
+    )
+    evaluate.set_defaults(handler=_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tuner",
@@ -250,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     spaces.set_defaults(handler=_spaces)
     _add_report_parser(commands)
     _add_confirm_parser(commands)
+    _add_evaluate_parser(commands)
     return parser
 
 
@@ -282,9 +321,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         space=args.space,
         scheduler=Scheduler(args.scheduler),
         metric=args.metric,
-        mode=args.mode,
         seed=args.seed,
-        split=SplitPolicy(args.split),
+        split=SplitPolicy(args.split or ("random" if args.reference else "grouped")),
         storage=args.storage,
         name=args.name,
         shared_storage=args.shared_storage,
@@ -386,6 +424,21 @@ def _confirm(args: argparse.Namespace) -> int:
     print("\n".join(confirm.confirmation_lines(result)))
     print(f"\nsaved: {path}")
     print(f"report with it: python -m tuner report {experiment.path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from results.experiment import load_experiment
+    from tuner import evaluate
+
+    experiment = load_experiment(args.dir)
+    trial = evaluate.pick_trial(experiment, args.trial)
+    result = evaluate.evaluate_trial(
+        experiment, trial, evaluate.Part(args.part), args.data, args.batch_size
+    )
+    print(json.dumps(result.to_json()) if args.json else evaluate.format_result(result))
     return 0
 
 

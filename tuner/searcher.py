@@ -1,4 +1,4 @@
-"""Ray Tune's OptunaSearch, with three fixes the sweep needs (see design.md, Known traps).
+"""Ray Tune's OptunaSearch, with the fixes the sweep needs (see design.md, Known traps).
 
 - A trial stopped early by ASHA reaches `on_trial_complete` with a partial value; plain
   OptunaSearch records it COMPLETE, as if it had trained the full budget, which biases
@@ -6,17 +6,24 @@
   intermediate value).
 - An errored trial (non-finite loss, out of memory) must be FAIL, not COMPLETE with its
   last reported value.
+- Tune hands a trial's last result only to `on_trial_complete`, so plain OptunaSearch
+  never records it as an intermediate value: the last epoch of every trial, and every
+  epoch of a trial stopped at its first rung, are missing from the study. Here it is
+  recorded, so a PRUNED trial also shows its last value (Optuna takes it from there).
 - After `Tuner.restore`, the persistent study can be ahead of Tune's snapshot: reporting
   to, or telling, a trial the study already finished raises `UpdateFinishedTrialError`
   and would crash the restore. Such updates are skipped.
 
 Each Optuna trial also carries the Tune trial id and the epochs it ran (user attributes).
+The sampler is TPE as Optuna's authors advise for a conditional space sampled in
+parallel (`tpe_sampler`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import optuna
 from optuna.trial import TrialState
@@ -26,6 +33,18 @@ log = logging.getLogger(__name__)
 
 TUNE_TRIAL_ID = "tune_trial_id"
 EPOCHS_RUN = "epochs_run"
+
+
+def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
+    """TPE that models the conditional parameters jointly (`multivariate`, `group`: the
+    augmentation strengths exist only when their probability is on) and that, with
+    `constant_liar`, does not hand parallel workers the same point while trials run."""
+    with warnings.catch_warnings():
+        # These options are marked experimental by Optuna; they are what its docs advise.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True
+        )
 
 
 def completion_state(value: float | None, epochs_run: int, budget: int, error: bool) -> TrialState:
@@ -44,10 +63,16 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._budget_epochs = budget_epochs
 
+    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
+        return self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+
     def _is_finished_in_study(self, trial_id: str) -> bool:
-        ot_trial = self._ot_trials[trial_id]
-        state = self._ot_study._storage.get_trial(ot_trial._trial_id).state
-        return state.is_finished()
+        return self._stored(trial_id).state.is_finished()
+
+    def _record_intermediate(self, trial_id: str, value: float, epoch: int) -> None:
+        """Once per epoch: Tune hands the last result twice when a trial ends by itself."""
+        if epoch not in self._stored(trial_id).intermediate_values:
+            self._ot_trials[trial_id].report(value, epoch)
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
@@ -58,9 +83,9 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         if trial_id in self._ot_trials and self._is_finished_in_study(trial_id):
             return  # the study is ahead of Tune's restored snapshot
         value = result.get(self.metric)
-        if value is not None and not math.isfinite(value):
+        if value is None or not math.isfinite(value):
             return  # Optuna refuses non-finite intermediate values; the trial will fail
-        super().on_trial_result(trial_id, result)
+        self._record_intermediate(trial_id, value, int(result["training_iteration"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -73,6 +98,8 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         value = result.get(self.metric) if result else None
         epochs_run = int(result.get("training_iteration", 0)) if result else 0
         ot_trial.set_user_attr(EPOCHS_RUN, epochs_run)
+        if value is not None and math.isfinite(value) and epochs_run > 0:
+            self._record_intermediate(trial_id, value, epochs_run)
         state = completion_state(value, epochs_run, self._budget_epochs, error)
         self._ot_study.tell(ot_trial, value if state is TrialState.COMPLETE else None, state=state)
 

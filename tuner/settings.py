@@ -27,10 +27,9 @@ class RunSettings:
     max_concurrent: int | None = None
     space: str = "reference"
     scheduler: Scheduler = Scheduler.ASHA
-    metric: str = keys.BEST_COMBINED_LOSS
-    mode: str = "min"
+    metric: str = keys.DEFAULT_OBJECTIVE  # one of keys.OBJECTIVES: validation-side only
     seed: int = 0
-    split: SplitPolicy = SplitPolicy.RANDOM
+    split: SplitPolicy = SplitPolicy.GROUPED  # --reference: the paper's random split
     storage: str = "./runs"
     name: str = ""
     shared_storage: bool = False  # a local --storage path that every node mounts (NFS)
@@ -52,10 +51,20 @@ class RunSettings:
                 "node can reach; pass a URI such as s3://bucket/runs, or an NFS path that "
                 "every node mounts together with --shared-storage"
             )
+        if self.metric not in keys.OBJECTIVES:
+            raise UserError(
+                f"--metric {self.metric}: not an objective; configs are ranked on the "
+                f"validation part only, by one of: {', '.join(keys.OBJECTIVES)}"
+            )
         if self.trials < 1 or self.cpus_per_trial < 1:
             raise UserError("--trials and --cpus-per-trial must be at least 1")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise UserError("--gpus-per-trial must be 0 or more")
+
+    @property
+    def mode(self) -> str:
+        """min or max: the objective's own direction."""
+        return keys.OBJECTIVES[self.metric]
 
     @property
     def storage_is_local(self) -> bool:

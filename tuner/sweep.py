@@ -17,10 +17,10 @@ from trainable import keys
 from trainable.config import TrainConfig
 from trainable.errors import UserError
 from trainable.model import check_weights
-from trainable.preprocess import BusiArrays, load_busi
+from trainable.preprocess import SizedData, load_sized
 from trainable.splits import SplitPolicy
 from trainable.tune_adapter import TrialSetup, train_busi
-from tuner.searcher import BudgetAwareOptunaSearch, sqlite_storage
+from tuner.searcher import BudgetAwareOptunaSearch, sqlite_storage, tpe_sampler
 from tuner.settings import RunSettings, Scheduler
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,11 @@ SETTINGS_FILE = "busi_tune_settings.json"
 
 
 def save_settings(settings: RunSettings, path: Path) -> None:
+    """Paths saved absolute, so resume, report and evaluate work from any folder."""
     flat = dataclasses.asdict(settings)
     flat["base"] = settings.base.to_flat()
+    flat["data"] = str(settings.data.resolve())
+    flat["cache_dir"] = str(settings.cache_dir.resolve()) if settings.cache_dir else None
     path.write_text(json.dumps(flat, indent=2, default=str) + "\n")
 
 
@@ -73,12 +76,13 @@ def create_experiment(settings: RunSettings) -> None:
         save_settings(settings, directory / SETTINGS_FILE)
 
 
-def load_data(settings: RunSettings) -> BusiArrays:
-    """Preprocessed once per experiment, at the largest size the space can ask for."""
+def load_data(settings: RunSettings) -> SizedData:
+    """Preprocessed once per experiment, at every size the space can ask for; evaluated at
+    the base config's size."""
     sizes = (settings.base.image_size,)
     if not settings.reference_only:
         sizes = get_space(settings.space).image_sizes(settings.base)
-    return load_busi(settings.data, max(sizes), settings.cache_dir)
+    return load_sized(settings.data, sizes, settings.base.image_size, settings.cache_dir)
 
 
 def init_ray(settings: RunSettings) -> None:
@@ -102,7 +106,7 @@ def gpus_per_trial(settings: RunSettings) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def build_trainable(settings: RunSettings, data: BusiArrays):
+def build_trainable(settings: RunSettings, data: SizedData):
     setup = TrialSetup(
         base=settings.base,
         split_policy=settings.split,
@@ -133,7 +137,7 @@ def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
         metric=settings.metric,
         mode=settings.mode,
         points_to_evaluate=[space.reference_point(settings.base)],
-        seed=settings.seed,
+        sampler=tpe_sampler(settings.seed),
         study_name=settings.name,
         storage=sqlite_storage(str(settings.study_path)),
         budget_epochs=settings.base.epochs,
@@ -166,6 +170,7 @@ def build_run_config(settings: RunSettings) -> tune.RunConfig:
         storage_path=settings.storage_path,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         # Keep the selected (lowest combined loss) checkpoint; Tune also keeps the latest.
+        # The selected weights alone are in each trial's model.pt.
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=1,
             checkpoint_score_attribute=keys.COMBINED_LOSS,

@@ -1,0 +1,148 @@
+"""`python -m tuner evaluate`: a trial's selected model on a part of its experiment's
+split, or on every image of another BUSI folder, by the same code the trial used.
+
+On the experiment's own parts it reproduces what the trial recorded at selection
+(metrics.json), at any batch size: the loss and metrics are pooled over the whole part.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from results.experiment import Experiment, Trial
+from trainable.engine import LOSS, Precision, evaluate, pick_device
+from trainable.errors import UserError
+from trainable.metrics import METRIC_KEYS
+from trainable.model import build_model
+from trainable.preprocess import load_sized
+from trainable.splits import make_split
+from trainable.tune_adapter import METRICS_FILE, MODEL_FILE, SPLIT_FILE
+
+
+class Part(enum.StrEnum):
+    VALIDATION = "validation"
+    TEST = "test"
+
+
+@dataclass(frozen=True)
+class Result:
+    trial: str
+    source: str  # "validation", "test", or the folder evaluated
+    images: int
+    evaluation_size: int
+    values: dict[str, float]  # "loss" and every METRIC_KEYS key
+    recorded: dict[str, float] | None  # what the trial recorded for this part, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "part": self.source,
+            "images": self.images,
+            "evaluation_size": self.evaluation_size,
+            **self.values,
+        }
+
+
+def pick_trial(experiment: Experiment, name: str | None) -> Trial:
+    """The named trial, or the experiment's best (by its objective on validation)."""
+    if name is None:
+        if experiment.best is None:
+            raise UserError(f"{experiment.path}: no trial has a result yet; nothing to evaluate")
+        return experiment.best
+    for trial in experiment.trials:
+        if name in (trial.name, f"trial_{trial.number:03d}"):
+            return trial
+    names = ", ".join(t.name for t in experiment.trials)
+    raise UserError(f"--trial {name}: no such trial in {experiment.path}; valid: {names}")
+
+
+def load_selected_model(trial: Trial, device: torch.device) -> torch.nn.Module:
+    """The trial's selected weights (model.pt) in a freshly built model."""
+    path = trial.path / MODEL_FILE
+    if not path.is_file() or trial.config is None:
+        raise UserError(
+            f"{path}: no selected model; the trial ended before its first epoch "
+            "(choose another with --trial)"
+        )
+    model = build_model(trial.config.replace(encoder_weights="none"))
+    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    return model.to(device)
+
+
+def _recorded(trial: Trial, part: Part, reference_only: bool) -> dict[str, float] | None:
+    """metrics.json's values for `part`: the held-out part is validation in a sweep and
+    test in a --reference run, whose test values are recorded too."""
+    raw = json.loads((trial.path / METRICS_FILE).read_text()) if trial.selected else None
+    if raw is None:
+        return None
+    if part is Part.TEST:
+        return {LOSS: raw["test_loss"], **raw["test"]}
+    return None if reference_only else raw["heldout"]
+
+
+def evaluate_trial(
+    experiment: Experiment,
+    trial: Trial,
+    part: Part = Part.TEST,
+    data_dir: Path | None = None,
+    batch_size: int = 16,
+) -> Result:
+    settings = experiment.settings
+    config = trial.config
+    if config is None:
+        raise UserError(f"{trial.path}: no config.json; cannot rebuild the trial's model")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    eval_size = settings.base.image_size
+    sized = load_sized(
+        data_dir or settings.data, (config.image_size,), eval_size, settings.cache_dir, False
+    )
+    inputs = sized.at(config.image_size)
+    if data_dir is None:
+        if part is Part.VALIDATION and settings.reference_only:
+            raise UserError("--part validation: a --reference run has no validation part")
+        split = make_split(inputs, settings.split, settings.seed, not settings.reference_only)
+        saved = json.loads((trial.path / SPLIT_FILE).read_text())["sha256"]
+        if split.manifest(inputs.names)["sha256"] != saved:
+            raise UserError(
+                f"{settings.data}: gives another split than {trial.path / SPLIT_FILE}; "
+                "the data changed since the run (pass the data it ran on)"
+            )
+        indices = split.validation if part is Part.VALIDATION else split.test
+        source, recorded = part.value, _recorded(trial, part, settings.reference_only)
+    else:
+        indices = np.arange(len(inputs))
+        source, recorded = str(data_dir), None
+    device = pick_device()
+    model = load_selected_model(trial, device)
+    precision = Precision.for_device(device, config)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    result = evaluate(
+        model, inputs, sized.evaluation, indices, device, precision, config.threshold, batch_size
+    )
+    return Result(trial.name, source, len(indices), eval_size, result.metrics(), recorded)
+
+
+def format_result(result: Result) -> str:
+    lines = [
+        f"trial {result.trial} on {result.source}: {result.images} images, "
+        f"evaluated at {result.evaluation_size} px, pixels pooled over the part"
+    ]
+    header = f"{'':<18}{'now':>8}"
+    if result.recorded is not None:
+        header += f"{'recorded':>10}"
+    lines.append(header)
+    for key in (LOSS, *METRIC_KEYS):
+        line = f"{key:<18}{result.values[key]:>8.4f}"
+        if result.recorded is not None:
+            line += f"{result.recorded[key]:>10.4f}"
+        lines.append(line)
+    return "\n".join(lines)
