@@ -22,7 +22,7 @@ from search_spaces import SearchSpace
 from trainable.config import TrainConfig
 from trainable.splits import SplitPolicy
 from trainable.tensorboard import IMAGE_TAG, SCALAR_TAGS
-from trainable.tune_adapter import METRICS_FILE, PLACEMENT_FILE, SELECTION_FILE
+from trainable.tune_adapter import FAILURE_FILE, METRICS_FILE, PLACEMENT_FILE, SELECTION_FILE
 from tuner import sweep
 from tuner.settings import RunSettings, Scheduler
 
@@ -149,6 +149,16 @@ def test_asha_stops_bad_trials_and_a_nan_trial_errors(synth_root, tmp_path, forc
         assert states[number - 1] == expected
     pruned = [t for t in _study(settings).trials if t.state.name == "PRUNED"]
     assert all(t.user_attrs["epochs_run"] < 5 for t in pruned)
+    # Every epoch is in the study, the last included; a stopped trial shows its value.
+    for trial in _study(settings).trials:
+        if trial.state.name in ("COMPLETE", "PRUNED"):
+            ran = trial.user_attrs["epochs_run"]
+            assert sorted(trial.intermediate_values) == list(range(1, ran + 1))
+            assert trial.value == trial.intermediate_values[ran]
+    # A diverging trial trains once: Tune's retries end at once instead of repeating it.
+    nan_dir = Path(nan_trial.path)
+    assert len((nan_dir / PLACEMENT_FILE).read_text().splitlines()) == 1
+    assert "NonFiniteLossError" in (nan_dir / FAILURE_FILE).read_text()
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root, tmp_path):
@@ -294,7 +304,9 @@ def test_real_busi_sweep(busi_root, tmp_path):
     assert len(trials) == 4
     for trial in trials:
         metrics = json.loads((trial / METRICS_FILE).read_text())
-        assert metrics["protocol"]["counts"] == {"train": 499, "validation": 125, "test": 156}
+        counts = metrics["protocol"]["counts"]
+        assert sum(counts.values()) == 780 and abs(counts["test"] - 156) <= 3
+        assert metrics["protocol"]["split"] == "grouped"  # the default for sweeps
         assert metrics["protocol"]["selection"] == "validation part (test part locked)"
         assert 0.0 < metrics["test"]["dice"] < 1.0
     assert "best trial: trial_" in output and "selection on the validation part" in output
