@@ -11,7 +11,6 @@ Long on a small CPU: it prints its estimate first (--epoch-seconds), and --trial
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import OWN_RAY, add_data_flags, report, table
-from trainable import keys
+from results.experiment import load_experiment
 from trainable.metrics import DICE
 from tuner.settings import Scheduler
 
@@ -58,29 +57,26 @@ def estimate_seconds(args: argparse.Namespace, fraction: float) -> float:
 
 
 def read_experiment(directory: Path) -> dict[str, Any]:
-    """Per trial: its config, epochs trained and best objective; the sweep's best."""
-    trials = []
-    for trial in sorted(directory.glob("trial_*")):
-        lines = (trial / "result.json").read_text().splitlines()
-        results = [json.loads(line) for line in lines]
-        trials.append(
-            {
-                "trial": trial.name,
-                "params": json.loads((trial / "params.json").read_text()),
-                "epochs": len(results),
-                "best": min((r[keys.BEST_COMBINED_LOSS] for r in results), default=math.nan),
-                "test_dice": results[-1][keys.on_test(DICE)] if results else math.nan,
-                "errored": (trial / "error.txt").exists(),
-            }
-        )
-    scored = [t for t in trials if math.isfinite(t["best"])]
-    best = min(scored, key=lambda t: t["best"])
+    """Per trial: its config, epochs trained and objective; the sweep's best, ranked as the
+    reporter ranks it."""
+    experiment = load_experiment(directory)
+    best = experiment.best
     return {
-        "trials": trials,
-        "trial_epochs": sum(t["epochs"] for t in trials),
-        "best_objective": best["best"],
-        "best_trial": best["trial"],
-        "best_test_dice": best["test_dice"],
+        "trials": [
+            {
+                "trial": t.name,
+                "params": t.params,
+                "epochs": t.epochs_run,
+                "objective": t.objective,
+                "test_dice": t.selected.test[DICE] if t.selected else math.nan,
+                "errored": t.errored,
+            }
+            for t in experiment.trials
+        ],
+        "trial_epochs": sum(t.epochs_run for t in experiment.trials),
+        "best_objective": best.objective,
+        "best_trial": best.name,
+        "best_test_dice": best.selected.test[DICE],
     }
 
 

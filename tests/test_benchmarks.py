@@ -180,20 +180,6 @@ def test_scaling_estimate_covers_each_layout(bench, capsys):
     assert "bound by" in capsys.readouterr().out
 
 
-def test_read_experiment_counts_epochs_and_finds_the_best(bench, tmp_path):
-    rows = {"trial_000_a": [0.9, 0.7, 0.6], "trial_001_b": [0.8]}
-    for name, losses in rows.items():
-        trial = tmp_path / name
-        trial.mkdir()
-        (trial / "params.json").write_text(json.dumps({"lr": 1e-4}))
-        lines = [json.dumps({"best_combined_loss": loss, "test_dice": 1 - loss}) for loss in losses]
-        (trial / "result.json").write_text("\n".join(lines) + "\n")
-    experiment = bench("early_stopping").read_experiment(tmp_path)
-    assert experiment["trial_epochs"] == 4
-    assert experiment["best_trial"] == "trial_000_a" and experiment["best_objective"] == 0.6
-    assert experiment["best_test_dice"] == pytest.approx(0.4)
-
-
 def test_memory_reads_this_process_from_proc(bench):
     import os
 

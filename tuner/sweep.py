@@ -39,6 +39,8 @@ def save_settings(settings: RunSettings, path: Path) -> None:
 
 def load_settings(path: Path) -> RunSettings:
     flat = json.loads(path.read_text())
+    # Experiments from before the objective's direction followed its metric saved a mode.
+    flat.pop("mode", None)
     flat["base"] = TrainConfig.from_flat(flat["base"])
     flat["data"] = Path(flat["data"])
     flat["cache_dir"] = Path(flat["cache_dir"]) if flat["cache_dir"] else None

@@ -1,0 +1,150 @@
+"""The test part decides nothing: two sweeps on datasets that differ only in the test
+part's masks make identical decisions, and `evaluate` reproduces what trials recorded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from PIL import Image
+
+from trainable import keys
+from trainable.config import TrainConfig
+from trainable.dataset import discover
+from trainable.metrics import METRIC_KEYS
+from trainable.preprocess import load_busi
+from trainable.splits import SplitPolicy, make_split
+from trainable.synth import write_synthetic_busi
+from trainable.tune_adapter import METRICS_FILE
+from tuner import sweep
+from tuner.cli import main
+from tuner.settings import RunSettings, Scheduler
+
+pytestmark = pytest.mark.slow
+
+BASE = TrainConfig.reference().replace(
+    encoder="resnet18", encoder_weights="none", image_size=64, epochs=3, lr=1e-3
+)
+
+
+def _redraw_test_masks(root: Path, test_names: set[str]) -> int:
+    """Every mask file of a test image becomes a square in its top-left corner."""
+    changed = 0
+    for sample in discover(root):
+        if sample.name not in test_names:
+            continue
+        for path in sample.mask_paths:
+            with Image.open(path) as mask:
+                width, height = mask.size
+            square = np.zeros((height, width), dtype=np.uint8)
+            square[: height // 4, : width // 4] = 255
+            Image.fromarray(square).save(path)
+            changed += 1
+    return changed
+
+
+def _sweep(data: Path, storage: Path, name: str) -> Path:
+    settings = RunSettings(
+        data=data,
+        base=BASE,
+        trials=4,
+        max_concurrent=1,  # results arrive in one order, so TPE and ASHA see one history
+        scheduler=Scheduler.ASHA,
+        storage=str(storage),
+        name=name,
+        cache_dir=storage / "cache",
+    )
+    try:
+        sweep.run(settings)
+    finally:
+        ray.shutdown()
+    return Path(settings.experiment_dir)
+
+
+@pytest.fixture(scope="module")
+def twin_sweeps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("twins")
+    original = root / "original"
+    write_synthetic_busi(original)
+    data = load_busi(original, BASE.image_size, root / "cache", progress=False)
+    split = make_split(data, SplitPolicy.GROUPED, seed=0, with_validation=True)
+    altered = root / "altered"
+    shutil.copytree(original, altered)
+    assert _redraw_test_masks(altered, {data.names[i] for i in split.test}) >= len(split.test)
+    runs = root / "runs"
+    return _sweep(original, runs, "original"), _sweep(altered, runs, "altered")
+
+
+def _trials(experiment: Path) -> list[Path]:
+    return sorted(p for p in experiment.iterdir() if p.name.startswith("trial_"))
+
+
+def _rows(trial: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+
+
+def test_changing_only_test_masks_changes_no_decision(twin_sweeps):
+    original, altered = twin_sweeps
+    pairs = list(zip(_trials(original), _trials(altered), strict=True))
+    assert len(pairs) == 4
+    decided = [keys.EPOCH, keys.BEST_EPOCH, keys.COMBINED_LOSS, *keys.HELDOUT_METRICS]
+    decided += [keys.SELECTED_LOSS, *keys.SELECTED_METRICS, keys.TRAIN_LOSS]
+    epochs_run = []
+    test_differs = False
+    for a, b in pairs:
+        assert (a / "params.json").read_text() == (b / "params.json").read_text()
+        rows_a, rows_b = _rows(a), _rows(b)
+        assert len(rows_a) == len(rows_b)  # the same early stops
+        epochs_run.append(len(rows_a))
+        for row_a, row_b in zip(rows_a, rows_b, strict=True):
+            assert {k: row_a[k] for k in decided} == pytest.approx(
+                {k: row_b[k] for k in decided}, nan_ok=True
+            )
+            test_differs |= row_a[keys.on_test("dice")] != row_b[keys.on_test("dice")]
+        selected_a = json.loads((a / METRICS_FILE).read_text())
+        selected_b = json.loads((b / METRICS_FILE).read_text())
+        assert selected_a["selected_epoch"] == selected_b["selected_epoch"]
+        assert selected_a["heldout"] == pytest.approx(selected_b["heldout"], nan_ok=True)
+    assert test_differs  # the test part really changed, and only the test_* values saw it
+    assert min(epochs_run) < BASE.epochs == max(epochs_run), epochs_run  # ASHA decided
+
+
+def _evaluated(capsys, *args: str) -> dict:
+    assert main(["evaluate", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_reproduces_the_recorded_metrics_at_any_batch_size(twin_sweeps, capsys):
+    experiment = twin_sweeps[0]
+    trial = _trials(experiment)[0]
+    recorded = json.loads((trial / METRICS_FILE).read_text())
+    expected = {
+        "validation": recorded["heldout"],
+        "test": {"loss": recorded[keys.TEST_LOSS], **recorded["test"]},
+    }
+    for part, values in expected.items():
+        for batch_size in ("1", "7"):
+            got = _evaluated(
+                capsys, str(experiment), "--trial", trial.name, "--part", part,
+                "--batch-size", batch_size,
+            )  # fmt: skip
+            assert got["part"] == part and got["trial"] == trial.name
+            for key in ("loss", *METRIC_KEYS):
+                assert got[key] == pytest.approx(values[key], abs=1e-5, nan_ok=True), key
+    # The default is the best trial on the test part; --data scores a whole other folder.
+    best = _evaluated(capsys, str(experiment))
+    assert best["part"] == "test" and best["images"] == recorded["protocol"]["counts"]["test"]
+    other = _evaluated(
+        capsys, str(experiment), "--data", str(twin_sweeps[1].parents[1] / "altered")
+    )
+    assert other["images"] == 44 and 0.0 <= other["dice"] <= 1.0
+
+
+def test_evaluate_refuses_an_unknown_trial_in_one_line(twin_sweeps, capsys):
+    assert main(["evaluate", str(twin_sweeps[0]), "--trial", "trial_099"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no such trial" in error and "trial_001" in error
