@@ -61,3 +61,82 @@ def tiny_config():
     return TrainConfig.reference().replace(
         encoder="resnet18", encoder_weights="none", image_size=64, epochs=2, batch_size=8
     )
+
+
+def _redraw_test_masks(root: Path, test_names: set[str]) -> int:
+    """Every mask file of a test image becomes a square in its top-left corner."""
+    import numpy as np
+    from PIL import Image
+
+    from trainable.dataset import discover
+
+    changed = 0
+    for sample in discover(root):
+        if sample.name not in test_names:
+            continue
+        for path in sample.mask_paths:
+            with Image.open(path) as mask:
+                width, height = mask.size
+            square = np.zeros((height, width), dtype=np.uint8)
+            square[: height // 4, : width // 4] = 255
+            Image.fromarray(square).save(path)
+            changed += 1
+    return changed
+
+
+def _small_sweep(data: Path, storage: Path, name: str, base) -> Path:
+    import ray
+
+    from tuner import sweep
+    from tuner.settings import RunSettings, Scheduler
+
+    settings = RunSettings(
+        data=data,
+        base=base,
+        trials=4,
+        max_concurrent=1,  # results arrive in one order, so TPE and ASHA see one history
+        scheduler=Scheduler.ASHA,
+        storage=str(storage),
+        name=name,
+        cache_dir=storage / "cache",
+    )
+    try:
+        sweep.run(settings)
+    finally:
+        ray.shutdown()
+    return Path(settings.experiment_dir)
+
+
+@pytest.fixture(scope="session")
+def twin_base():
+    """4 trials of 3 epochs: small enough for CI, long enough for ASHA to stop a trial."""
+    from trainable.config import TrainConfig
+
+    return TrainConfig.reference().replace(
+        encoder="resnet18", encoder_weights="none", image_size=64, epochs=3, lr=1e-3
+    )
+
+
+@pytest.fixture(scope="session")
+def twin_sweeps(tmp_path_factory, twin_base):
+    """Two sweeps on synthetic datasets that differ only in the test part's masks:
+    (original, altered) experiment folders; the datasets are beside their parent."""
+    import shutil
+
+    from trainable.preprocess import load_busi
+    from trainable.splits import SplitPolicy, make_split
+    from trainable.synth import write_synthetic_busi
+
+    root = tmp_path_factory.mktemp("twins")
+    original = root / "original"
+    write_synthetic_busi(original)
+    data = load_busi(original, twin_base.image_size, root / "cache", progress=False)
+    split = make_split(data, SplitPolicy.GROUPED, seed=0, with_validation=True)
+    altered = root / "altered"
+    shutil.copytree(original, altered)
+    assert _redraw_test_masks(altered, {data.names[i] for i in split.test}) >= len(split.test)
+    runs = root / "runs"
+    return (
+        _small_sweep(original, runs, "original", twin_base),
+        _small_sweep(altered, runs, "altered", twin_base),
+    )

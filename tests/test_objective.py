@@ -4,79 +4,16 @@ part's masks make identical decisions, and `evaluate` reproduces what trials rec
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import ray
-from PIL import Image
 
 from trainable import keys
-from trainable.config import TrainConfig
-from trainable.dataset import discover
 from trainable.metrics import METRIC_KEYS
-from trainable.preprocess import load_busi
-from trainable.splits import SplitPolicy, make_split
-from trainable.synth import write_synthetic_busi
 from trainable.tune_adapter import METRICS_FILE
-from tuner import sweep
 from tuner.cli import main
-from tuner.settings import RunSettings, Scheduler
 
 pytestmark = pytest.mark.slow
-
-BASE = TrainConfig.reference().replace(
-    encoder="resnet18", encoder_weights="none", image_size=64, epochs=3, lr=1e-3
-)
-
-
-def _redraw_test_masks(root: Path, test_names: set[str]) -> int:
-    """Every mask file of a test image becomes a square in its top-left corner."""
-    changed = 0
-    for sample in discover(root):
-        if sample.name not in test_names:
-            continue
-        for path in sample.mask_paths:
-            with Image.open(path) as mask:
-                width, height = mask.size
-            square = np.zeros((height, width), dtype=np.uint8)
-            square[: height // 4, : width // 4] = 255
-            Image.fromarray(square).save(path)
-            changed += 1
-    return changed
-
-
-def _sweep(data: Path, storage: Path, name: str) -> Path:
-    settings = RunSettings(
-        data=data,
-        base=BASE,
-        trials=4,
-        max_concurrent=1,  # results arrive in one order, so TPE and ASHA see one history
-        scheduler=Scheduler.ASHA,
-        storage=str(storage),
-        name=name,
-        cache_dir=storage / "cache",
-    )
-    try:
-        sweep.run(settings)
-    finally:
-        ray.shutdown()
-    return Path(settings.experiment_dir)
-
-
-@pytest.fixture(scope="module")
-def twin_sweeps(tmp_path_factory):
-    root = tmp_path_factory.mktemp("twins")
-    original = root / "original"
-    write_synthetic_busi(original)
-    data = load_busi(original, BASE.image_size, root / "cache", progress=False)
-    split = make_split(data, SplitPolicy.GROUPED, seed=0, with_validation=True)
-    altered = root / "altered"
-    shutil.copytree(original, altered)
-    assert _redraw_test_masks(altered, {data.names[i] for i in split.test}) >= len(split.test)
-    runs = root / "runs"
-    return _sweep(original, runs, "original"), _sweep(altered, runs, "altered")
 
 
 def _trials(experiment: Path) -> list[Path]:
@@ -87,7 +24,7 @@ def _rows(trial: Path) -> list[dict]:
     return [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
 
 
-def test_changing_only_test_masks_changes_no_decision(twin_sweeps):
+def test_changing_only_test_masks_changes_no_decision(twin_sweeps, twin_base):
     original, altered = twin_sweeps
     pairs = list(zip(_trials(original), _trials(altered), strict=True))
     assert len(pairs) == 4
@@ -110,7 +47,7 @@ def test_changing_only_test_masks_changes_no_decision(twin_sweeps):
         assert selected_a["selected_epoch"] == selected_b["selected_epoch"]
         assert selected_a["heldout"] == pytest.approx(selected_b["heldout"], nan_ok=True)
     assert test_differs  # the test part really changed, and only the test_* values saw it
-    assert min(epochs_run) < BASE.epochs == max(epochs_run), epochs_run  # ASHA decided
+    assert min(epochs_run) < twin_base.epochs == max(epochs_run), epochs_run  # ASHA decided
 
 
 def _evaluated(capsys, *args: str) -> dict:

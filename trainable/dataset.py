@@ -97,7 +97,7 @@ def _open(path: Path) -> Image.Image:
         image.load()
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         raise DataError(
-            f"{path}: unreadable or corrupt PNG ({error}); replace it with a good copy"
+            f"{path}: unreadable or corrupt image ({error}); replace it with a good copy"
         ) from None
     return image
 
@@ -117,7 +117,18 @@ def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         # mask's alpha band is opaque everywhere, so only its colour bands count.
         bands = np.asarray(mask.convert("RGB") if mask.mode == "RGBA" else mask)
         union |= bands.any(axis=2) if bands.ndim == 3 else bands.astype(bool)
-    return np.asarray(image.convert("L"), dtype=np.uint8), union
+    return grey(image), union
+
+
+def grey(image: Image.Image) -> np.ndarray:
+    """One uint8 grey channel (H, W), as training and prediction both see an image."""
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def read_grey(path: Path) -> np.ndarray:
+    """An image file (PNG, JPEG, grey or colour) as one uint8 grey channel; DataError
+    naming the file when it cannot be read."""
+    return grey(_open(path))
 
 
 def mask_modes(sample: Sample) -> list[str]:

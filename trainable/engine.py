@@ -242,7 +242,11 @@ def predict_probabilities(
     x = precision.layout(torch.from_numpy(normalise(images)).unsqueeze(1).to(device))
     with precision.autocast(device):
         logits = model(x)
-    probs = torch.sigmoid(logits.float())
+    return resize_probabilities(torch.sigmoid(logits.float()), out_size)
+
+
+def resize_probabilities(probs: torch.Tensor, out_size: int) -> torch.Tensor:
+    """(N, 1, S, S) probabilities -> (N, out_size, out_size), bilinear when S differs."""
     if probs.shape[-1] != out_size:
         probs = F.interpolate(probs, size=(out_size, out_size), mode="bilinear").clamp_(0, 1)
     return probs.squeeze(1)

@@ -62,11 +62,16 @@ def dataset_fingerprint(samples: list[Sample], root: Path) -> str:
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Image by area averaging when shrinking (bilinear when growing); mask by nearest
     neighbour, so it stays binary."""
+    mask = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    return resize_image(image, size), mask
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """A grey image to size x size as every model input is made: area averaging when
+    shrinking, bilinear when growing."""
     shrinking = image.shape[0] >= size and image.shape[1] >= size
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    image = cv2.resize(image, (size, size), interpolation=interpolation)
-    mask = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-    return image, mask
+    return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
 def load_busi(

@@ -275,6 +275,68 @@ def _add_evaluate_parser(commands) -> None:
     evaluate.set_defaults(handler=_evaluate)
 
 
+def _add_predict_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="segment a folder of images with a tuned model",
+        description="Segment every PNG/JPEG image of --images (any size, grey or RGB) with "
+        "the selected model of an experiment's best trial (or --trial, or the --ensemble K "
+        "best), or with a file that `export` wrote. Writes <name>_pred.png (mask at the "
+        "image's size), <name>_overlay.png and predictions.csv into --out.",
+    )
+    predict.add_argument(
+        "source", type=Path, help="an experiment folder <storage>/<name>, or an exported .pt"
+    )
+    predict.add_argument("--images", type=Path, required=True, help="folder of images (required)")
+    predict.add_argument("--out", type=Path, required=True, help="output folder (required)")
+    predict.add_argument(
+        "--trial", default=None, help="trial name, e.g. trial_004 (default: the best trial)"
+    )
+    predict.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="average the probabilities of the K best trials (default: %(default)s)",
+    )
+    predict.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help="flip: average with the horizontally flipped pass (default: %(default)s)",
+    )
+    predict.add_argument(
+        "--threshold", type=float, default=None, help="(default: the trained config's, 0.5)"
+    )
+    predict.add_argument(
+        "--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)"
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out (default: refuse)",
+    )
+    predict.set_defaults(handler=_predict)
+
+
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="a trial's selected model as a TorchScript file with a JSON model card",
+        description="Write the selected model of the best trial (or --trial) as one "
+        "TorchScript file (grey values 0-255 in, lesion probabilities out, normalisation "
+        "inside) and a model card <out>.json beside it. `predict` accepts the file.",
+    )
+    export.add_argument("dir", type=Path, help="the experiment folder, <storage>/<name>")
+    export.add_argument("--out", type=Path, required=True, help="the file to write (required)")
+    export.add_argument(
+        "--trial", default=None, help="trial name, e.g. trial_004 (default: the best trial)"
+    )
+    export.add_argument(
+        "--format", choices=["torchscript"], default="torchscript", help="(default: %(default)s)"
+    )
+    export.set_defaults(handler=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tuner",
@@ -289,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(commands)
     _add_confirm_parser(commands)
     _add_evaluate_parser(commands)
+    _add_predict_parser(commands)
+    _add_export_parser(commands)
     return parser
 
 
@@ -439,6 +503,44 @@ def _evaluate(args: argparse.Namespace) -> int:
         experiment, trial, evaluate.Part(args.part), args.data, args.batch_size
     )
     print(json.dumps(result.to_json()) if args.json else evaluate.format_result(result))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tuner import predict, segmenter
+
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise UserError(f"--threshold {args.threshold}: must lie strictly between 0 and 1")
+    flip = args.tta == "flip"
+    if args.source.is_file():
+        model = segmenter.from_export(args.source, flip, args.threshold)
+    else:
+        from results.experiment import load_experiment
+
+        experiment = load_experiment(args.source)
+        model = segmenter.from_experiment(
+            experiment, args.trial, args.ensemble, flip, args.threshold
+        )
+    predict.prepare_output(args.out, args.images, args.overwrite)
+    predictions, skipped = predict.predict_folder(model, args.images, args.out, args.batch_size)
+    for line in skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    print(f"segmented {len(predictions)} images with {model.describe()}")
+    print(f"masks, overlays: {args.out}")
+    print(f"table:           {args.out / predict.CSV_FILE}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from results.experiment import load_experiment
+    from tuner import evaluate, export
+
+    experiment = load_experiment(args.dir)
+    trial = evaluate.pick_trial(experiment, args.trial)
+    card = export.export(experiment, trial, args.out, args.format)
+    print(f"exported {trial.name} ({args.format}): {args.out}")
+    print(f"model card: {card}")
+    print(f"use it:     python -m tuner predict {args.out} --images DIR --out DIR")
     return 0
 
 
