@@ -58,6 +58,8 @@ class Selected:
     counts: dict[str, int]
     combined_loss: float
     test: dict[str, float]  # "loss" (the test Dice loss) and the metric keys
+    # Cross-validation: the objective per fold, its mean and std (None with one split).
+    folds: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Selected:
@@ -70,6 +72,7 @@ class Selected:
             counts=protocol["counts"],
             combined_loss=raw[keys.COMBINED_LOSS],
             test={"loss": raw[keys.TEST_LOSS], **raw["test"]},
+            folds=raw.get("objective"),
         )
 
 
@@ -112,6 +115,11 @@ class Trial:
     @property
     def epochs_run(self) -> int:
         return int(self.rows[-1][keys.EPOCH]) if self.rows else 0
+
+    @property
+    def fold_spread(self) -> float | None:
+        """The objective's std over cross-validation folds (None without folds)."""
+        return self.selected.folds["std"] if self.selected and self.selected.folds else None
 
     @property
     def errored(self) -> bool:

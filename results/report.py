@@ -134,6 +134,15 @@ def protocol_lines(experiment: Experiment, reference: PublishedReference) -> lis
             "each trial's epoch was selected on the validation part and the test part was "
             "locked (never used for any choice): test numbers are honest estimates"
         )
+        if settings.folds > 1:
+            selection = (
+                f"{settings.folds}-fold cross-validation of the training part: each trial "
+                "trained one model per fold and selected each one's epoch on its own "
+                "validation fold; its objective is the mean over the folds (± their std) and "
+                "its test metrics are those of the folds' ensemble (probabilities averaged); "
+                "the test part was locked (never used for any choice): test numbers are "
+                "honest estimates"
+            )
         extreme = "lowest" if settings.mode == "min" else "highest"
         choice = (
             f"objective: configs are ranked by `{settings.metric}` ({settings.mode}imised), "
@@ -177,7 +186,25 @@ def objective_words(metric: str) -> str:
 
 def _details(trial: Trial) -> str:
     searched = describe_params(trial.params)
+    if trial.selected and trial.selected.folds:
+        per_fold = ", ".join(f"{v:.4f}" for v in trial.selected.folds["per_fold"])
+        searched += f"; objective per fold {per_fold} (± {trial.fold_spread:.4f})"
     return f"{searched}; error: {trial.error}" if trial.error else searched
+
+
+def fold_warning(experiment: Experiment) -> str | None:
+    """Cross-validation: is the best trial's lead over the reference inside the spread of
+    its folds? Then the ranking may be the luck of the folds."""
+    best, reference = experiment.best, experiment.reference
+    if best is None or reference is None or best is reference or best.fold_spread is None:
+        return None
+    lead = abs(best.objective - reference.objective)
+    if lead >= best.fold_spread:
+        return None
+    return (
+        f"warning: the best trial's lead over the reference trial ({lead:.4f}) is inside the "
+        f"spread of its folds (± {best.fold_spread:.4f}): the ranking may be the folds' luck"
+    )
 
 
 def _value(value: float | None, signed: bool = False) -> str:
@@ -221,6 +248,8 @@ def format_terminal_table(
                 + "".join(f"{_value(difference[m], signed=True):>10}" for m in COMPARED)
             )
         lines.append(f"{'':27}{_details(trial)}")
+    if warning := fold_warning(experiment):
+        lines.append(warning)
     return "\n".join(lines)
 
 
@@ -240,6 +269,7 @@ def trial_row(trial: Trial, experiment: Experiment, reference: PublishedReferenc
         "selected_epoch": trial.selected.epoch if trial.selected else "",
         "selection": trial.selected.selection if trial.selected else "",
         f"objective_{experiment.settings.metric}": _csv(trial.objective),
+        "objective_fold_std": _csv(trial.fold_spread),
         **{f"test_{m}": _csv(test.get(m)) for m in TEST_KEYS},
         **{f"delta_{m}": _csv(difference.get(m)) for m in COMPARED},
         "error": trial.error or "",
@@ -588,11 +618,13 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
         difference = deltas(test, reference) if test else {}
         cells = [_with_delta(test.get(m) if test else None, difference.get(m)) for m in COMPARED]
         metrics.append([marks(t, experiment), t.name, *cells])
+    warning = fold_warning(experiment)
     return [
         "## Trials",
         "",
         f"{state_counts(experiment.trials)}. B = best trial, R = in-sweep reference trial.",
         "",
+        *([f"**{warning}**", ""] if warning else []),
         *_table(
             ["", "trial", "state", "selected epoch", f"{settings.metric}", "searched values"],
             overview,

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -130,10 +131,17 @@ def test_heldout_loss_and_metrics_do_not_depend_on_batch_size_or_order(synth_arr
 
     reference = on(part, 16)
     assert 0.0 < reference["loss"] < 1.0
+    # The network's own output moves by ~1e-7 with the batch size (other kernels); the
+    # curve metrics bin probabilities at 1/65536 and so can move by ~1e-6 (seen: 1.3e-6).
+    binned = {"roc_auc": 1e-5, "average_precision": 1e-5}
     for indices, batch_size in [(part, 1), (part, 3), (part, 8), (shuffled, 5)]:
         values = on(indices, batch_size)
         for key, value in reference.items():
-            assert values[key] == pytest.approx(value, abs=1e-6, nan_ok=True), (key, batch_size)
+            tolerance = binned.get(key, 1e-6)
+            assert values[key] == pytest.approx(value, abs=tolerance, nan_ok=True), (
+                key,
+                batch_size,
+            )
 
 
 def test_the_objective_ignores_training_loss_the_epoch_rule_does_not(
@@ -174,3 +182,39 @@ def test_a_model_trained_at_another_size_is_scored_at_the_evaluation_size(
     )
     assert again.metrics() == pytest.approx(report.selected_heldout, nan_ok=True)
     assert np.array_equal(again.predictions, report.heldout_predictions)
+
+
+def test_folds_train_in_lockstep_and_report_means_and_the_ensemble(synth_arrays, tiny_config):
+    from trainable.splits import make_folds
+
+    folds = make_folds(synth_arrays, SplitPolicy.GROUPED, seed=0, k=3)
+    config = tiny_config.replace(epochs=2)
+    reports, saved = [], {}
+
+    def keep(report, states):
+        reports.append(report)
+        saved[report.epoch] = copy.deepcopy([s.to_dict() for s in states])  # as torch.save
+
+    states = engine.fit_folds(config, synth_arrays, folds, device=CPU, on_epoch_end=keep)
+    assert [r.epoch for r in reports] == [1, 2] and len(states) == 3
+    last = reports[-1]
+    assert len(last.folds) == 3
+    for key, value in last.selected_heldout.items():
+        assert value == pytest.approx(np.mean([f.selected_heldout[key] for f in last.folds]))
+    # The test metrics are the ensemble's: the folds' selected probabilities averaged.
+    mean = torch.stack([s.best_test_probabilities for s in states]).mean(0)
+    test = folds[0].test
+    ensemble = engine.score_probabilities(mean, synth_arrays.masks[test], 0.5)
+    assert last.test == ensemble.stats.compute() and last.test_loss == ensemble.loss
+    # Each fold alone gives what one fit on that fold gives.
+    _, alone = _reports(config, synth_arrays, folds[1])
+    assert alone[-1].selected_heldout == last.folds[1].selected_heldout
+    # Resumed after epoch 1, all folds continue exactly.
+    resumed = []
+    engine.fit_folds(
+        config, synth_arrays, folds, device=CPU, resume_from=saved[1],
+        on_epoch_end=lambda report, states: resumed.append(report),
+    )  # fmt: skip
+    assert [r.epoch for r in resumed] == [2]
+    assert resumed[0].selected_heldout == pytest.approx(last.selected_heldout, rel=1e-5)
+    assert resumed[0].test == pytest.approx(last.test, rel=1e-5, nan_ok=True)

@@ -85,7 +85,7 @@ def _write_trial(
             "counts": {"train": 28, "validation": 7, "test": 4},
         },
         "selected_epoch": len(objectives),
-        "model": "model.pt",
+        "models": ["model.pt"],
         "combined_loss": objectives[-1],
         **selected,
     }
@@ -406,7 +406,7 @@ def test_confirm_two_seeds_end_to_end(real_sweep, capsys):
     printed = capsys.readouterr().out
     assert "Verdict" in printed
     result = json.loads((real_sweep / "report" / "confirm.json").read_text())
-    assert result["seeds"] == [0, 1]
+    assert result["seeds"] == [1, 2]  # fresh: the sweep trained with seed 0
     assert [c["label"] for c in result["candidates"]] == ["reference", "best"]
     assert len(result["runs"]) == 4 and all(r["state"] == "finished" for r in result["runs"])
     for label in ("reference", "best"):

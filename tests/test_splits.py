@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from trainable.preprocess import load_busi
-from trainable.splits import SplitPolicy, make_split
+from trainable.splits import SplitPolicy, make_folds, make_split, manifest_of
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,32 @@ def test_grouped_split_is_the_same_at_every_image_size(busi_root, busi_cache, bu
         assert split.manifest(data.names) == expected.manifest(busi64.names), size
     grouped = Counter(busi64.groups.tolist())
     assert sum(count > 1 for count in grouped.values()) == 147  # as `data check` finds
+
+
+@pytest.mark.parametrize("policy", [SplitPolicy.GROUPED, SplitPolicy.RANDOM])
+def test_folds_cover_the_training_part_and_keep_groups_and_classes(busi64, policy):
+    folds = make_folds(busi64, policy, seed=0, k=3)
+    single = make_split(busi64, policy, seed=0, with_validation=False)
+    training = set(single.train.tolist())
+    validation = [set(f.validation.tolist()) for f in folds]
+    assert sum(len(v) for v in validation) == len(training) == len(set().union(*validation))
+    assert set().union(*validation) == training  # every training image in exactly one fold
+    for split in folds:
+        assert np.array_equal(split.test, single.test)  # the locked test part, untouched
+        assert set(split.train.tolist()) == training - set(split.validation.tolist())
+    per_class = [_labels(busi64, f.validation) for f in folds]
+    for label in ("benign", "malignant", "normal"):
+        counts = [c[label] for c in per_class]
+        assert max(counts) - min(counts) <= 8, (label, counts)  # groups are at most 7
+    if policy is SplitPolicy.GROUPED:
+        fold_of = {i: k for k, v in enumerate(validation) for i in v}
+        for group in np.unique(busi64.groups[list(training)]):
+            members = np.flatnonzero(busi64.groups == group)
+            assert len({fold_of[int(i)] for i in members}) == 1
+
+
+def test_folds_are_the_same_at_every_image_size(busi_root, busi_cache, busi64):
+    expected = manifest_of(make_folds(busi64, SplitPolicy.GROUPED, 0, 3), busi64.names)
+    data = load_busi(busi_root, 32, busi_cache, progress=False)
+    assert manifest_of(make_folds(data, SplitPolicy.GROUPED, 0, 3), data.names) == expected
+    assert expected["counts"] == {"cross-validated": 624, "test": 156}

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import ray
@@ -196,6 +197,55 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root,
     assert "3 finished" in output
 
 
+def test_a_cross_validated_sweep_ranks_by_the_fold_mean_and_resumes_no_finished_fold(
+    synth_root, tmp_path
+):
+    storage = tmp_path / "runs"
+    args = shlex.split(
+        f"run --data '{synth_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
+        f"--epochs 2 --trials 2 --folds 3 --max-concurrent 1 --scheduler fifo "
+        f"--storage '{storage}' --name folds --cache-dir '{tmp_path / 'cache'}'"
+    )
+    process = _cli(*args, cwd=tmp_path)
+    experiment = storage / "folds"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # Ctrl-C once the first trial is done, the second started
+        trials = _trial_dirs(experiment) if experiment.exists() else []
+        if len(trials) >= 2 and len(_progress_rows(trials[0])) >= 2:
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=300)
+    first = _trial_dirs(experiment)[0]
+    first_rows = _progress_rows(first)
+    fold_models = {p.name: p.stat().st_mtime_ns for p in first.glob("model_fold*.pt")}
+    assert sorted(fold_models) == ["model_fold0.pt", "model_fold1.pt", "model_fold2.pt"]
+
+    resumed = _cli("run", "--resume", "--name", "folds", "--storage", str(storage), cwd=tmp_path)
+    output, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, output[-3000:]
+    assert _progress_rows(first) == first_rows  # the finished trial's folds: not retrained
+    assert {p.name: p.stat().st_mtime_ns for p in first.glob("model_fold*.pt")} == fold_models
+    trials = _trial_dirs(experiment)
+    assert len(trials) == 2
+    for trial in trials:
+        metrics = json.loads((trial / METRICS_FILE).read_text())
+        objective = metrics["objective"]
+        assert objective["metric"] == "selected_heldout_dice" and len(objective["per_fold"]) == 3
+        assert objective["mean"] == pytest.approx(np.mean(objective["per_fold"]))
+        last = _progress_rows(trial)[-1]
+        assert last["selected_heldout_dice"] == pytest.approx(objective["mean"])
+        assert last["objective_fold_std"] == pytest.approx(objective["std"])
+        assert [f["fold"] for f in metrics["folds"]] == [0, 1, 2]
+        assert (
+            metrics["protocol"]["counts"]["cross-validated"] + metrics["protocol"]["counts"]["test"]
+            == 44
+        )
+    split = json.loads((trials[0] / "split.json").read_text())
+    assert len(split["folds"]) == 3 and not set(split["test"]) & set(sum(split["folds"], []))
+    assert "3-fold cross-validation" in output
+
+
 def test_fractional_gpus_pack_two_trials_on_one_declared_gpu(synth_root, tmp_path):
     settings = RunSettings(
         data=synth_root,
@@ -288,11 +338,11 @@ def test_two_node_cluster_moves_a_lost_trial_to_the_other_node(synth_root, tmp_p
 
 
 def test_real_busi_sweep(busi_root, tmp_path):
-    """4 trials, 2 epochs, 64 px, small encoder on the real BUSI, as CI runs it."""
+    """2 trials, 2 epochs, 64 px, small encoder on the real BUSI, as CI runs it."""
     process = _cli(
         *shlex.split(
             f"run --data '{busi_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
-            f"--epochs 2 --trials 4 --storage '{tmp_path / 'runs'}' --name real "
+            f"--epochs 2 --trials 2 --storage '{tmp_path / 'runs'}' --name real "
             f"--cache-dir '{tmp_path / 'cache'}'"
         ),
         cwd=tmp_path,
@@ -301,7 +351,7 @@ def test_real_busi_sweep(busi_root, tmp_path):
     assert process.returncode == 0, output[-3000:]
     experiment = tmp_path / "runs" / "real"
     trials = _trial_dirs(experiment)
-    assert len(trials) == 4
+    assert len(trials) == 2
     for trial in trials:
         metrics = json.loads((trial / METRICS_FILE).read_text())
         counts = metrics["protocol"]["counts"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,7 @@ class EpochReport:
     test: dict[str, float]  # metrics of the best-so-far model on the test part
     test_stats: PixelStats | None = None
     test_predictions: np.ndarray | None = None  # bool (N, E, E), set with test_stats
+    folds: tuple[EpochReport, ...] = ()  # cross-validation: each fold's own report
 
 
 @dataclass
@@ -80,6 +81,8 @@ class TrainingState:
     best_heldout: dict[str, float] = field(default_factory=dict)
     best_test_loss: float = math.nan
     best_test: dict[str, float] = field(default_factory=dict)
+    # The selected model's test probabilities, kept only for a cross-validation ensemble.
+    best_test_probabilities: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +95,7 @@ class TrainingState:
             "best_heldout": self.best_heldout,
             "best_test_loss": self.best_test_loss,
             "best_test": self.best_test,
+            "best_test_probabilities": self.best_test_probabilities,
         }
 
     def load(self, saved: dict[str, Any]) -> None:
@@ -105,6 +109,7 @@ class TrainingState:
         self.best_heldout = saved["best_heldout"]
         self.best_test_loss = saved["best_test_loss"]
         self.best_test = saved["best_test"]
+        self.best_test_probabilities = saved["best_test_probabilities"]
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,7 @@ class Evaluation:
     loss: float
     stats: PixelStats
     predictions: np.ndarray  # bool (N, E, E), in the order of the indices
+    probabilities: torch.Tensor | None = None  # float32 (N, E, E) on the CPU, when asked
 
     def metrics(self) -> dict[str, float]:
         return {LOSS: self.loss, **self.stats.compute()}
@@ -262,20 +268,34 @@ def evaluate(
     precision: Precision,
     threshold: float,
     batch_size: int = EVAL_BATCH_SIZE,
+    keep_probabilities: bool = False,
 ) -> Evaluation:
     """The model on `indices`, without augmentation: images from `inputs` (the size the
     model works at), scored against the masks of `truth` (the evaluation size)."""
     model.eval()
-    stats = PixelStats(threshold=threshold)
     size = truth.image_size
+    kept = torch.empty((len(indices), size, size)) if keep_probabilities else None
+    stats = PixelStats(threshold=threshold)
     predictions = np.empty((len(indices), size, size), dtype=bool)
     for start in range(0, len(indices), batch_size):
         rows = indices[start : start + batch_size]
-        probs = predict_probabilities(model, inputs.images[rows], device, precision, size)
-        probs = probs.cpu().numpy()
+        probs = predict_probabilities(model, inputs.images[rows], device, precision, size).cpu()
+        if kept is not None:
+            kept[start : start + len(rows)] = probs
+        probs = probs.numpy()
         stats.update(probs, truth.masks[rows])
         predictions[start : start + len(rows)] = probs > threshold
-    return Evaluation(stats.dice_loss(), stats, predictions)
+    return Evaluation(stats.dice_loss(), stats, predictions, kept)
+
+
+def score_probabilities(
+    probs: torch.Tensor, masks: np.ndarray, threshold: float, batch_size: int = EVAL_BATCH_SIZE
+) -> Evaluation:
+    """The same pooled evaluation for probabilities already made (an ensemble's mean)."""
+    stats = PixelStats(threshold=threshold)
+    for start in range(0, len(probs), batch_size):
+        stats.update(probs[start : start + batch_size].numpy(), masks[start : start + batch_size])
+    return Evaluation(stats.dice_loss(), stats, (probs > threshold).numpy(), probs)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -291,6 +311,127 @@ def build_scheduler(
     return None
 
 
+class Trainer:
+    """One model on one split, an epoch at a time: `fit` runs one, `fit_folds` runs K in
+    lockstep. Selection by combined loss on the held-out part, evaluated against the
+    masks of `truth` (the experiment's evaluation size; `data` itself by default).
+
+    The held-out part is the test part when `select_on_test` (the reference protocol,
+    optimistic) and the validation part otherwise."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: BusiArrays,
+        split: Split,
+        *,
+        device: torch.device,
+        truth: BusiArrays | None = None,
+        select_on_test: bool = False,
+        num_workers: int = 0,
+        resume_from: dict[str, Any] | None = None,
+        keep_test_probabilities: bool = False,
+    ) -> None:
+        torch.manual_seed(config.seed)
+        self.config, self.data, self.split, self.device = config, data, split, device
+        self.truth = data if truth is None else truth
+        self.select_on_test = select_on_test
+        self.keep_test_probabilities = keep_test_probabilities
+        self.heldout = split.test if select_on_test else split.validation
+        if len(self.heldout) == 0:
+            raise ValueError("the split has no validation part; make it with_validation=True")
+        model = build_model(config).to(device)
+        self.precision = Precision.for_device(device, config)
+        if self.precision.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, config)
+        self.state = TrainingState(model, optimizer, build_scheduler(optimizer, config))
+        if resume_from is not None:
+            self.state.load(resume_from)
+            log.info("resuming after epoch %d", self.state.epoch)
+        self.loss_fn = build_loss(config.loss)
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=self.precision.dtype == torch.float16
+        )
+        self.loader = make_train_loader(data, split, config, num_workers)
+
+    @property
+    def done(self) -> bool:
+        return self.state.epoch >= self.config.epochs
+
+    def evaluate_on(self, indices: np.ndarray, keep_probabilities: bool = False) -> Evaluation:
+        return evaluate(
+            self.state.model,
+            self.data,
+            self.truth,
+            indices,
+            self.device,
+            self.precision,
+            self.config.threshold,
+            keep_probabilities=keep_probabilities,
+        )
+
+    def step(self) -> EpochReport:
+        """Train one epoch, evaluate, update the selection."""
+        config, state, loader = self.config, self.state, self.loader
+        epoch = state.epoch + 1
+        # Re-seeding per epoch makes a resumed run draw the same batches and augmentations.
+        loader.generator.manual_seed(config.seed * 1000 + epoch)
+        if loader.dataset.augmentation is not None:
+            loader.dataset.augmentation.set_random_seed(config.seed * 1000 + epoch)
+        started = time.perf_counter()
+        lr = state.optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(
+            state.model, loader, self.loss_fn, state.optimizer, self.device, self.precision,
+            self.scaler,
+        )  # fmt: skip
+        train_seconds = time.perf_counter() - started
+        if state.scheduler is not None:
+            state.scheduler.step()
+        on_heldout = self.evaluate_on(self.heldout)
+        combined = combined_loss(train_loss, on_heldout.loss, config.selection_train_weight)
+        improved = combined < state.best_combined_loss
+        on_test = None
+        if improved:
+            state.best_epoch, state.best_combined_loss = epoch, combined
+            state.best_heldout = on_heldout.metrics()
+            on_test = (
+                on_heldout
+                if self.select_on_test
+                else self.evaluate_on(self.split.test, self.keep_test_probabilities)
+            )
+            state.best_test_loss, state.best_test = on_test.loss, on_test.stats.compute()
+            state.best_test_probabilities = on_test.probabilities
+        state.epoch = epoch
+        log.info(
+            "epoch %d: train %.4f held-out %.4f combined %.4f%s",
+            epoch,
+            train_loss,
+            on_heldout.loss,
+            combined,
+            " *" if improved else "",
+        )
+        return EpochReport(
+            epoch=epoch,
+            train_loss=train_loss,
+            heldout_loss=on_heldout.loss,
+            combined_loss=combined,
+            heldout=on_heldout.stats.compute(),
+            heldout_predictions=on_heldout.predictions,
+            lr=lr,
+            seconds=time.perf_counter() - started,
+            images_per_second=len(self.split.train) / train_seconds,
+            improved=improved,
+            best_epoch=state.best_epoch,
+            best_combined_loss=state.best_combined_loss,
+            selected_heldout=dict(state.best_heldout),
+            test_loss=state.best_test_loss,
+            test=dict(state.best_test),
+            test_stats=on_test.stats if on_test else None,
+            test_predictions=on_test.predictions if on_test else None,
+        )
+
+
 def fit(
     config: TrainConfig,
     data: BusiArrays,
@@ -303,87 +444,97 @@ def fit(
     resume_from: dict[str, Any] | None = None,
     on_epoch_end: Callable[[EpochReport, TrainingState], None] | None = None,
 ) -> TrainingState:
-    """Train `config.epochs` epochs on `data` (at `config.image_size`), selecting by
-    combined loss on the held-out part, evaluated against the masks of `truth` (the
-    experiment's evaluation size; `data` itself by default).
-
-    The held-out part is the test part when `select_on_test` (the reference protocol,
-    optimistic) and the validation part otherwise. `on_epoch_end` receives each epoch's
-    report and the state to checkpoint; it is where Ray reporting happens.
-    """
-    torch.manual_seed(config.seed)
-    truth = data if truth is None else truth
-    heldout = split.test if select_on_test else split.validation
-    if len(heldout) == 0:
-        raise ValueError("the split has no validation part; make it with_validation=True")
-    model = build_model(config).to(device)
-    precision = Precision.for_device(device, config)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config)
-    state = TrainingState(model, optimizer, build_scheduler(optimizer, config))
-    if resume_from is not None:
-        state.load(resume_from)
-        log.info("resuming after epoch %d", state.epoch)
-    loss_fn = build_loss(config.loss)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16)
-    loader = make_train_loader(data, split, config, num_workers)
-
-    def evaluate_on(indices: np.ndarray) -> Evaluation:
-        return evaluate(model, data, truth, indices, device, precision, config.threshold)
-
-    while state.epoch < config.epochs:
-        epoch = state.epoch + 1
-        # Re-seeding per epoch makes a resumed run draw the same batches and augmentations.
-        loader.generator.manual_seed(config.seed * 1000 + epoch)
-        if loader.dataset.augmentation is not None:
-            loader.dataset.augmentation.set_random_seed(config.seed * 1000 + epoch)
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(model, loader, loss_fn, optimizer, device, precision, scaler)
-        train_seconds = time.perf_counter() - started
-        if state.scheduler is not None:
-            state.scheduler.step()
-        on_heldout = evaluate_on(heldout)
-        combined = combined_loss(train_loss, on_heldout.loss, config.selection_train_weight)
-        improved = combined < state.best_combined_loss
-        on_test = None
-        if improved:
-            state.best_epoch, state.best_combined_loss = epoch, combined
-            state.best_heldout = on_heldout.metrics()
-            on_test = on_heldout if select_on_test else evaluate_on(split.test)
-            state.best_test_loss, state.best_test = on_test.loss, on_test.stats.compute()
-        state.epoch = epoch
-        report = EpochReport(
-            epoch=epoch,
-            train_loss=train_loss,
-            heldout_loss=on_heldout.loss,
-            combined_loss=combined,
-            heldout=on_heldout.stats.compute(),
-            heldout_predictions=on_heldout.predictions,
-            lr=lr,
-            seconds=time.perf_counter() - started,
-            images_per_second=len(split.train) / train_seconds,
-            improved=improved,
-            best_epoch=state.best_epoch,
-            best_combined_loss=state.best_combined_loss,
-            selected_heldout=dict(state.best_heldout),
-            test_loss=state.best_test_loss,
-            test=dict(state.best_test),
-            test_stats=on_test.stats if on_test else None,
-            test_predictions=on_test.predictions if on_test else None,
-        )
-        log.info(
-            "epoch %d: train %.4f held-out %.4f combined %.4f%s",
-            epoch,
-            train_loss,
-            on_heldout.loss,
-            combined,
-            " *" if improved else "",
-        )
+    """Train `config.epochs` epochs on `data` (at `config.image_size`); see `Trainer`.
+    `on_epoch_end` receives each epoch's report and the state to checkpoint; it is where
+    Ray reporting happens."""
+    trainer = Trainer(
+        config,
+        data,
+        split,
+        device=device,
+        truth=truth,
+        select_on_test=select_on_test,
+        num_workers=num_workers,
+        resume_from=resume_from,
+    )
+    while not trainer.done:
+        report = trainer.step()
         if on_epoch_end is not None:
-            on_epoch_end(report, state)
-    return state
+            on_epoch_end(report, trainer.state)
+    return trainer.state
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values))
+
+
+def fold_report(reports: Sequence[EpochReport], trainers: Sequence[Trainer]) -> EpochReport:
+    """One epoch of K folds as one report: held-out values are the folds' means (each on
+    its own validation fold); test values are those of the ensemble of the folds' selected
+    models (probabilities averaged), set in full when any fold's selection improved."""
+    first = trainers[0]
+    test_indices = first.split.test
+    probabilities = torch.stack([t.state.best_test_probabilities for t in trainers]).mean(0)
+    ensemble = score_probabilities(
+        probabilities, first.truth.masks[test_indices], first.config.threshold
+    )
+    improved = any(r.improved for r in reports)
+    keys_of = reports[0].heldout.keys()
+    return EpochReport(
+        epoch=reports[0].epoch,
+        train_loss=_mean([r.train_loss for r in reports]),
+        heldout_loss=_mean([r.heldout_loss for r in reports]),
+        combined_loss=_mean([r.combined_loss for r in reports]),
+        heldout={k: _mean([r.heldout[k] for r in reports]) for k in keys_of},
+        heldout_predictions=reports[0].heldout_predictions,
+        lr=reports[0].lr,
+        seconds=sum(r.seconds for r in reports),
+        images_per_second=_mean([r.images_per_second for r in reports]),
+        improved=improved,
+        best_epoch=max(r.best_epoch for r in reports),
+        best_combined_loss=_mean([r.best_combined_loss for r in reports]),
+        selected_heldout={
+            k: _mean([r.selected_heldout[k] for r in reports]) for k in reports[0].selected_heldout
+        },
+        test_loss=ensemble.loss,
+        test=ensemble.stats.compute(),
+        test_stats=ensemble.stats if improved else None,
+        test_predictions=ensemble.predictions if improved else None,
+        folds=tuple(reports),
+    )
+
+
+def fit_folds(
+    config: TrainConfig,
+    data: BusiArrays,
+    folds: Sequence[Split],
+    *,
+    device: torch.device,
+    truth: BusiArrays | None = None,
+    num_workers: int = 0,
+    resume_from: Sequence[dict[str, Any]] | None = None,
+    on_epoch_end: Callable[[EpochReport, list[TrainingState]], None] | None = None,
+) -> list[TrainingState]:
+    """K-fold cross-validation in lockstep: every epoch trains each fold's model one epoch,
+    so every report (and every early-stopping decision on it) rests on all K folds."""
+    trainers = [
+        Trainer(
+            config,
+            data,
+            split,
+            device=device,
+            truth=truth,
+            num_workers=num_workers,
+            resume_from=resume_from[i] if resume_from else None,
+            keep_test_probabilities=True,
+        )
+        for i, split in enumerate(folds)
+    ]
+    while not trainers[0].done:
+        report = fold_report([t.step() for t in trainers], trainers)
+        if on_epoch_end is not None:
+            on_epoch_end(report, [t.state for t in trainers])
+    return [t.state for t in trainers]
 
 
 def pick_device() -> torch.device:

@@ -41,6 +41,8 @@ OBJECTIVES: dict[str, str] = {
     BEST_COMBINED_LOSS: "min",
 }
 DEFAULT_OBJECTIVE = selected(DICE)
+# Cross-validation: the objective's standard deviation over the folds (NaN with one split).
+OBJECTIVE_FOLD_STD = "objective_fold_std"
 
 
 HELDOUT_METRICS = tuple(on_heldout(m) for m in METRIC_KEYS)
@@ -56,6 +58,7 @@ REPORTED = (
     BEST_EPOCH,
     SELECTED_LOSS,
     *SELECTED_METRICS,
+    OBJECTIVE_FOLD_STD,
     LR,
     EPOCH_SECONDS,
     IMAGES_PER_SECOND,

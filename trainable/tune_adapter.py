@@ -23,16 +23,25 @@ from ray import tune
 
 from trainable import keys
 from trainable.config import TrainConfig
-from trainable.engine import LOSS, EpochReport, NonFiniteLossError, TrainingState, fit, pick_device
+from trainable.engine import (
+    LOSS,
+    EpochReport,
+    NonFiniteLossError,
+    TrainingState,
+    fit,
+    fit_folds,
+    pick_device,
+)
 from trainable.metrics import METRIC_KEYS
 from trainable.preprocess import SizedData
-from trainable.splits import Split, SplitPolicy, make_split
+from trainable.splits import Split, SplitPolicy, experiment_splits, manifest_of
 from trainable.tensorboard import TrialWriter
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"  # the selected model's weights (state dict), rewritten on improvement
+FOLD_MODEL_FILE = "model_fold{fold}.pt"  # the same for each fold of a cross-validated trial
 FAILURE_FILE = "failure.json"  # why a trial failed deterministically: its retries do not train
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
@@ -50,10 +59,25 @@ class TrialSetup:
     split_policy: SplitPolicy = SplitPolicy.GROUPED
     split_seed: int = 0
     select_on_test: bool = False  # True only for the reference protocol
+    folds: int = 1  # K > 1: K-fold cross-validation of the training part, in lockstep
+    objective: str = keys.DEFAULT_OBJECTIVE
     cpus: int = 1
     num_workers: int = 0
     image_every: int = 5
     examples: int = 4
+
+
+def model_files(folds: int) -> list[str]:
+    """The selected weights' file names of a trial: one, or one per fold."""
+    if folds == 1:
+        return [MODEL_FILE]
+    return [FOLD_MODEL_FILE.format(fold=k) for k in range(folds)]
+
+
+def objective_value(report: EpochReport, objective: str) -> float:
+    if objective == keys.BEST_COMBINED_LOSS:
+        return report.best_combined_loss
+    return report.selected_heldout[objective.removeprefix(keys.selected(""))]
 
 
 def resolve_config(setup: TrialSetup, tune_config: dict[str, Any]) -> TrainConfig:
@@ -61,9 +85,11 @@ def resolve_config(setup: TrialSetup, tune_config: dict[str, Any]) -> TrainConfi
     return TrainConfig.from_flat({**setup.base.to_flat(), **tune_config})
 
 
-def to_tune_metrics(report: EpochReport) -> dict[str, float]:
+def to_tune_metrics(report: EpochReport, objective: str) -> dict[str, float]:
     """Exactly `keys.REPORTED`, every epoch."""
+    fold_values = [objective_value(fold, objective) for fold in report.folds]
     metrics = {
+        keys.OBJECTIVE_FOLD_STD: float(np.std(fold_values)) if fold_values else math.nan,
         keys.EPOCH: report.epoch,
         keys.TRAIN_LOSS: report.train_loss,
         keys.HELDOUT_LOSS: report.heldout_loss,
@@ -84,17 +110,23 @@ def to_tune_metrics(report: EpochReport) -> dict[str, float]:
 
 
 def selection_summary(
-    report: EpochReport, setup: TrialSetup, split: Split, eval_size: int
+    report: EpochReport, setup: TrialSetup, splits: list[Split], eval_size: int
 ) -> dict[str, Any]:
     """metrics.json: the selected epoch, its held-out and test metrics, and the protocol
-    behind them."""
-    return {
+    behind them; with K folds, each fold's too, and the test metrics of their ensemble."""
+    split = splits[0]
+    if setup.select_on_test:
+        selection = "held-out = test part (reference protocol; optimistic)"
+    elif setup.folds > 1:
+        selection = f"validation folds ({setup.folds}-fold cross-validation; test part locked)"
+    else:
+        selection = "validation part (test part locked)"
+    counts = {"train": len(split.train), "validation": len(split.validation)}
+    if setup.folds > 1:
+        counts = {"cross-validated": len(split.train) + len(split.validation)}
+    summary = {
         "protocol": {
-            "selection": (
-                "held-out = test part (reference protocol; optimistic)"
-                if setup.select_on_test
-                else "validation part (test part locked)"
-            ),
+            "selection": selection,
             "epoch_rule": (
                 f"lowest {setup.base.selection_train_weight:g} x train loss + "
                 f"{1 - setup.base.selection_train_weight:g} x held-out loss"
@@ -103,19 +135,36 @@ def selection_summary(
             "evaluation_size": eval_size,
             "split": split.policy.value,
             "split_seed": split.seed,
-            "counts": {
-                "train": len(split.train),
-                "validation": len(split.validation),
-                "test": len(split.test),
-            },
+            "folds": setup.folds,
+            "counts": {**counts, "test": len(split.test)},
         },
         "selected_epoch": report.best_epoch,
-        "model": MODEL_FILE,
+        "models": model_files(setup.folds),
         keys.COMBINED_LOSS: report.best_combined_loss,
         "heldout": report.selected_heldout,
         keys.TEST_LOSS: report.test_loss,
         "test": report.test,
     }
+    if report.folds:
+        values = [objective_value(fold, setup.objective) for fold in report.folds]
+        summary["objective"] = {
+            "metric": setup.objective,
+            "per_fold": values,
+            "mean": float(np.mean(values)),
+            "std": float(np.std(values)),
+        }
+        summary["folds"] = [
+            {
+                "fold": k,
+                "selected_epoch": fold.best_epoch,
+                keys.COMBINED_LOSS: fold.best_combined_loss,
+                "heldout": fold.selected_heldout,
+                keys.TEST_LOSS: fold.test_loss,
+                "test": fold.test,
+            }
+            for k, fold in enumerate(report.folds)
+        ]
+    return summary
 
 
 def write_selection(directory: Path, report: EpochReport, names: list[str]) -> None:
@@ -201,24 +250,28 @@ def _train(tune_config: dict[str, Any], sized: SizedData, setup: TrialSetup, tri
         log.warning(
             "Ray assigned GPU %s but CUDA is not available: training on the CPU", ray.get_gpu_ids()
         )
-    split = make_split(data, setup.split_policy, setup.split_seed, not setup.select_on_test)
-    split.write_manifest(data.names, trial_dir / SPLIT_FILE)
+    splits = experiment_splits(
+        data, setup.split_policy, setup.split_seed, setup.folds, not setup.select_on_test
+    )
+    split = splits[0]
+    (trial_dir / SPLIT_FILE).write_text(json.dumps(manifest_of(splits, data.names), indent=1))
     config.save(trial_dir / CONFIG_FILE)
 
+    # A checkpoint holds one training state per fold (one without cross-validation).
     resume_from = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            resume_from = torch.load(
-                Path(directory) / STATE_FILE, map_location=device, weights_only=True
-            )
-    log_placement(trial_dir, device, resume_from["epoch"] if resume_from else 0)
+            saved = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+            resume_from = saved["folds"]
+    log_placement(trial_dir, device, resume_from[0]["epoch"] if resume_from else 0)
 
     heldout = split.test if setup.select_on_test else split.validation
     examples = heldout[: setup.examples]
     writer = TrialWriter(trial_dir / TENSORBOARD_DIR, setup.image_every)
+    files = model_files(setup.folds)
 
-    def on_epoch_end(report: EpochReport, state: TrainingState) -> None:
+    def on_epoch_end(report: EpochReport, states: list[TrainingState]) -> None:
         writer.epoch(report)
         if writer.wants_images(report.epoch, config.epochs):
             writer.images(
@@ -228,28 +281,35 @@ def _train(tune_config: dict[str, Any], sized: SizedData, setup: TrialSetup, tri
                 report.heldout_predictions[: len(examples)],
             )
         if report.improved:
-            save_weights(state.model, trial_dir / MODEL_FILE)
+            for fold, state, file in zip(report.folds or (report,), states, files, strict=True):
+                if fold.improved:
+                    save_weights(state.model, trial_dir / file)
             write_selection(trial_dir, report, [data.names[i] for i in split.test])
-            summary = selection_summary(report, setup, split, truth.image_size)
+            summary = selection_summary(report, setup, splits, truth.image_size)
             (trial_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         writer.flush()
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(state.to_dict(), Path(directory) / STATE_FILE)
+            torch.save({"folds": [s.to_dict() for s in states]}, Path(directory) / STATE_FILE)
             tune.report(
-                to_tune_metrics(report), checkpoint=tune.Checkpoint.from_directory(directory)
+                to_tune_metrics(report, setup.objective),
+                checkpoint=tune.Checkpoint.from_directory(directory),
             )
 
+    common = {"device": device, "truth": truth, "num_workers": setup.num_workers}
     try:
-        fit(
-            config,
-            data,
-            split,
-            device=device,
-            truth=truth,
-            select_on_test=setup.select_on_test,
-            num_workers=setup.num_workers,
-            resume_from=resume_from,
-            on_epoch_end=on_epoch_end,
-        )
+        if setup.folds > 1:
+            fit_folds(
+                config, data, splits, resume_from=resume_from, on_epoch_end=on_epoch_end, **common
+            )
+        else:
+            fit(
+                config,
+                data,
+                split,
+                select_on_test=setup.select_on_test,
+                resume_from=resume_from[0] if resume_from else None,
+                on_epoch_end=lambda report, state: on_epoch_end(report, [state]),
+                **common,
+            )
     finally:
         writer.close()

@@ -111,6 +111,14 @@ def _add_run_parser(commands) -> None:
         help="grouped (near-duplicates kept on one side) or random (the reference's, which "
         "leaks near-duplicates across parts) (default: grouped; --reference: random)",
     )
+    sweep.add_argument(
+        "--folds",
+        type=int,
+        default=1,
+        help="K > 1: each trial trains K models in lockstep, one per fold of the training "
+        "part (grouped and stratified like the split), and is ranked by their mean; its "
+        "test metrics are the K models' ensemble (default: %(default)s, one validation part)",
+    )
     where = run.add_argument_group("where and how")
     where.add_argument(
         "--storage",
@@ -387,6 +395,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         metric=args.metric,
         seed=args.seed,
         split=SplitPolicy(args.split or ("random" if args.reference else "grouped")),
+        folds=args.folds,
         storage=args.storage,
         name=args.name,
         shared_storage=args.shared_storage,

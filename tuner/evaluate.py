@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from results.experiment import Experiment, Trial
-from trainable.engine import LOSS, Precision, evaluate, pick_device
+from trainable.engine import LOSS, Precision, evaluate, pick_device, score_probabilities
 from trainable.errors import UserError
 from trainable.metrics import METRIC_KEYS
 from trainable.model import build_model
 from trainable.preprocess import load_sized
-from trainable.splits import make_split
+from trainable.splits import experiment_splits, manifest_of
 from trainable.tune_adapter import METRICS_FILE, MODEL_FILE, SPLIT_FILE
 
 
@@ -63,17 +63,26 @@ def pick_trial(experiment: Experiment, name: str | None) -> Trial:
     raise UserError(f"--trial {name}: no such trial in {experiment.path}; valid: {names}")
 
 
-def load_selected_model(trial: Trial, device: torch.device) -> torch.nn.Module:
-    """The trial's selected weights (model.pt) in a freshly built model."""
-    path = trial.path / MODEL_FILE
-    if not path.is_file() or trial.config is None:
+def selected_model_files(trial: Trial) -> list[Path]:
+    """The trial's selected weights: model.pt, or one file per cross-validation fold."""
+    raw = json.loads((trial.path / METRICS_FILE).read_text()) if trial.selected else {}
+    return [trial.path / name for name in raw.get("models", [MODEL_FILE])]
+
+
+def load_selected_models(trial: Trial, device: torch.device) -> list[torch.nn.Module]:
+    """The trial's selected weights in freshly built models (one per fold)."""
+    paths = selected_model_files(trial)
+    if trial.config is None or not all(path.is_file() for path in paths):
         raise UserError(
-            f"{path}: no selected model; the trial ended before its first epoch "
+            f"{paths[0]}: no selected model; the trial ended before its first epoch "
             "(choose another with --trial)"
         )
-    model = build_model(trial.config.replace(encoder_weights="none"))
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    return model.to(device)
+    models = []
+    for path in paths:
+        model = build_model(trial.config.replace(encoder_weights="none"))
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        models.append(model.to(device))
+    return models
 
 
 def _recorded(trial: Trial, part: Part, reference_only: bool) -> dict[str, float] | None:
@@ -105,30 +114,44 @@ def evaluate_trial(
         data_dir or settings.data, (config.image_size,), eval_size, settings.cache_dir, False
     )
     inputs = sized.at(config.image_size)
+    folds = settings.folds
     if data_dir is None:
-        if part is Part.VALIDATION and settings.reference_only:
-            raise UserError("--part validation: a --reference run has no validation part")
-        split = make_split(inputs, settings.split, settings.seed, not settings.reference_only)
+        if part is Part.VALIDATION and (settings.reference_only or folds > 1):
+            raise UserError(
+                "--part validation: a --reference run has none, and a cross-validated "
+                "trial's are per fold (metrics.json lists them)"
+            )
+        splits = experiment_splits(
+            inputs, settings.split, settings.seed, folds, not settings.reference_only
+        )
         saved = json.loads((trial.path / SPLIT_FILE).read_text())["sha256"]
-        if split.manifest(inputs.names)["sha256"] != saved:
+        if manifest_of(splits, inputs.names)["sha256"] != saved:
             raise UserError(
                 f"{settings.data}: gives another split than {trial.path / SPLIT_FILE}; "
                 "the data changed since the run (pass the data it ran on)"
             )
-        indices = split.validation if part is Part.VALIDATION else split.test
+        indices = splits[0].validation if part is Part.VALIDATION else splits[0].test
         source, recorded = part.value, _recorded(trial, part, settings.reference_only)
     else:
         indices = np.arange(len(inputs))
         source, recorded = str(data_dir), None
     device = pick_device()
-    model = load_selected_model(trial, device)
     precision = Precision.for_device(device, config)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    result = evaluate(
-        model, inputs, sized.evaluation, indices, device, precision, config.threshold, batch_size
-    )
-    return Result(trial.name, source, len(indices), eval_size, result.metrics(), recorded)
+    truth = sized.evaluation
+    runs = []
+    for model in load_selected_models(trial, device):
+        if precision.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        runs.append(
+            evaluate(
+                model, inputs, truth, indices, device, precision, config.threshold, batch_size,
+                keep_probabilities=folds > 1,
+            )
+        )  # fmt: skip
+    if len(runs) > 1:  # the folds' ensemble, exactly as the trial scored it
+        probabilities = torch.stack([run.probabilities for run in runs]).mean(0)
+        runs = [score_probabilities(probabilities, truth.masks[indices], config.threshold)]
+    return Result(trial.name, source, len(indices), eval_size, runs[0].metrics(), recorded)
 
 
 def format_result(result: Result) -> str:

@@ -19,7 +19,7 @@ from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
 from trainable.errors import UserError
 from trainable.tune_adapter import SPLIT_FILE
-from tuner.evaluate import load_selected_model
+from tuner.evaluate import load_selected_models
 from tuner.segmenter import card_path
 
 FORMATS = ("torchscript",)
@@ -96,7 +96,13 @@ def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = "torchscr
             raise UserError(f"{path}: exists; choose another --out (nothing is overwritten)")
     if trial.config is None or trial.selected is None:
         raise UserError(f"{trial.path}: no selected model to export; choose another --trial")
-    model = ProbabilityNet(load_selected_model(trial, torch.device("cpu"))).eval()
+    models = load_selected_models(trial, torch.device("cpu"))
+    if len(models) > 1:
+        raise UserError(
+            f"{trial.name}: a cross-validated trial is {len(models)} fold models; export "
+            "exports one model (use predict on the experiment for the fold ensemble)"
+        )
+    model = ProbabilityNet(models[0]).eval()
     size = trial.config.image_size
     example = torch.zeros(1, 1, size, size)
     with warnings.catch_warnings(), torch.no_grad():

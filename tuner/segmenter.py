@@ -23,7 +23,7 @@ from results.experiment import Experiment
 from trainable.engine import Precision, pick_device, predict_probabilities, resize_probabilities
 from trainable.errors import UserError
 from trainable.preprocess import resize_image
-from tuner.evaluate import load_selected_model, pick_trial
+from tuner.evaluate import load_selected_models, pick_trial
 
 # Uint8 images (N, S, S) at a member's input size -> probabilities (N, E, E).
 Run = Callable[[np.ndarray], torch.Tensor]
@@ -87,14 +87,15 @@ def from_experiment(
                 "with a selected model"
             )
     members = []
-    for chosen in trials:
-        model = load_selected_model(chosen, device).eval()
+    for chosen in trials:  # a cross-validated trial brings one model per fold
+        models = load_selected_models(chosen, device)
         precision = Precision.for_device(device, chosen.config)
-        if precision.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        members.append(Member(chosen.name, chosen.config.image_size, _checkpoint_run(
-            model, device, precision, experiment.settings.base.image_size
-        )))  # fmt: skip
+        for fold, model in enumerate(models):
+            if precision.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            name = chosen.name if len(models) == 1 else f"{chosen.name} fold {fold}"
+            run = _checkpoint_run(model, device, precision, experiment.settings.base.image_size)
+            members.append(Member(name, chosen.config.image_size, run))
     config = experiment.settings.base
     return Segmenter(
         tuple(members), config.image_size, threshold or trials[0].config.threshold, flip

@@ -30,6 +30,7 @@ class RunSettings:
     metric: str = keys.DEFAULT_OBJECTIVE  # one of keys.OBJECTIVES: validation-side only
     seed: int = 0
     split: SplitPolicy = SplitPolicy.GROUPED  # --reference: the paper's random split
+    folds: int = 1  # K > 1: rank configs by their mean over K folds of the training part
     storage: str = "./runs"
     name: str = ""
     shared_storage: bool = False  # a local --storage path that every node mounts (NFS)
@@ -55,6 +56,11 @@ class RunSettings:
             raise UserError(
                 f"--metric {self.metric}: not an objective; configs are ranked on the "
                 f"validation part only, by one of: {', '.join(keys.OBJECTIVES)}"
+            )
+        if self.folds < 1 or (self.folds > 1 and self.reference_only):
+            raise UserError(
+                "--folds must be 1 or more, and 1 with --reference (the reference protocol "
+                "has no validation part)"
             )
         if self.trials < 1 or self.cpus_per_trial < 1:
             raise UserError("--trials and --cpus-per-trial must be at least 1")

@@ -114,6 +114,8 @@ def build_trainable(settings: RunSettings, data: SizedData):
         split_policy=settings.split,
         split_seed=settings.seed,
         select_on_test=settings.reference_only,
+        folds=settings.folds,
+        objective=settings.metric,
         cpus=settings.cpus_per_trial,
         # One CPU trains; the others run DataLoader workers (augmentation).
         num_workers=settings.cpus_per_trial - 1,
