@@ -95,6 +95,11 @@ def test_run_refuses_bad_data_with_one_line(problem, tmp_path, capsys):
 def test_data_check_lists_the_problem_and_exits_1(problem, tmp_path, capsys):
     root, named = _broken(tmp_path, problem)
     before = _listing(root)
+    if problem == "missing folder":  # one error line, no empty table before it
+        assert main(["data", "check", str(root)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and str(root) in captured.err
+        return
     assert main(["data", "check", str(root)]) == 1
     out = capsys.readouterr().out
     assert str(named) in out and "Traceback" not in out
@@ -127,8 +132,60 @@ def test_resume_of_a_missing_experiment_and_reuse_of_a_name(synth_root, tmp_path
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("precious")
     assert main(["run", *common, "--name", "taken"]) == 2
-    assert "exists; continue it with --resume" in capsys.readouterr().err
+    # Not an experiment: --resume would fail, so it is not advised.
+    assert "exists and is not an experiment; choose another --name" in capsys.readouterr().err
     assert (tmp_path / "taken" / "keep.txt").read_text() == "precious"
+    (tmp_path / "taken" / "busi_tune_settings.json").write_text("{}")
+    assert main(["run", *common, "--name", "taken"]) == 2
+    assert "exists; continue it with --resume" in capsys.readouterr().err
+
+
+def test_abbreviations_are_refused_and_typos_get_a_suggestion(capsys):
+    for argv, hint in (
+        (["run", "--dem"], "did you mean --demo?"),
+        (["run", "--data", "x", "--epoch", "2"], "did you mean --epochs?"),
+        (["run", "--data", "x", "--trails", "2"], "did you mean --trials?"),
+        (["rn"], "did you mean run?"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert hint in capsys.readouterr().err, argv
+
+
+def test_an_argument_error_comes_back_before_ray_or_torch_load(tmp_path):
+    """Measured in a fresh interpreter against one that does nothing: a bad flag is
+    refused after parsing, not after importing Ray and torch (which take seconds)."""
+    import time
+
+    def seconds(*args):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, check=False)
+        return time.perf_counter() - started
+
+    baseline = min(seconds("-c", "pass") for _ in range(3))
+    refused = min(seconds("-m", "tuner", "run", "--data", "x", "--image-size", "100")
+                  for _ in range(3))  # fmt: skip
+    assert refused < 1.0 + 5 * baseline, (refused, baseline)
+    probe = "import sys, tuner.cli as c; c.main(['run', '--data', 'x', '--image-size', '100']); "
+    probe += "print('torch' in sys.modules, 'ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout.split() == ["False", "False"], done.stderr
+
+
+def test_printed_commands_survive_the_shell(tmp_path):
+    from trainable.config import TrainConfig
+    from tuner.settings import RunSettings
+    from tuner.summary import summarise
+
+    settings = RunSettings(
+        data=tmp_path, base=TrainConfig.reference(), storage=str(tmp_path / "my runs"),
+        name="my sweep; rm -rf x",
+    )  # fmt: skip
+    text = summarise(settings, [])
+    report = next(line for line in text.splitlines() if line.startswith("report:"))
+    assert shlex.split(report.split(":", 1)[1]) == ["python", "-m", "tuner", "report",
+                                                     settings.experiment_dir]  # fmt: skip
 
 
 def test_bad_flags_are_one_line(synth_root, tmp_path, capsys):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +30,41 @@ DEMO = {
 DEMO_SYNTH = {"n_benign": 48, "n_malignant": 24, "n_normal": 16}
 DEFAULT_TRIALS = 32
 TRAINING_FLAGS = ("encoder", "encoder_weights", "image_size", "batch_size", "epochs")
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations (`--dem` must not start a demo, `--epoch 2` must not pass for
+    `--epochs 2`), and a suggestion when a flag or command is mistyped."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        super().error(message + suggestion(message, self))
+
+
+def _known_words(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string and command name of a parser and its subcommands."""
+    words = []
+    for action in parser._actions:
+        words += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                words += [name, *_known_words(sub)]
+    return words
+
+
+def suggestion(message: str, parser: argparse.ArgumentParser) -> str:
+    """ "; did you mean --trials?" for the first mistyped word that has a close match."""
+    unknown = re.findall(r"unrecognized arguments: (.*)", message)
+    unknown = unknown[0].split() if unknown else re.findall(r"invalid choice: '([^']*)'", message)
+    known = _known_words(parser)
+    for word in unknown:
+        close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean {close[0]}?"
+    return ""
 
 
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +111,8 @@ def _add_run_parser(commands) -> None:
         "--trials",
         type=int,
         default=None,
-        help=f"(default: {DEFAULT_TRIALS}; --demo: {DEMO['trials']})",
+        help="configs to try, the first being the base config itself "
+        f"(default: {DEFAULT_TRIALS}; --demo: {DEMO['trials']})",
     )
     sweep.add_argument(
         "--max-concurrent",
@@ -88,7 +127,8 @@ def _add_run_parser(commands) -> None:
         "--scheduler",
         choices=[s.value for s in Scheduler],
         default="asha",
-        help="(default: %(default)s)",
+        help="asha stops trials whose objective trails at epochs budget/5, x3, ...; fifo "
+        "trains every trial for the whole budget (default: %(default)s)",
     )
     sweep.add_argument(
         "--metric",
@@ -183,15 +223,18 @@ def _add_data_parser(commands) -> None:
         type=Path,
         nargs="?",
         default=Path("Dataset_BUSI_with_GT"),
-        help="(default: %(default)s)",
+        help="the BUSI folder (default: %(default)s)",
     )
     check.set_defaults(handler=_data_check)
     synth = data_commands.add_parser("synth", help="write a synthetic BUSI-layout dataset")
     synth.add_argument("dir", type=Path, help="new folder to create")
-    synth.add_argument("--benign", type=int, default=24, help="(default: %(default)s)")
-    synth.add_argument("--malignant", type=int, default=12, help="(default: %(default)s)")
-    synth.add_argument("--normal", type=int, default=8, help="(default: %(default)s)")
-    synth.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    for label, count in (("benign", 24), ("malignant", 12), ("normal", 8)):
+        synth.add_argument(
+            f"--{label}", type=int, default=count, help=f"{label} images (default: %(default)s)"
+        )
+    synth.add_argument(
+        "--seed", type=int, default=0, help="the same seed writes the same bytes (default: 0)"
+    )
     synth.set_defaults(handler=_data_synth)
 
 
@@ -313,7 +356,10 @@ def _add_predict_parser(commands) -> None:
         help="flip: average with the horizontally flipped pass (default: %(default)s)",
     )
     predict.add_argument(
-        "--threshold", type=float, default=None, help="(default: the trained config's, 0.5)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="probability above which a pixel is lesion (default: the trained config's, 0.5)",
     )
     predict.add_argument(
         "--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)"
@@ -340,13 +386,16 @@ def _add_export_parser(commands) -> None:
         "--trial", default=None, help="trial name, e.g. trial_004 (default: the best trial)"
     )
     export.add_argument(
-        "--format", choices=["torchscript"], default="torchscript", help="(default: %(default)s)"
+        "--format",
+        choices=["torchscript"],
+        default="torchscript",
+        help="file format; libtorch and torch.jit.load read it (default: %(default)s)",
     )
     export.set_defaults(handler=_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m tuner",
         description="busi-tune: hyper-parameter tuning for BUSI tumour segmentation",
     )
@@ -410,11 +459,11 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tuner import summary, sweep
-
     if args.resume and args.data is None and not args.demo:
         args.data = Path(".")  # replaced by the saved settings of the experiment
-    settings = settings_from_args(args)
+    settings = settings_from_args(args)  # bad flags fail here, before Ray and torch load
+    from tuner import summary, sweep
+
     if args.demo and not settings.resume and not settings.data.exists():
         from trainable.synth import write_synthetic_busi
 
@@ -429,6 +478,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _data_check(args: argparse.Namespace) -> int:
     from trainable.integrity import check_dataset, format_report
+
+    if not args.dir.is_dir():
+        raise UserError(f"data check: {args.dir}: no such folder; give the BUSI folder")
 
     report = check_dataset(args.dir, progress=True)
     print(format_report(report))
@@ -496,7 +548,7 @@ def _confirm(args: argparse.Namespace) -> int:
     path = confirm.save_confirmation(result, experiment.path / REPORT_DIR)
     print("\n".join(confirm.confirmation_lines(result)))
     print(f"\nsaved: {path}")
-    print(f"report with it: python -m tuner report {experiment.path}")
+    print(f"report with it: python -m tuner report {shlex.quote(str(experiment.path))}")
     return 0
 
 
@@ -549,7 +601,9 @@ def _export(args: argparse.Namespace) -> int:
     card = export.export(experiment, trial, args.out, args.format)
     print(f"exported {trial.name} ({args.format}): {args.out}")
     print(f"model card: {card}")
-    print(f"use it:     python -m tuner predict {args.out} --images DIR --out DIR")
+    print(
+        f"use it:     python -m tuner predict {shlex.quote(str(args.out))} --images DIR --out DIR"
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from ray import tune
@@ -61,6 +62,8 @@ def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
             lines.append(f"details: {Path(best.path) / METRICS_FILE}")
     if not settings.reference_only:
         lines.append(f"optuna study: {settings.study_path}")
-    lines.append(f"report:      python -m tuner report {settings.experiment_dir}")
-    lines.append(f"tensorboard: tensorboard --logdir {settings.experiment_dir}")
+    # Printed commands are shell-quoted, so they can be pasted whatever the name holds.
+    where = shlex.quote(settings.experiment_dir)
+    lines.append(f"report:      python -m tuner report {where}")
+    lines.append(f"tensorboard: tensorboard --logdir {where}")
     return "\n".join(lines)

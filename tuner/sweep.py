@@ -63,11 +63,13 @@ def resolve_settings(settings: RunSettings) -> RunSettings:
             )
         saved = load_settings(directory / SETTINGS_FILE)
         return dataclasses.replace(saved, resume=True, address=settings.address)
-    if directory.exists():
+    if (directory / SETTINGS_FILE).is_file():
         raise UserError(
             f"{directory}: an experiment of that name exists; continue it with --resume "
             "or choose another --name"
         )
+    if directory.exists():
+        raise UserError(f"{directory}: exists and is not an experiment; choose another --name")
     return settings
 
 
