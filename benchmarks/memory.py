@@ -29,6 +29,7 @@ from ray import tune
 from benchmarks.common import OWN_RAY, add_data_flags, table, write_json
 from trainable.config import TrainConfig
 from tuner import sweep
+from tuner.progress import TrialNamer
 from tuner.settings import RunSettings
 
 TRIAL_MARK = "ImplicitFunc"  # Ray's process title of a Tune function-trainable actor
@@ -140,7 +141,7 @@ def measure(settings: RunSettings, data, trials: int, seconds: float, interval: 
             num_samples=trials,
             max_concurrent_trials=trials,
             time_budget_s=seconds,
-            trial_dirname_creator=sweep.trial_dirname,
+            trial_dirname_creator=TrialNamer(sweep=False),
         ),
         run_config=sweep.build_run_config(settings),
     )

@@ -263,4 +263,4 @@ def test_reference_run_on_real_busi(busi_root, tmp_path):
     assert len(split["test"]) == 156 and split["policy"] == "random"
     config = json.loads((trial / "config.json").read_text())
     assert config["lr"] == 1e-4 and config["loss"] == "dice" and config["epochs"] == 1
-    assert list((trial / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(trial.glob("events.out.tfevents.*"))

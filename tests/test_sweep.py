@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from trainable.splits import SplitPolicy
 from trainable.tensorboard import IMAGE_TAG, SCALAR_TAGS
 from trainable.tune_adapter import FAILURE_FILE, METRICS_FILE, PLACEMENT_FILE, SELECTION_FILE
 from tuner import sweep
+from tuner.cli import main
 from tuner.settings import RunSettings, Scheduler
 
 pytestmark = pytest.mark.slow
@@ -86,7 +88,7 @@ def test_demo_sweep_end_to_end(tmp_path):
         k: reference[k] for k in search_spaces.get_space("reference").keys
     }
     for trial in trials:
-        events = EventAccumulator(str(trial / "tensorboard"), size_guidance={"images": 0})
+        events = EventAccumulator(str(trial), size_guidance={"images": 0})
         events.Reload()
         assert set(SCALAR_TAGS) <= set(events.Tags()["scalars"])
         assert IMAGE_TAG in events.Tags()["images"]
@@ -96,9 +98,47 @@ def test_demo_sweep_end_to_end(tmp_path):
         assert (trial / METRICS_FILE).is_file() and (trial / SELECTION_FILE).is_file()
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{experiment}/demo.sqlite")
     assert len(study.trials) == 4
-    assert {t.user_attrs["tune_trial_id"] for t in study.trials} == {
-        t.name.split("_")[-1] for t in trials
+    # One name per trial: folder, Optuna (attribute and number), progress line, report.
+    names = [t.name for t in trials]
+    assert [t.user_attrs["trial_name"] for t in study.trials] == names
+    assert [int(name.split("_")[1]) for name in names] == [t.number for t in study.trials]
+    lines = [line for line in output.splitlines() if re.match(r"\[\d+/4\] ", line)]
+    assert len(lines) == 4 and all(any(n in line for n in names) for line in lines)
+    assert "Experiment state snapshotting" not in output and "Trial status" not in output
+    assert output.count("tensorboard --logdir") == 1  # ours, not Ray's as well
+    assert main(["report", str(experiment)]) == 0
+    report = (experiment / "report" / "report.md").read_text()
+    assert all(name in report for name in names)
+    # HParams: the searched values, the true state and the selected epoch's metrics.
+    for trial in trials:
+        hparams = _hparams(trial)
+        rows = _progress_rows(trial)
+        assert hparams["metrics"]["hparams/selected_heldout_dice"] == pytest.approx(
+            rows[-1]["selected_heldout_dice"]
+        )
+        assert hparams["metrics"]["hparams/test_dice"] == pytest.approx(rows[-1]["test_dice"])
+        ran = len(rows)
+        state = "finished" if ran == 2 else f"stopped early at epoch {ran}"
+        assert hparams["state"] == state and "lr" in hparams["values"]
+
+
+def _hparams(trial: Path) -> dict:
+    """The HParams plugin's records in a trial's event files, read back."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(trial))
+    events.Reload()
+    start = HParamsPluginData.FromString(
+        events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    ).session_start_info
+    values = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+    metrics = {
+        tag: events.Scalars(tag)[-1].value
+        for tag in events.Tags()["scalars"]
+        if tag.startswith("hparams/")
     }
+    return {"values": values, "state": values["state"], "metrics": metrics}
 
 
 # A space that makes trial 2 diverge (lr 1e12 gives a NaN loss in the first epoch) and
@@ -135,19 +175,19 @@ def test_asha_stops_bad_trials_and_a_nan_trial_errors(synth_root, tmp_path, forc
     _, results = sweep.run(settings)
     assert len(results) == 5
     by_number = {int(Path(r.path).name.split("_")[1]): r for r in results}
-    nan_trial = by_number[3]  # Tune counts from 1, Optuna from 0
+    nan_trial = by_number[2]  # folder numbers are Optuna's trial numbers
     assert nan_trial.error is not None and "training loss became nan" in str(nan_trial.error)
-    others = [r for n, r in by_number.items() if n != 3]
+    others = [r for n, r in by_number.items() if n != 2]
     assert all(r.error is None for r in others)
-    epochs = {n: r.metrics["training_iteration"] for n, r in by_number.items() if n != 3}
-    assert epochs[1] == 5  # the reference point ran the whole budget
-    assert min(epochs[4], epochs[5]) < 5, epochs  # ASHA stopped a trial that learnt nothing
+    epochs = {n: r.metrics["training_iteration"] for n, r in by_number.items() if n != 2}
+    assert epochs[0] == 5  # the reference point ran the whole budget
+    assert min(epochs[3], epochs[4]) < 5, epochs  # ASHA stopped a trial that learnt nothing
     states = {t.number: t.state.name for t in _study(settings).trials}
     assert states[2] == "FAIL"
     assert states[0] == "COMPLETE"
     for number, ran in epochs.items():
         expected = "COMPLETE" if ran == 5 else "PRUNED"
-        assert states[number - 1] == expected
+        assert states[number] == expected
     pruned = [t for t in _study(settings).trials if t.state.name == "PRUNED"]
     assert all(t.user_attrs["epochs_run"] < 5 for t in pruned)
     # Every epoch is in the study, the last included; a stopped trial shows its value.

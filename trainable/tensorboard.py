@@ -1,8 +1,8 @@
-"""What a trial writes to TensorBoard itself: readable scalars and example images.
-
-Ray's own TensorBoard callback adds the raw `ray/tune/*` scalars and the HParams; the
-trial writes into its own directory, which reaches the storage path through
-`SyncConfig(sync_artifacts=True)`.
+"""TensorBoard, one run per trial named as the trial is everywhere else: the trial writes
+readable scalars and example images into its own folder (which reaches the storage path
+through `SyncConfig(sync_artifacts=True)`), and the driver adds the HParams when the trial
+ends (`write_hparams`): the searched values, the selected epoch's metrics and the trial's
+true state. Ray's own TensorBoard logger, a second run of raw `ray/tune/*` tags, is off.
 """
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams import api_pb2, metadata
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 from trainable.engine import EpochReport
 from trainable.metrics import DICE, IOU, METRIC_KEYS
@@ -84,3 +88,47 @@ class TrialWriter:
 
     def close(self) -> None:
         self.writer.close()
+
+
+HPARAMS_PREFIX = "hparams/"
+# The trial's state as TensorBoard knows states: it has none for "stopped early".
+SESSION_STATUS = {
+    "finished": api_pb2.Status.STATUS_SUCCESS,
+    "errored": api_pb2.Status.STATUS_FAILURE,
+}
+
+
+def write_hparams(
+    directory: Path, params: dict, metrics: dict[str, float], state: str, step: int
+) -> None:
+    """The trial's HParams into its TensorBoard run: searched values plus its `state`
+    (finished / stopped early at epoch k / errored), and `metrics` (the selected epoch's)
+    as scalars under hparams/."""
+    values = {k: v for k, v in params.items() if isinstance(v, int | float | str | bool)}
+    values["state"] = state
+    shown = {f"{HPARAMS_PREFIX}{k}": v for k, v in metrics.items()}
+    experiment, start, _ = hparams(values, shown)
+    end = _session_end(SESSION_STATUS.get(state, api_pb2.Status.STATUS_UNKNOWN))
+    with SummaryWriter(log_dir=str(directory)) as writer:
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+        for tag, value in shown.items():
+            writer.add_scalar(tag, value, step)
+
+
+def _session_end(status: int) -> Summary:
+    """torch's `hparams` always writes STATUS_SUCCESS; this writes the trial's own."""
+    content = HParamsPluginData(
+        session_end_info=SessionEndInfo(status=status),
+        version=metadata.PLUGIN_DATA_VERSION,
+    )
+    plugin = SummaryMetadata.PluginData(
+        plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString()
+    )
+    return Summary(
+        value=[
+            Summary.Value(
+                tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin)
+            )
+        ]
+    )

@@ -48,7 +48,6 @@ CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
 SELECTION_FILE = "selection.npz"
 PLACEMENT_FILE = "placement.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -268,7 +267,7 @@ def _train(tune_config: dict[str, Any], sized: SizedData, setup: TrialSetup, tri
 
     heldout = split.test if setup.select_on_test else split.validation
     examples = heldout[: setup.examples]
-    writer = TrialWriter(trial_dir / TENSORBOARD_DIR, setup.image_every)
+    writer = TrialWriter(trial_dir, setup.image_every)  # one run per trial, named as it
     files = model_files(setup.folds)
 
     def on_epoch_end(report: EpochReport, states: list[TrainingState]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import logging
 import re
 import shlex
@@ -469,7 +470,8 @@ def _run(args: argparse.Namespace) -> int:
 
         count = write_synthetic_busi(settings.data, **DEMO_SYNTH)
         print(f"wrote a synthetic BUSI set of {count} images to {settings.data}")
-    settings, results = sweep.run(settings)
+    quiet = None if args.verbose else functools.partial(print, flush=True)
+    settings, results = sweep.run(settings, quiet)
     print(summary.summarise(settings, results))
     if args.demo:
         print("(synthetic data: the comparison shows the pipeline working, not a BUSI result)")

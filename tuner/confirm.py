@@ -20,6 +20,7 @@ from results.experiment import Experiment
 from trainable.config import TrainConfig
 from trainable.errors import UserError
 from trainable.model import check_weights
+from tuner.progress import TrialNamer
 from tuner.settings import RunSettings, Scheduler
 from tuner.sweep import (
     build_run_config,
@@ -27,7 +28,6 @@ from tuner.sweep import (
     create_experiment,
     init_ray,
     load_data,
-    trial_dirname,
 )
 
 SUFFIX = "-confirm"
@@ -94,7 +94,7 @@ def run(
         tune_config=tune.TuneConfig(
             num_samples=len(points),  # one sample per point, each expanded by the seed grid
             search_alg=BasicVariantGenerator(points_to_evaluate=points),
-            trial_dirname_creator=trial_dirname,
+            trial_dirname_creator=TrialNamer(sweep=True),
         ),
         run_config=build_run_config(settings),
     )

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TUNE_TRIAL_ID = "tune_trial_id"
 EPOCHS_RUN = "epochs_run"
+TRIAL_NAME = "trial_name"
 
 
 def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
@@ -76,7 +77,10 @@ class BudgetAwareOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
-        self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+        # The name the trial's folder, report and TensorBoard run carry (see TrialNamer).
+        ot_trial.set_user_attr(TRIAL_NAME, f"trial_{ot_trial.number:03d}_{trial_id}")
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search_spaces import get_space
@@ -20,12 +23,14 @@ from trainable.model import check_weights
 from trainable.preprocess import SizedData, load_sized
 from trainable.splits import SplitPolicy
 from trainable.tune_adapter import TrialSetup, train_busi
+from tuner.progress import TrialHParams, TrialLines, TrialNamer, quiet_ray
 from tuner.searcher import BudgetAwareOptunaSearch, sqlite_storage, tpe_sampler
 from tuner.settings import RunSettings, Scheduler
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "busi_tune_settings.json"
+NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
 def save_settings(settings: RunSettings, path: Path) -> None:
@@ -127,16 +132,9 @@ def build_trainable(settings: RunSettings, data: SizedData):
     return tune.with_resources(tune.with_parameters(train_busi, data=data, setup=setup), resources)
 
 
-def trial_dirname(trial) -> str:
-    """`trial_003_ab12cd34`: Tune's counter (trial_001 is a sweep's reference point,
-    trial_000 a `--reference` run) and its id, not every parameter as Tune's default."""
-    counter = int(trial.experiment_tag.split("_")[0])
-    return f"trial_{counter:03d}_{trial.trial_id}"
-
-
 def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
     if settings.reference_only:
-        return tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname)
+        return tune.TuneConfig(num_samples=1, trial_dirname_creator=TrialNamer(sweep=False))
     space = get_space(settings.space)
     searcher = BudgetAwareOptunaSearch(
         space=space.define(settings.base),
@@ -166,12 +164,30 @@ def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
         scheduler=scheduler,
         num_samples=settings.trials,
         max_concurrent_trials=settings.max_concurrent,
-        trial_dirname_creator=trial_dirname,
+        trial_dirname_creator=TrialNamer(sweep=True),
     )
 
 
-def build_run_config(settings: RunSettings) -> tune.RunConfig:
+def build_run_config(
+    settings: RunSettings, write: Callable[[str], None] | None = None
+) -> tune.RunConfig:
+    """With `write`, quiet: Ray's live table and notices give way to one line per ended
+    trial; without, Ray's own output (`-v`)."""
+    callbacks = [
+        # Ray's own TensorBoard logger is off (see run): each trial writes one run itself.
+        CSVLoggerCallback(),
+        JsonLoggerCallback(),
+    ]
+    if settings.storage_is_local:
+        callbacks.append(TrialHParams(settings.base.epochs))
+    if write is not None:
+        namer = TrialNamer(sweep=not settings.reference_only)
+        trials = 1 if settings.reference_only else settings.trials
+        callbacks.append(
+            TrialLines(write, namer, settings.metric, settings.mode, trials, settings.base.epochs)
+        )
     return tune.RunConfig(
+        callbacks=callbacks,
         name=settings.name,
         storage_path=settings.storage_path,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -184,13 +200,19 @@ def build_run_config(settings: RunSettings) -> tune.RunConfig:
         ),
         # Trial-written files (TensorBoard images, metrics.json) reach the storage path.
         sync_config=tune.SyncConfig(sync_artifacts=True),
-        verbose=1,
+        verbose=1 if write is None else 0,
     )
 
 
-def run(settings: RunSettings) -> tuple[RunSettings, tune.ResultGrid]:
+def run(
+    settings: RunSettings, write: Callable[[str], None] | None = None
+) -> tuple[RunSettings, tune.ResultGrid]:
     """Run (or resume) the experiment; returns the settings it ran with (the saved ones
-    on resume) and Tune's results."""
+    on resume) and Tune's results. `write` takes a line per ended trial (quiet output)."""
+    # One TensorBoard run per trial, the trial's own: Ray's logger would add a second.
+    os.environ[NO_AUTO_LOGGERS_ENV] = "1"
+    if write is not None:
+        quiet_ray()
     settings = resolve_settings(settings)
     if not settings.reference_only:
         try:
@@ -210,6 +232,6 @@ def run(settings: RunSettings) -> tuple[RunSettings, tune.ResultGrid]:
             trainable,
             param_space={},
             tune_config=build_tune_config(settings),
-            run_config=build_run_config(settings),
+            run_config=build_run_config(settings, write),
         )
     return settings, tuner.fit()

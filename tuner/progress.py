@@ -1,0 +1,145 @@
+"""What a person sees while a sweep runs: one line per ended trial, under the trial's one
+name (`trial_003_ab12cd34`, the same in folders, report, TensorBoard and the Optuna
+study), instead of Ray's live table and its repeated warnings (`-v` brings those back)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+
+from trainable import keys
+from trainable.tensorboard import write_hparams
+
+# Ray warns at every forced experiment snapshot; CheckpointConfig(num_to_keep) forces one
+# per checkpoint by design, so the warning says nothing a user can act on.
+SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@dataclass(frozen=True)
+class TrialNamer:
+    """`trial_003_ab12cd34`: the trial's number and Tune id. In a sweep the number is
+    Optuna's trial number (Tune counts search-algorithm trials from 1, Optuna from 0), so
+    trial_000 is the sweep's reference point; a --reference run's one trial is trial_000."""
+
+    sweep: bool
+
+    def __call__(self, trial) -> str:
+        return name_from_tag(trial.experiment_tag, trial.trial_id, self.sweep)
+
+
+def name_from_tag(experiment_tag: str, trial_id: str, sweep: bool) -> str:
+    counter = int(experiment_tag.split("_")[0])
+    return f"trial_{counter - 1 if sweep else counter:03d}_{trial_id}"
+
+
+def quiet_ray() -> None:
+    """Silence Ray's notices that repeat or that a user cannot act on, and Optuna's
+    per-trial log lines (the trial lines say it)."""
+    os.environ[SNAPSHOT_WARNING_ENV] = "0"
+    # Ray's newer console output prints a configuration box even at verbose=0; the older
+    # reporter it falls back to prints nothing at verbose=0.
+    os.environ[NEW_OUTPUT_ENV] = "0"
+    logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def short_config(params: dict[str, Any]) -> str:
+    """The searched values in a few words: non-default augmentations by name."""
+    plain = {k: v for k, v in params.items() if not k.startswith("aug_")}
+    words = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in plain.items()]
+    augmentations = [
+        k.removeprefix("aug_").removesuffix("_p")
+        for k, v in params.items()
+        if k.startswith("aug_") and k.endswith("_p") and v
+    ]
+    words.append("aug: " + ",".join(augmentations) if augmentations else "no aug")
+    return " ".join(words)
+
+
+class TrialLines(tune.Callback):
+    """One line per ended trial: name, state, objective, best so far, config, ETA."""
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        namer: TrialNamer,
+        metric: str,
+        mode: str,
+        trials: int,
+        budget: int,
+    ) -> None:
+        self.write, self.namer, self.metric, self.mode = write, namer, metric, mode
+        self.trials, self.budget = trials, budget
+        self.started = time.monotonic()
+        self.ended = 0
+        self.best: tuple[float, str] | None = None
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best[0] if self.mode == "min" else value > self.best[0]
+
+    def _eta(self) -> str:
+        left = self.trials - self.ended
+        if left <= 0:
+            return "done"
+        seconds = (time.monotonic() - self.started) / self.ended * left
+        return f"ETA {seconds / 60:.0f} min" if seconds >= 90 else f"ETA {seconds:.0f} s"
+
+    def _line(self, trial, state: str, value: float | None) -> None:
+        self.ended += 1
+        name = self.namer(trial)
+        if value is not None and self._better(value):
+            self.best = (value, name)
+        shown = f"{self.metric} {value:.4f}" if value is not None else "no value"
+        best = f"best {self.best[0]:.4f} ({self.best[1][:9]})" if self.best else "no best yet"
+        self.write(
+            f"[{self.ended}/{self.trials}] {name}  {state}  {shown}  {best}  "
+            f"{short_config(trial.config)}  {self._eta()}"
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        epochs = int(result.get("training_iteration", 0))
+        state = "finished" if epochs >= self.budget else f"stopped at epoch {epochs}"
+        self._line(trial, state, result.get(self.metric))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "errored", None)
+
+
+class TrialHParams(tune.Callback):
+    """When a trial ends, its HParams into its TensorBoard run (a local or shared storage
+    folder): searched values, true state, and the selected epoch's metrics."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+
+    def _write(self, trial, state: str) -> None:
+        result = trial.last_result or {}
+        shown = {
+            k: float(v)
+            for k, v in result.items()
+            if k.startswith((keys.selected(""), "test_")) and isinstance(v, int | float)
+        }
+        epochs = int(result.get("training_iteration", 0))
+        write_hparams(Path(trial.path), dict(trial.config), shown, state, epochs)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        epochs = int((trial.last_result or {}).get("training_iteration", 0))
+        self._write(
+            trial, "finished" if epochs >= self.budget else f"stopped early at epoch {epochs}"
+        )
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._write(trial, "errored")
