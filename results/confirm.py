@@ -78,6 +78,30 @@ def bootstrap_mean(
     return Interval(float(per_image.mean()), float(low), float(high), int(per_image.size))
 
 
+def pooled_dice_interval(
+    counts: np.ndarray,
+    resamples: int = RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> Interval:
+    """Pooled Dice of (N, 3) per-image tp, fp, fn counts, with a percentile interval from
+    resampling the images: how much the Dice of a few dozen test images can move."""
+
+    def dice(tp, fp, fn):
+        den = 2 * tp + fp + fn
+        return np.divide(2 * tp, den, out=np.ones_like(den, dtype=float), where=den > 0)
+
+    rng = np.random.default_rng(seed)
+    samples = counts[rng.integers(0, len(counts), size=(resamples, len(counts)))].sum(axis=1)
+    values = dice(samples[:, 0], samples[:, 1], samples[:, 2])
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    tp, fp, fn = counts.sum(axis=0)
+    return Interval(
+        float(dice(np.array(tp), np.array(fp), np.array(fn))), float(low), float(high), len(counts)
+    )
+
+
 def verdict(difference: Interval, lower_is_better: bool = False) -> str:
     """better / worse when the interval of (candidate - reference) excludes 0."""
     if difference.low > 0:

@@ -23,7 +23,7 @@ from trainable.errors import UserError
 from trainable.tune_adapter import CONFIG_FILE, METRICS_FILE, SELECTION_FILE
 from tuner.searcher import TUNE_TRIAL_ID
 from tuner.settings import RunSettings
-from tuner.sweep import SETTINGS_FILE, load_settings
+from tuner.sweep import DATA_FILE, SETTINGS_FILE, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class Selected:
     test: dict[str, float]  # "loss" (the test Dice loss) and the metric keys
     # Cross-validation: the objective per fold, its mean and std (None with one split).
     folds: dict[str, Any] | None = None
+    models: tuple[str, ...] = ()  # the selected weights' file names in the trial folder
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Selected:
@@ -73,6 +74,7 @@ class Selected:
             combined_loss=raw[keys.COMBINED_LOSS],
             test={"loss": raw[keys.TEST_LOSS], **raw["test"]},
             folds=raw.get("objective"),
+            models=tuple(raw.get("models", ())),
         )
 
 
@@ -83,6 +85,7 @@ class SelectionArrays:
     epoch: int
     names: tuple[str, ...]  # test images, in the order of the arrays below
     per_image_dice: np.ndarray  # NaN for images without a lesion
+    per_image_counts: np.ndarray | None  # (N, 3) tp, fp, fn; None in older experiments
     predictions: np.ndarray  # bool (N, S, S)
     curves: dict[str, np.ndarray]  # fpr, tpr, precision, recall, thresholds
 
@@ -93,6 +96,7 @@ def read_selection(path: Path, image_size: int) -> SelectionArrays:
             epoch=int(raw["epoch"]),
             names=tuple(str(n) for n in raw["names"]),
             per_image_dice=raw["per_image_dice"],
+            per_image_counts=raw.get("per_image_counts"),
             predictions=np.unpackbits(raw["predictions"], axis=-1, count=image_size).astype(bool),
             curves={k: raw[k] for k in ("fpr", "tpr", "precision", "recall", "thresholds")},
         )
@@ -115,6 +119,11 @@ class Trial:
     @property
     def epochs_run(self) -> int:
         return int(self.rows[-1][keys.EPOCH]) if self.rows else 0
+
+    @property
+    def run_seconds(self) -> float | None:
+        """Wall time the trial trained (Tune's time_total_s at its last epoch)."""
+        return _finite(self.rows[-1].get("time_total_s")) if self.rows else None
 
     @property
     def fold_spread(self) -> float | None:
@@ -143,6 +152,7 @@ class Experiment:
     best: Trial | None  # best objective on the held-out part; never chosen on test
     reference: Trial | None  # the in-sweep reference trial (the base config)
     study_path: Path | None  # the Optuna study, None for a --reference run
+    provenance: dict[str, Any] | None = None  # data.json: path, content hash, synthetic
 
     @property
     def is_sweep(self) -> bool:
@@ -275,4 +285,5 @@ def load_experiment(directory: Path) -> Experiment:
         best=ranked[0] if ranked else None,
         reference=next((t for t in trials if is_base_config(t.config, settings)), None),
         study_path=study_path if study_path and study_path.is_file() else None,
+        provenance=_read_json(directory / DATA_FILE),
     )

@@ -12,11 +12,13 @@ import csv
 import json
 import logging
 import math
+import shlex
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot
 import numpy as np
 import optuna
 from matplotlib import colormaps
@@ -25,12 +27,18 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from results.compare import COMPARED, deltas
-from results.confirm import CONFIRM_FILE, confirmation_lines
+from results.confirm import CONFIRM_FILE, Interval, confirmation_lines, pooled_dice_interval
 from results.experiment import ERRORED, FINISHED, Experiment, Trial, load_experiment
 from results.reference import PublishedReference, load_reference
 from trainable import keys
 from trainable.errors import UserError
-from trainable.metrics import AVERAGE_PRECISION, METRIC_KEYS, ROC_AUC
+from trainable.metrics import (
+    AVERAGE_PRECISION,
+    DICE_PER_IMAGE,
+    METRIC_KEYS,
+    NORMAL_FP_RATE,
+    ROC_AUC,
+)
 from trainable.preprocess import load_busi
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,7 @@ CURVES_PLOT = "learning_curves.png"
 ROC_PR_PLOT = "roc_pr.png"
 HISTORY_PLOT = "history.png"
 IMPORTANCE_PLOT = "importance.png"
+PARALLEL_PLOT = "parallel_coordinates.png"
 EXAMPLES_PLOT = "examples.png"
 PLOT_FILES = (
     COMPARISON_PLOT,
@@ -50,12 +59,16 @@ PLOT_FILES = (
     ROC_PR_PLOT,
     HISTORY_PLOT,
     IMPORTANCE_PLOT,
+    PARALLEL_PLOT,
     EXAMPLES_PLOT,
 )
 TEST_KEYS = ("loss", *METRIC_KEYS)
+# Test metrics the published table does not report, shown beside it.
+UNPUBLISHED = (AVERAGE_PRECISION, DICE_PER_IMAGE, NORMAL_FP_RATE)
 PARAM_PREFIX = "param_"
 LOWER_IS_BETTER = ("loss",)
 MAX_IMPORTANCES = 15
+RELIABLE_IMPORTANCE_TRIALS = 10  # fewer complete trials: the figure says so
 DPI = 120
 
 
@@ -439,7 +452,13 @@ def plot_history(experiment: Experiment, path: Path) -> Plot:
     figure = _figure(8, 4)
     axis = figure.subplots()
     axis.plot([t.number for t in complete], [t.objective for t in complete], "o", label="complete")
-    axis.step([t.number for t in complete], best_so_far, where="post", color="tab:red")
+    axis.step(
+        [t.number for t in complete],
+        best_so_far,
+        where="post",
+        color="tab:red",
+        label="best so far",
+    )
     stopped = [
         t for t in experiment.trials if t.optuna_state == "PRUNED" and t.objective is not None
     ]
@@ -485,11 +504,38 @@ def plot_importance(experiment: Experiment, path: Path) -> Plot:
     axis = figure.subplots()
     axis.barh([k for k, _ in shown], [v for _, v in shown], color="tab:blue")
     axis.set(xlabel="importance (normalised)", title=title)
+    if len(complete) < RELIABLE_IMPORTANCE_TRIALS:
+        axis.set_title(f"{title}: {len(complete)} complete trials, a rough guide only", color="red")
     note = (
         f"Optuna's default importance evaluator over the {len(complete)} COMPLETE trials "
         "(trials stopped early are left out); with few trials it is noisy."
     )
     return Plot(title, _save(figure, path), note)
+
+
+def plot_parallel(experiment: Experiment, path: Path) -> Plot:
+    """(4c) Every searched parameter against the objective at once: Optuna's own
+    parallel-coordinates plot (its matplotlib backend) of the finished trials."""
+    title = "Parameters against the objective"
+    study = experiment.load_study()
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if study else []
+    if len(complete) < 2:
+        return Plot(title, None, _too_few_complete(experiment, len(complete)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
+        axis = optuna.visualization.matplotlib.plot_parallel_coordinate(
+            study, target_name=experiment.settings.metric
+        )
+    figure = axis.get_figure()
+    figure.set_size_inches(max(8, 0.9 * len(axis.get_xticks())), 5)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    matplotlib.pyplot.close(figure)
+    note = (
+        f"One line per COMPLETE trial ({len(complete)}), coloured by "
+        f"`{experiment.settings.metric}`; parameters a trial did not sample (conditional "
+        "ones) show as None on its line."
+    )
+    return Plot(title, path, note)
 
 
 def pick_cases(per_image_dice: np.ndarray) -> list[tuple[str, int]]:
@@ -596,7 +642,18 @@ def comparison_section(experiment: Experiment, reference: PublishedReference) ->
                 *(f"{v - reference.test[m]:+.4f}" for v in values),
             ]
         )
-    return _table(header, rows)
+    blank = [""] * len(columns)
+    for m in UNPUBLISHED:
+        rows.append([m, *(_value(_test(t).get(m)) for _, t in columns), "—", *blank])
+    intervals = [dice_interval(t) for _, t in columns]
+    rows.append(["dice, bootstrap 95 %", *(_interval(i) for i in intervals), "—", *blank])
+    images = next((i.n for i in intervals if i), None)
+    note = (
+        f"The test part holds {images} images; the interval resamples them (2,000 draws)."
+        if images
+        else ""
+    )
+    return [*_table(header, rows), "", note] if note else _table(header, rows)
 
 
 def trials_section(experiment: Experiment, reference: PublishedReference) -> list[str]:
@@ -608,6 +665,8 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
             t.state,
             str(t.selected.epoch) if t.selected else "—",
             _value(t.objective),
+            _interval(dice_interval(t)),
+            f"{t.run_seconds:.0f} s" if t.run_seconds is not None else "—",
             _details(t),
         ]
         for t in experiment.trials
@@ -626,7 +685,16 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
         "",
         *([f"**{warning}**", ""] if warning else []),
         *_table(
-            ["", "trial", "state", "selected epoch", f"{settings.metric}", "searched values"],
+            [
+                "",
+                "trial",
+                "state",
+                "selected epoch",
+                f"{settings.metric}",
+                "test Dice 95 %",
+                "run time",
+                "searched values",
+            ],
             overview,
         ),
         "",
@@ -649,6 +717,46 @@ def plot_section(plot: Plot, directory: Path) -> list[str]:
     ]
 
 
+def dice_interval(trial: Trial) -> Interval | None:
+    """The trial's pooled test Dice with a bootstrap 95 % interval over its test images."""
+    if trial.config is None or not trial.has_selection:
+        return None
+    counts = trial.selection().per_image_counts
+    return pooled_dice_interval(counts) if counts is not None and len(counts) else None
+
+
+def _interval(interval: Interval | None) -> str:
+    return f"{interval.low:.3f}–{interval.high:.3f}" if interval else "—"
+
+
+def provenance_line(experiment: Experiment) -> str:
+    data = experiment.provenance
+    if data is None:
+        return f"data: `{experiment.settings.data}`"
+    if data["synthetic"]:
+        return (
+            f"**data: synthetic** ({data['images']} images written by `data synth` at "
+            f"`{data['path']}`): not ultrasound, not BUSI; the comparison with the published "
+            "numbers shows the pipeline working, not a result"
+        )
+    return f"data: `{data['path']}`, {data['images']} images, content hash `{data['content_hash']}`"
+
+
+def where_section(experiment: Experiment) -> list[str]:
+    """Paths to what a reader may want to open next."""
+    lines = ["## Where things are", ""]
+    if experiment.best is not None:
+        models = experiment.best.selected.models if experiment.best.selected else ()
+        for name in models:
+            lines.append(f"- best trial's selected weights: `{experiment.best.path / name}`")
+    if experiment.study_path is not None:
+        lines.append(
+            f"- Optuna study: `{experiment.study_path}` (study `{experiment.settings.name}`)"
+        )
+    lines.append(f"- TensorBoard: `tensorboard --logdir {shlex.quote(str(experiment.path))}`")
+    return [*lines, ""]
+
+
 def render_markdown(
     experiment: Experiment, reference: PublishedReference, plots: list[Plot], directory: Path
 ) -> str:
@@ -665,7 +773,9 @@ def render_markdown(
         f"# Report: {settings.name}",
         "",
         f"`{experiment.path}`: {kind}; base config {base.encoder} ({base.encoder_weights} "
-        f"weights), {base.image_size} px, {base.epochs} epochs, data `{settings.data}`.",
+        f"weights), {base.image_size} px, {base.epochs} epochs.",
+        "",
+        provenance_line(experiment) + ".",
         "",
         "## How to read the numbers",
         "",
@@ -678,7 +788,8 @@ def render_markdown(
         lines += comparison_section(experiment, reference)
     else:
         lines.append("_No trial has selected an epoch yet: there are no test metrics._")
-    lines += ["", *trials_section(experiment, reference), "", "## Plots", ""]
+    lines += ["", *trials_section(experiment, reference), "", *where_section(experiment)]
+    lines += ["## Plots", ""]
     for plot in plots:
         lines += plot_section(plot, directory)
     confirm_path = directory / CONFIRM_FILE
@@ -707,6 +818,7 @@ def write_report(experiment_dir: Path) -> ReportPaths:
         plot_roc_pr(experiment, directory / ROC_PR_PLOT),
         plot_history(experiment, directory / HISTORY_PLOT),
         plot_importance(experiment, directory / IMPORTANCE_PLOT),
+        plot_parallel(experiment, directory / PARALLEL_PLOT),
         plot_examples(experiment, directory / EXAMPLES_PLOT),
     ]
     markdown = directory / MARKDOWN_FILE

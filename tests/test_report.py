@@ -32,6 +32,8 @@ BASE = TrainConfig.reference().replace(
     encoder="resnet18", encoder_weights="none", image_size=32, batch_size=8, epochs=3
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Per test image: tp, fp, fn (the fourth image is lesion-free, with one false pixel).
+COUNTS = np.array([[90, 10, 10], [50, 50, 50], [70, 20, 10], [0, 1, 0]])
 PUBLISHED = ("0.2364", "0.9685", "0.8080", "0.7317", "0.7680", "0.6233", "0.9012")
 
 
@@ -98,6 +100,7 @@ def _write_trial(
         epoch=len(objectives),
         names=np.array(["benign (1)", "benign (2)", "malignant (1)", "normal (1)"]),
         per_image_dice=np.array([0.9, 0.5, 0.7, np.nan]),
+        per_image_counts=COUNTS,
         predictions=np.packbits(predictions, axis=-1),
         fpr=curve,
         tpr=np.sqrt(curve),
@@ -127,6 +130,8 @@ def handmade(tmp_path) -> Path:
     experiment = Path(settings.experiment_dir)
     experiment.mkdir()
     sweep.save_settings(settings, experiment / sweep.SETTINGS_FILE)
+    provenance = {"path": "/gone", "content_hash": "0f", "images": 39, "synthetic": True}
+    (experiment / sweep.DATA_FILE).write_text(json.dumps(provenance))
     reference_point = get_space("reference").reference_point(BASE)
     _write_trial(
         experiment, "trial_001_aaaa", reference_point, [0.9, 0.8, 0.7], _test_metrics(0.80, 0.20)
@@ -219,6 +224,14 @@ def test_report_of_handmade_experiment(handmade):
     ):
         assert text in markdown, text
     assert "0.7000 (-0.0680)" in markdown  # the best trial's Dice and its delta
+    assert "**data: synthetic**" in markdown and "not BUSI" in markdown
+    for metric in ("average_precision", "dice_per_image", "normal_fp_rate"):
+        assert f"| {metric} |" in markdown
+    interval = confirm.pooled_dice_interval(COUNTS)
+    assert interval.mean == pytest.approx(2 * 210 / (2 * 210 + 81 + 70))  # pooled counts
+    assert f"{interval.low:.3f}–{interval.high:.3f}" in markdown
+    assert "The test part holds 4 images" in markdown
+    assert "Optuna study: `" in markdown and "selected weights: `" in markdown
     names = {p.name for p in paths.plots}
     assert names == {
         "comparison.png",
@@ -226,6 +239,7 @@ def test_report_of_handmade_experiment(handmade):
         "roc_pr.png",
         "history.png",
         "importance.png",
+        "parallel_coordinates.png",
     }
     for plot in paths.plots:
         assert _is_png(plot), plot

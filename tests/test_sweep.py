@@ -109,6 +109,9 @@ def test_demo_sweep_end_to_end(tmp_path):
     assert main(["report", str(experiment)]) == 0
     report = (experiment / "report" / "report.md").read_text()
     assert all(name in report for name in names)
+    assert "**data: synthetic**" in report
+    assert re.search(r"\| dice, bootstrap 95 % \| \d\.\d{3}–\d\.\d{3} \|", report)
+    assert (experiment / "report" / "parallel_coordinates.png").is_file()
     # HParams: the searched values, the true state and the selected epoch's metrics.
     for trial in trials:
         hparams = _hparams(trial)

@@ -112,6 +112,7 @@ class PixelStats:
         self.soft_intersection = 0.0  # sum of p * y, float64
         self.soft_total = 0.0  # sum of p + sum of y, float64
         self._dice: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []  # per image: tp, fp, fn
         self._normal_fp: list[np.ndarray] = []
 
     def update(self, probs: np.ndarray, masks: np.ndarray) -> None:
@@ -151,6 +152,7 @@ class PixelStats:
         self.fn += fn
         self.tn += probs.size - tp - fp - fn
 
+        self._counts.append(np.stack([tp_i, pred_i - tp_i, true_i - tp_i], axis=1))
         has_lesion = true_i > 0
         dice_i = np.full(n, np.nan)
         dice_i[has_lesion] = 2.0 * tp_i[has_lesion] / (pred_i[has_lesion] + true_i[has_lesion])
@@ -172,6 +174,11 @@ class PixelStats:
         if self.soft_total == 0:
             return 0.0
         return 1.0 - 2.0 * self.soft_intersection / self.soft_total
+
+    def per_image_counts(self) -> np.ndarray:
+        """(N, 3) int: tp, fp, fn of every image in update order; their sums are the
+        pooled counts, so a bootstrap over images can recompute the pooled metrics."""
+        return np.concatenate(self._counts) if self._counts else np.empty((0, 3), np.int64)
 
     def per_image_dice(self) -> np.ndarray:
         """Dice of every image in update order, NaN for images without a lesion."""

@@ -30,6 +30,10 @@ _HEIGHT_RANGE = (128, 256)
 _EXTRA_MASK_EVERY = 6
 
 
+# Beside the class folders of a synthetic set, so every reader can tell it from BUSI.
+SYNTHETIC_MARKER = "SYNTHETIC.md"
+
+
 def write_synthetic_busi(
     root: Path, n_benign: int = 24, n_malignant: int = 12, n_normal: int = 8, seed: int = 0
 ) -> int:
@@ -55,6 +59,10 @@ def write_synthetic_busi(
         for number in range(1, count + 1):
             _write_sample(class_dir / f"{label.value} ({number})", label, number, rng)
     total = sum(counts.values())
+    (root / SYNTHETIC_MARKER).write_text(
+        "Synthetic images in the BUSI layout, written by `python -m tuner data synth` "
+        f"(seed {seed}): not ultrasound, not BUSI. Results on them test the pipeline.\n"
+    )
     log.info("wrote %d synthetic BUSI images to %s", total, root)
     return total
 

@@ -178,6 +178,7 @@ def write_selection(directory: Path, report: EpochReport, names: list[str]) -> N
         epoch=report.epoch,
         names=np.array(names),
         per_image_dice=report.test_stats.per_image_dice(),
+        per_image_counts=report.test_stats.per_image_counts(),
         predictions=np.packbits(report.test_predictions, axis=-1),
         **{name: values[::step] for name, values in curves.items()},
     )

@@ -18,10 +18,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from search_spaces import get_space
 from trainable import keys
 from trainable.config import TrainConfig
+from trainable.dataset import discover
 from trainable.errors import UserError
 from trainable.model import check_weights
-from trainable.preprocess import SizedData, load_sized
+from trainable.preprocess import SizedData, dataset_fingerprint, load_sized
 from trainable.splits import SplitPolicy
+from trainable.synth import SYNTHETIC_MARKER
 from trainable.tune_adapter import TrialSetup, train_busi
 from tuner.progress import TrialHParams, TrialLines, TrialNamer, quiet_ray
 from tuner.searcher import BudgetAwareOptunaSearch, sqlite_storage, tpe_sampler
@@ -30,6 +32,7 @@ from tuner.settings import RunSettings, Scheduler
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "busi_tune_settings.json"
+DATA_FILE = "data.json"  # the data's provenance
 NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
@@ -78,11 +81,25 @@ def resolve_settings(settings: RunSettings) -> RunSettings:
     return settings
 
 
+def data_provenance(root: Path) -> dict:
+    """Where the data came from: its folder, its content hash (every PNG's bytes, as the
+    cache keys it), its size, and whether `data synth` wrote it."""
+    samples = discover(Path(root).resolve())
+    return {
+        "path": str(Path(root).resolve()),
+        "content_hash": dataset_fingerprint(samples, Path(root).resolve()),
+        "images": len(samples),
+        "synthetic": (Path(root) / SYNTHETIC_MARKER).is_file(),
+    }
+
+
 def create_experiment(settings: RunSettings) -> None:
     if settings.storage_is_local:
         directory = Path(settings.experiment_dir)
         directory.mkdir(parents=True)
         save_settings(settings, directory / SETTINGS_FILE)
+        provenance = data_provenance(settings.data)
+        (directory / DATA_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
 
 
 def load_data(settings: RunSettings) -> SizedData:
