@@ -96,6 +96,8 @@ def test_demo_sweep_end_to_end(tmp_path):
         assert image.width == 3 * 64 and image.height == 4 * 64  # 4 examples, 3 panels
         assert [s.step for s in events.Scalars("loss/combined")][0] == 1
         assert (trial / METRICS_FILE).is_file() and (trial / SELECTION_FILE).is_file()
+        # A finished sweep keeps each trial's selected weights, not its training states.
+        assert (trial / "model.pt").is_file() and not list(trial.glob("checkpoint_*"))
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{experiment}/demo.sqlite")
     assert len(study.trials) == 4
     # One name per trial: folder, Optuna (attribute and number), progress line, report.

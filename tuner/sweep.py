@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search_spaces import get_space
-from trainable import keys
 from trainable.config import TrainConfig
 from trainable.dataset import discover
 from trainable.errors import UserError
@@ -208,13 +208,9 @@ def build_run_config(
         name=settings.name,
         storage_path=settings.storage_path,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        # Keep the selected (lowest combined loss) checkpoint; Tune also keeps the latest.
-        # The selected weights alone are in each trial's model.pt.
-        checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=1,
-            checkpoint_score_attribute=keys.COMBINED_LOSS,
-            checkpoint_score_order="min",
-        ),
+        # Checkpoints exist to resume: only the latest is kept. The selected weights are
+        # each trial's model.pt, written when its selection improves.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # Trial-written files (TensorBoard images, metrics.json) reach the storage path.
         sync_config=tune.SyncConfig(sync_artifacts=True),
         verbose=1 if write is None else 0,
@@ -251,4 +247,24 @@ def run(
             tune_config=build_tune_config(settings),
             run_config=build_run_config(settings, write),
         )
-    return settings, tuner.fit()
+    results = tuner.fit()
+    prune_checkpoints(settings, results)
+    return settings, results
+
+
+def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
+    """Once every planned trial has ended, the training states kept for resuming are dead
+    weight (each one is weights + Adam state: 2.4 GB for the reference model): delete those
+    of the trials that ended normally, keeping model.pt. Errored trials keep theirs, and
+    an interrupted experiment keeps everything. Returns the folders deleted."""
+    planned = 1 if settings.reference_only else settings.trials
+    ended = results.num_terminated + results.num_errors
+    if not settings.storage_is_local or len(results) < planned or ended < len(results):
+        return 0
+    deleted = 0
+    for result in results:
+        if result.error is None:
+            for folder in Path(result.path).glob("checkpoint_*"):
+                shutil.rmtree(folder)
+                deleted += 1
+    return deleted
