@@ -140,6 +140,15 @@ def test_resume_of_a_missing_experiment_and_reuse_of_a_name(synth_root, tmp_path
     assert "exists; continue it with --resume" in capsys.readouterr().err
 
 
+def test_a_name_is_one_folder_inside_storage(synth_root, tmp_path, capsys):
+    storage = tmp_path / "runs"
+    for name in ("../escape", "/abs/path", "a/b", ".."):
+        assert main(["run", "--data", str(synth_root), "--storage", str(storage),
+                     "--name", name]) == 2  # fmt: skip
+        assert "one folder name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_abbreviations_are_refused_and_typos_get_a_suggestion(capsys):
     for argv, hint in (
         (["run", "--dem"], "did you mean --demo?"),

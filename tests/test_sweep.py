@@ -224,14 +224,18 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root,
             break
         time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=300)
+    interrupted, _ = process.communicate(timeout=300)
+    assert process.returncode == 130, interrupted[-2000:]
+    hint = next(line for line in interrupted.splitlines() if line.startswith("interrupted;"))
+    command = shlex.split(hint.split("continue with:", 1)[1])
+    assert command[:4] == ["python", "-m", "tuner", "run"] and str(storage) in command
     first = _trial_dirs(experiment)[0]
     first_rows = _progress_rows(first)
     assert len(first_rows) == 2
 
-    resumed = _cli(
-        "run", "--resume", "--name", "resumable", "--storage", str(storage), cwd=tmp_path
-    )
+    elsewhere = tmp_path / "elsewhere"  # the printed command works from any folder
+    elsewhere.mkdir()
+    resumed = _cli(*command[3:], cwd=elsewhere)
     output, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, output[-3000:]
     trials = _trial_dirs(experiment)

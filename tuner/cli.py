@@ -475,6 +475,12 @@ def _run(args: argparse.Namespace) -> int:
     print(summary.summarise(settings, results))
     if args.demo:
         print("(synthetic data: the comparison shows the pipeline working, not a BUSI result)")
+    if not sweep.all_ended(settings, results):  # Ctrl-C: Tune stops and returns
+        print(f"interrupted; continue with: {sweep.resume_command(settings)}", file=sys.stderr)
+        return 130
+    if results.num_errors == len(results):
+        print("error: every trial errored; see the lines above", file=sys.stderr)
+        return 1
     return 0
 
 

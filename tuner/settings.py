@@ -52,6 +52,11 @@ class RunSettings:
                 "node can reach; pass a URI such as s3://bucket/runs, or an NFS path that "
                 "every node mounts together with --shared-storage"
             )
+        if self.name in (".", "..") or "/" in self.name or "\\" in self.name:
+            raise UserError(
+                f"--name {self.name}: one folder name, without / or \\; the experiment goes "
+                "into --storage"
+            )
         if self.metric not in keys.OBJECTIVES:
             raise UserError(
                 f"--metric {self.metric}: not an objective; configs are ranked on the "

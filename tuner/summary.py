@@ -42,7 +42,8 @@ def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
         if result.error is not None:
             last_line = str(result.error).strip().splitlines()[-1]
             lines.append(f"  errored {Path(result.path).name}: {last_line}")
-    scored = [r for r in results if r.error is None and r.metrics]
+    # A trial cut off by an interruption before its first epoch has no objective yet.
+    scored = [r for r in results if r.error is None and settings.metric in (r.metrics or {})]
     if scored:
         sign = 1 if settings.mode == "min" else -1
         best = min(scored, key=lambda r: sign * r.metrics[settings.metric])

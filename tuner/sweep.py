@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,10 @@ def resolve_settings(settings: RunSettings) -> RunSettings:
                 "(or start it without --resume)"
             )
         saved = load_settings(directory / SETTINGS_FILE)
-        return dataclasses.replace(saved, resume=True, address=settings.address)
+        # The experiment is where it was found: a moved --storage wins over the saved one.
+        return dataclasses.replace(
+            saved, storage=settings.storage, resume=True, address=settings.address
+        )
     if (directory / SETTINGS_FILE).is_file():
         raise UserError(
             f"{directory}: an experiment of that name exists; continue it with --resume "
@@ -252,14 +256,26 @@ def run(
     return settings, results
 
 
+def all_ended(settings: RunSettings, results: tune.ResultGrid) -> bool:
+    """Every planned trial ran and ended (finished, stopped early or errored): not an
+    interrupted run."""
+    planned = 1 if settings.reference_only else settings.trials
+    ended = results.num_terminated + results.num_errors
+    return len(results) >= planned and ended == len(results)
+
+
+def resume_command(settings: RunSettings) -> str:
+    """The command that continues this experiment, shell-quoted."""
+    words = ["python", "-m", "tuner", "run", "--resume", "--name", settings.name]
+    return shlex.join([*words, "--storage", settings.storage_path])
+
+
 def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
     """Once every planned trial has ended, the training states kept for resuming are dead
     weight (each one is weights + Adam state: 2.4 GB for the reference model): delete those
     of the trials that ended normally, keeping model.pt. Errored trials keep theirs, and
     an interrupted experiment keeps everything. Returns the folders deleted."""
-    planned = 1 if settings.reference_only else settings.trials
-    ended = results.num_terminated + results.num_errors
-    if not settings.storage_is_local or len(results) < planned or ended < len(results):
+    if not settings.storage_is_local or not all_ended(settings, results):
         return 0
     deleted = 0
     for result in results:
