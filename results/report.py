@@ -34,6 +34,7 @@ from trainable import keys
 from trainable.errors import UserError
 from trainable.metrics import (
     AVERAGE_PRECISION,
+    DICE,
     DICE_PER_IMAGE,
     METRIC_KEYS,
     NORMAL_FP_RATE,
@@ -357,54 +358,68 @@ def plot_comparison(experiment: Experiment, reference: PublishedReference, path:
 # Line style by the first word of a trial's state, and its legend entry.
 STATE_STYLE = {
     "finished": ("-", "finished"),
-    "stopped": ("--", "stopped early (x: its last epoch)"),
+    "stopped": ("--", "stopped early"),
     "interrupted": ("-.", "interrupted"),
     "errored": (":", "errored"),
 }
 
 
-def _style(state: str) -> str:
-    return STATE_STYLE[state.split()[0]][0]
+def _state_key(state: str) -> str:
+    return state.split()[0]
 
 
 def plot_learning_curves(experiment: Experiment, path: Path) -> Plot:
-    """(2) Combined loss per epoch of every trial; short dashed lines stopped early."""
+    """(2) Per epoch, every trial: the combined loss that selects its epoch, and the
+    held-out Dice its objective is read from. Every curve carries its trial number at its
+    end; a trial stopped after one epoch is a dot, not an empty line."""
     title = "Learning curves"
     curves = [t for t in experiment.trials if t.rows]
     if not curves:
         return Plot(title, None, "absent: no trial finished an epoch")
-    figure = _figure(8, 4.5)
-    axis = figure.subplots()
+    figure = _figure(11, 4.8)
+    loss_axis, dice_axis = figure.subplots(1, 2)
     palette = colormaps["viridis"](np.linspace(0, 0.9, len(curves)))
+    heldout = "test" if experiment.settings.reference_only else "validation"
+    panels = (
+        (loss_axis, keys.COMBINED_LOSS, f"combined loss (0.2 train + 0.8 {heldout}; lower wins)"),
+        (dice_axis, keys.on_heldout(DICE), f"{heldout} Dice of the epoch's model"),
+    )
     for trial, shade in zip(curves, palette, strict=True):
-        epochs = [row[keys.EPOCH] for row in trial.rows]
-        losses = [row[keys.COMBINED_LOSS] for row in trial.rows]
         emphasis = {"B": ("tab:red", 2.5), "R": ("tab:blue", 2.0)}.get(marks(trial, experiment)[:1])
         colour, width = emphasis or (shade, 1.0)
-        axis.plot(epochs, losses, _style(trial.state), color=colour, lw=width, alpha=0.85)
-        if trial.state != FINISHED:
-            axis.plot(epochs[-1], losses[-1], "x", color=colour, ms=8)
+        epochs = [row[keys.EPOCH] for row in trial.rows]
+        style = STATE_STYLE[_state_key(trial.state)][0]
+        for axis, key, _ in panels:
+            values = [row[key] for row in trial.rows]
+            axis.plot(epochs, values, style, marker="o", ms=3, color=colour, lw=width)
+            axis.annotate(
+                f"{trial.number:03d}", (epochs[-1], values[-1]), xytext=(3, 0),
+                textcoords="offset points", fontsize=7, color=colour, va="center",
+            )  # fmt: skip
+    for axis, _, label in panels:
+        axis.set(xlabel="epoch", ylabel=label)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    present = {_state_key(t.state) for t in curves}
     handles = [
-        Line2D([], [], color="tab:red", lw=2.5, label="best trial"),
-        Line2D([], [], color="tab:blue", lw=2.0, label="reference trial"),
-        *(Line2D([], [], color="grey", ls=s, label=text) for s, text in STATE_STYLE.values()),
+        Line2D([], [], color="tab:red", lw=2.5, label="best trial (B)"),
+        Line2D([], [], color="tab:blue", lw=2.0, label="reference trial (R)"),
+        *(
+            Line2D([], [], color="grey", ls=style, label=text)
+            for key, (style, text) in STATE_STYLE.items()
+            if key in present
+        ),
     ]
-    axis.legend(handles=handles, fontsize=8)
-    heldout = "test" if experiment.settings.reference_only else "validation"
-    axis.set_xlabel("epoch")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_ylabel(f"combined loss (0.2 train + 0.8 {heldout})")
-    axis.set_title(
+    # Below the axes, so that no curve's end is hidden under it.
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+    figure.suptitle(
         f"{title}: {len(curves)} trials, budget {experiment.settings.base.epochs} epochs"
     )
+    figure.subplots_adjust(bottom=0.24)
     errored = [t.name for t in experiment.trials if t.errored]
-    if errored:
-        axis.text(
-            0.01, 0.01, "errored: " + ", ".join(errored), transform=axis.transAxes, fontsize=7
-        )
     note = (
-        "Combined loss of every trial per epoch (the selection criterion). Dashed lines "
-        "end where the scheduler stopped a trial early (x)."
+        "Left: the combined loss that selects each trial's epoch; right: the held-out Dice of "
+        "each epoch's model. Numbers are the trials' numbers; dashed lines end where the "
+        "scheduler stopped a trial early."
     )
     if errored:
         note += f" Errored: {', '.join(errored)}."
@@ -539,19 +554,35 @@ def plot_parallel(experiment: Experiment, path: Path) -> Plot:
 
 
 def pick_cases(per_image_dice: np.ndarray) -> list[tuple[str, int]]:
-    """(label, index) of the best, median and worst Dice among images with a lesion."""
+    """(label, index) of the best, median and worst Dice among images with a lesion, and
+    the first lesion-free image (where any prediction is a false positive)."""
     lesion = np.flatnonzero(~np.isnan(per_image_dice))
-    if lesion.size == 0:
-        return []
-    order = lesion[np.argsort(per_image_dice[lesion], kind="stable")]
-    cases = {"best": order[-1], "median": order[len(order) // 2], "worst": order[0]}
+    cases = {}
+    if lesion.size:
+        order = lesion[np.argsort(per_image_dice[lesion], kind="stable")]
+        cases = {"best": order[-1], "median": order[len(order) // 2], "worst": order[0]}
     unique = dict.fromkeys(int(i) for i in cases.values())
-    return [(next(k for k, v in cases.items() if v == i), i) for i in unique]
+    picked = [(next(k for k, v in cases.items() if v == i), i) for i in unique]
+    normal = np.flatnonzero(np.isnan(per_image_dice))
+    return picked + ([("lesion-free", int(normal[0]))] if normal.size else [])
+
+
+def _overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """RGB: prediction filled in red, truth outlined in bright green, on the grey image."""
+    rgb = np.repeat(image[..., None], 3, axis=2).astype(np.float32) / 255
+    rgb[prediction] = 0.45 * rgb[prediction] + 0.55 * np.array([1.0, 0.1, 0.1])
+    inner = truth.copy()
+    inner[1:] &= truth[:-1]
+    inner[:-1] &= truth[1:]
+    inner[:, 1:] &= truth[:, :-1]
+    inner[:, :-1] &= truth[:, 1:]
+    rgb[truth & ~inner] = [0.2, 1.0, 0.2]
+    return rgb
 
 
 def plot_examples(experiment: Experiment, path: Path) -> Plot:
-    """(5) Test images with ground truth and prediction of the best trial."""
-    title = "Test images: best, median and worst Dice of the best trial"
+    """(5) Test images of the best trial: input beside truth and prediction overlaid."""
+    title = "Test images of the best trial: best, median, worst Dice and a lesion-free one"
     best = experiment.best
     if best is None or not best.has_selection:
         return Plot(title, None, "absent: the best trial has no selection.npz")
@@ -568,30 +599,28 @@ def plot_examples(experiment: Experiment, path: Path) -> Plot:
         return Plot(title, None, f"absent: {settings.data} no longer holds the test images")
     cases = pick_cases(selection.per_image_dice)
     if not cases:
-        return Plot(title, None, "absent: no test image has a lesion")
-    figure = _figure(7.5, 2.7 * len(cases))
-    axes = figure.subplots(len(cases), 3, squeeze=False)
+        return Plot(title, None, "absent: the test part is empty")
+    figure = _figure(5.5, 2.7 * len(cases))
+    axes = figure.subplots(len(cases), 2, squeeze=False)
     for row, (label, k) in enumerate(cases):
         index = position[selection.names[k]]
-        image = data.images[index]
-        panels = (
-            (None, f"{label}: {selection.names[k]}", None),
-            (data.masks[index].astype(bool), "ground truth", "Greens"),
-            (
-                selection.predictions[k],
-                f"prediction, Dice {selection.per_image_dice[k]:.3f}",
-                "Reds",
-            ),
+        image, truth = data.images[index], data.masks[index].astype(bool)
+        prediction = selection.predictions[k]
+        score = (
+            f"Dice {selection.per_image_dice[k]:.3f}"
+            if truth.any()
+            else f"no lesion: {int(prediction.sum())} pixels predicted"
         )
-        for axis, (mask, text, colours) in zip(axes[row], panels, strict=True):
-            axis.imshow(image, cmap="gray")
-            if mask is not None:
-                axis.imshow(
-                    np.ma.masked_where(~mask, mask), cmap=colours, vmin=0, vmax=1, alpha=0.5
-                )
-            axis.set_title(text, fontsize=9)
+        axes[row][0].imshow(image, cmap="gray", vmin=0, vmax=255)
+        axes[row][0].set_title(f"{label}: {selection.names[k]}", fontsize=9)
+        axes[row][1].imshow(_overlay(image, truth, prediction))
+        axes[row][1].set_title(score, fontsize=9)
+        for axis in axes[row]:
             axis.axis("off")
-    note = f"{best.name}, selected epoch {selection.epoch}; lesion in colour."
+    note = (
+        f"{best.name}, selected epoch {selection.epoch}, at the evaluation size: the input, "
+        "and beside it the truth's edge in green over the prediction in red."
+    )
     return Plot(title, _save(figure, path), note)
 
 

@@ -70,6 +70,7 @@ def _write_trial(
             "combined_loss": v,
             "best_combined_loss": v,
             "selected_heldout_dice": 1 - v,
+            "heldout_dice": 1 - v,
             "training_iteration": e,
         }
         for e, v in enumerate(objectives, start=1)
@@ -290,11 +291,12 @@ def test_confirm_refuses_one_seed_and_a_reference_run(handmade, tmp_path, capsys
     assert not (tmp_path / "alone-confirm").exists()
 
 
-def test_pick_cases_best_median_worst_among_lesions():
+def test_pick_cases_best_median_worst_among_lesions_and_a_lesion_free_one():
     dice = np.array([0.5, np.nan, 0.9, 0.1])
-    assert pick_cases(dice) == [("best", 2), ("median", 0), ("worst", 3)]
-    assert pick_cases(np.array([np.nan, 0.4])) == [("best", 1)]
-    assert pick_cases(np.array([np.nan])) == []
+    assert pick_cases(dice) == [("best", 2), ("median", 0), ("worst", 3), ("lesion-free", 1)]
+    assert pick_cases(np.array([np.nan, 0.4])) == [("best", 1), ("lesion-free", 0)]
+    assert pick_cases(np.array([0.4])) == [("best", 0)]
+    assert pick_cases(np.array([])) == []
 
 
 # --- the confirm statistics ----------------------------------------------------------
