@@ -20,7 +20,7 @@ from search_spaces import get_space
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.errors import UserError
-from trainable.tune_adapter import CONFIG_FILE, METRICS_FILE, SELECTION_FILE
+from trainable.tune_adapter import CONFIG_FILE, METRICS_FILE, PLACEMENT_FILE, SELECTION_FILE
 from tuner.searcher import TUNE_TRIAL_ID
 from tuner.settings import RunSettings
 from tuner.sweep import DATA_FILE, SETTINGS_FILE, load_settings
@@ -124,6 +124,18 @@ class Trial:
     def run_seconds(self) -> float | None:
         """Wall time the trial trained (Tune's time_total_s at its last epoch)."""
         return _finite(self.rows[-1].get("time_total_s")) if self.rows else None
+
+    def device_time(self, cpus: int, gpus: float | None) -> str:
+        """Run time times what the trial held: GPU-seconds on CUDA (`gpus` per trial, or
+        the GPU ids it was given), CPU-seconds otherwise; "—" before its first epoch."""
+        placement = self.path / PLACEMENT_FILE
+        starts = placement.read_text().splitlines() if placement.is_file() else []
+        if self.run_seconds is None or not starts:
+            return "—"
+        last = json.loads(starts[-1])
+        if last["device"].startswith("cuda"):
+            return f"{self.run_seconds * (gpus or len(last['gpu_ids']) or 1):.0f} GPU·s"
+        return f"{self.run_seconds * cpus:.0f} CPU·s"
 
     @property
     def fold_spread(self) -> float | None:

@@ -696,6 +696,7 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
             _value(t.objective),
             _interval(dice_interval(t)),
             f"{t.run_seconds:.0f} s" if t.run_seconds is not None else "—",
+            t.device_time(settings.cpus_per_trial, settings.gpus_per_trial),
             _details(t),
         ]
         for t in experiment.trials
@@ -722,6 +723,7 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
                 f"{settings.metric}",
                 "test Dice 95 %",
                 "run time",
+                "device time",
                 "searched values",
             ],
             overview,
