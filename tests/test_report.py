@@ -71,11 +71,14 @@ def _write_trial(
             "best_combined_loss": v,
             "selected_heldout_dice": 1 - v,
             "heldout_dice": 1 - v,
+            "time_total_s": 10.0 * e,
             "training_iteration": e,
         }
         for e, v in enumerate(objectives, start=1)
     ]
     (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    start = {"node_id": "n", "gpu_ids": [], "device": "cpu", "resumed_after_epoch": 0}
+    (trial / "placement.jsonl").write_text(json.dumps(start) + "\n")
     if error:
         (trial / "error.txt").write_text(f"Traceback ...\n{error}\n")
     if selected is None:
@@ -233,6 +236,7 @@ def test_report_of_handmade_experiment(handmade):
     assert f"{interval.low:.3f}–{interval.high:.3f}" in markdown
     assert "The test part holds 4 images" in markdown
     assert "Optuna study: `" in markdown and "selected weights: `" in markdown
+    assert "| 30 s | 30 CPU·s |" in markdown  # 3 epochs of 10 s on the 1 CPU it held
     names = {p.name for p in paths.plots}
     assert names == {
         "comparison.png",
