@@ -118,8 +118,8 @@ def test_searcher_records_tune_id_epochs_and_states(tmp_path):
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.sqlite").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert [t.user_attrs for t in trials] == [
-        {"tune_trial_id": "t1", "epochs_run": 4},
-        {"tune_trial_id": "t2", "epochs_run": 1},
+        {"tune_trial_id": "t1", "trial_name": "trial_000_t1", "epochs_run": 4},
+        {"tune_trial_id": "t2", "trial_name": "trial_001_t2", "epochs_run": 1},
     ]
     assert trials[0].value == 0.5
     assert trials[1].intermediate_values == {1: 0.9}  # kept, but not a full-budget value

@@ -26,7 +26,10 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_layout_is_exactly_the_busi_layout(synth_root: Path):
-    assert sorted(p.name for p in synth_root.iterdir()) == ["benign", "malignant", "normal"]
+    # The class folders, and a note that says the images are synthetic.
+    listing = sorted(p.name for p in synth_root.iterdir())
+    assert listing == ["SYNTHETIC.md", "benign", "malignant", "normal"]
+    assert "not BUSI" in (synth_root / "SYNTHETIC.md").read_text()
     pattern = re.compile(r"^(benign|malignant|normal) \(\d+\)(_mask(_1)?)?\.png$")
     for path in synth_root.rglob("*.png"):
         assert pattern.match(path.name), path
