@@ -207,6 +207,20 @@ def test_asha_stops_bad_trials_and_a_nan_trial_errors(synth_root, tmp_path, forc
     assert "NonFiniteLossError" in (nan_dir / FAILURE_FILE).read_text()
 
 
+def _interrupt_after_the_first_trial(process, experiment: Path, epochs: int) -> str:
+    """Ctrl-C as soon as the first trial has finished and the second started; returns
+    what the run printed."""
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        trials = _trial_dirs(experiment) if experiment.exists() else []
+        if len(trials) >= 2 and len(_progress_rows(trials[0])) >= epochs:
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=300)
+    return output
+
+
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root, tmp_path):
     storage = tmp_path / "runs"
     args = shlex.split(
@@ -216,15 +230,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root,
     )
     process = _cli(*args, cwd=tmp_path)
     experiment = storage / "resumable"
-    deadline = time.time() + 600
-    # Interrupt (Ctrl-C) as soon as the first trial has finished and the second started.
-    while time.time() < deadline:
-        trials = _trial_dirs(experiment) if experiment.exists() else []
-        if len(trials) >= 2 and len(_progress_rows(trials[0])) >= 2:
-            break
-        time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    interrupted, _ = process.communicate(timeout=300)
+    interrupted = _interrupt_after_the_first_trial(process, experiment, epochs=2)
     assert process.returncode == 130, interrupted[-2000:]
     hint = next(line for line in interrupted.splitlines() if line.startswith("interrupted;"))
     command = shlex.split(hint.split("continue with:", 1)[1])
@@ -257,14 +263,7 @@ def test_a_cross_validated_sweep_ranks_by_the_fold_mean_and_resumes_no_finished_
     )
     process = _cli(*args, cwd=tmp_path)
     experiment = storage / "folds"
-    deadline = time.time() + 600
-    while time.time() < deadline:  # Ctrl-C once the first trial is done, the second started
-        trials = _trial_dirs(experiment) if experiment.exists() else []
-        if len(trials) >= 2 and len(_progress_rows(trials[0])) >= 2:
-            break
-        time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=300)
+    _interrupt_after_the_first_trial(process, experiment, epochs=2)
     first = _trial_dirs(experiment)[0]
     first_rows = _progress_rows(first)
     fold_models = {p.name: p.stat().st_mtime_ns for p in first.glob("model_fold*.pt")}
