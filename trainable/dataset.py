@@ -29,8 +29,10 @@ class BusiClass(enum.StrEnum):
     NORMAL = "normal"
 
 
+# The extension in any case: `benign (1).PNG` is as much part of the layout as `.png`.
 _FILE = re.compile(
-    r"^(?P<stem>(?P<cls>benign|malignant|normal) \((?P<num>\d+)\))(?P<mask>_mask(_\d+)?)?\.png$"
+    r"^(?P<stem>(?P<cls>benign|malignant|normal) \((?P<num>\d+)\))(?P<mask>_mask(_\d+)?)?"
+    r"\.(?i:png)$"
 )
 
 
@@ -70,6 +72,11 @@ def _discover_class(class_dir: Path, label: BusiClass) -> list[Sample]:
         match = _FILE.match(path.name)
         if match is None or match["cls"] != label.value:
             continue  # not part of the layout (e.g. .DS_Store, a README)
+        if not path.is_file():  # False for a folder, a pipe (which would hang a reader), a loop
+            raise DataError(
+                f"{path}: named like an image but not a readable file (a folder, a pipe or a "
+                "broken or looping link); remove or rename it"
+            )
         if match["mask"]:
             masks.setdefault(match["stem"], []).append(path)
         else:
@@ -95,6 +102,10 @@ def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
+    except Image.DecompressionBombError as error:
+        raise DataError(
+            f"{path}: too large to be an ultrasound image ({error}); resize or remove it"
+        ) from None
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         raise DataError(
             f"{path}: unreadable or corrupt image ({error}); replace it with a good copy"
@@ -121,7 +132,12 @@ def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
 
 
 def grey(image: Image.Image) -> np.ndarray:
-    """One uint8 grey channel (H, W), as training and prediction both see an image."""
+    """One uint8 grey channel (H, W), as training and prediction both see an image. A
+    16-bit grey image is scaled to 8 bits (PIL's own conversion clips it to white)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
