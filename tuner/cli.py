@@ -551,6 +551,7 @@ def _confirm(args: argparse.Namespace) -> int:
         address=args.address,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        write=None if args.verbose else functools.partial(print, flush=True),
     )
     result = confirm.confirmation(experiment, candidates, load_experiment(confirm_dir))
     path = confirm.save_confirmation(result, experiment.path / REPORT_DIR)

@@ -8,7 +8,7 @@ full budget. The statistics are in `results.confirm`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from results.experiment import Experiment
 from trainable.config import TrainConfig
 from trainable.errors import UserError
 from trainable.model import check_weights
-from tuner.progress import TrialNamer
+from tuner.progress import TrialNamer, quiet_ray
 from tuner.settings import RunSettings, Scheduler
 from tuner.sweep import (
     build_run_config,
@@ -74,8 +74,10 @@ def run(
     address: str | None = None,
     cpus_per_trial: int = 1,
     gpus_per_trial: float | None = None,
+    write: Callable[[str], None] | None = None,
 ) -> Path:
-    """Train every (candidate, seed) pair; returns the new experiment's folder."""
+    """Train every (candidate, seed) pair; returns the new experiment's folder. `write`
+    takes a line per ended run (quiet output), as in a sweep."""
     settings = confirm_settings(
         experiment, len(candidates) * len(seeds), address, cpus_per_trial, gpus_per_trial
     )
@@ -86,6 +88,8 @@ def run(
         check_weights(TrainConfig.from_flat({**settings.base.to_flat(), **candidate.point}))
     data = load_data(settings)
     create_experiment(settings)
+    if write is not None:
+        quiet_ray()
     init_ray(settings)
     points = [dict(c.point) for c in candidates]
     tuner = tune.Tuner(
@@ -96,7 +100,7 @@ def run(
             search_alg=BasicVariantGenerator(points_to_evaluate=points),
             trial_dirname_creator=TrialNamer(sweep=True),
         ),
-        run_config=build_run_config(settings),
+        run_config=build_run_config(settings, write),
     )
     tuner.fit()
     return directory

@@ -194,11 +194,11 @@ def build_run_config(
 ) -> tune.RunConfig:
     """With `write`, quiet: Ray's live table and notices give way to one line per ended
     trial; without, Ray's own output (`-v`)."""
-    callbacks = [
-        # Ray's own TensorBoard logger is off (see run): each trial writes one run itself.
-        CSVLoggerCallback(),
-        JsonLoggerCallback(),
-    ]
+    # One TensorBoard run per trial, the trial's own: Ray's logger would add a second.
+    # Tune adds its default loggers unless told not to; the two the reporter reads are
+    # added here instead.
+    os.environ[NO_AUTO_LOGGERS_ENV] = "1"
+    callbacks = [CSVLoggerCallback(), JsonLoggerCallback()]
     if settings.storage_is_local:
         callbacks.append(TrialHParams(settings.base.epochs))
     if write is not None:
@@ -226,8 +226,7 @@ def run(
 ) -> tuple[RunSettings, tune.ResultGrid]:
     """Run (or resume) the experiment; returns the settings it ran with (the saved ones
     on resume) and Tune's results. `write` takes a line per ended trial (quiet output)."""
-    # One TensorBoard run per trial, the trial's own: Ray's logger would add a second.
-    os.environ[NO_AUTO_LOGGERS_ENV] = "1"
+    os.environ[NO_AUTO_LOGGERS_ENV] = "1"  # also on resume: see build_run_config
     if write is not None:
         quiet_ray()
     settings = resolve_settings(settings)
