@@ -218,3 +218,19 @@ def test_folds_train_in_lockstep_and_report_means_and_the_ensemble(synth_arrays,
     assert [r.epoch for r in resumed] == [2]
     assert resumed[0].selected_heldout == pytest.approx(last.selected_heldout, rel=1e-5)
     assert resumed[0].test == pytest.approx(last.test, rel=1e-5, nan_ok=True)
+
+
+def test_a_last_batch_of_one_image_does_not_stop_training(synth_root, cache_dir, tiny_config):
+    """At 32 px the encoder's deepest maps are 1 x 1: BatchNorm then refuses a batch of
+    one image ("Expected more than 1 value per channel")."""
+    from trainable.preprocess import load_busi
+
+    data = load_busi(synth_root, 32, cache_dir, progress=False)
+    split = make_split(data, SplitPolicy.GROUPED, seed=0, with_validation=True)
+    batch_size = len(split.train) - 1  # the last batch holds exactly one image
+    assert len(split.train) % batch_size == 1
+    config = tiny_config.replace(image_size=32, epochs=1, batch_size=batch_size)
+    _, reports = _reports(config, data, split)
+    assert math.isfinite(reports[0].train_loss)
+    loader = engine.make_train_loader(data, split, tiny_config, num_workers=0)
+    assert not loader.drop_last  # only when a batch of one would be left over

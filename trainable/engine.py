@@ -179,6 +179,9 @@ def make_train_loader(
         SegmentationSet(data, split.train, config),
         batch_size=config.batch_size,
         shuffle=True,
+        # BatchNorm cannot train on a batch of one image: such a last batch is dropped
+        # (a different image each epoch, as the order is shuffled).
+        drop_last=len(split.train) % config.batch_size == 1,
         num_workers=num_workers,
         worker_init_fn=_seed_worker_augmentation if num_workers else None,
         persistent_workers=False,
