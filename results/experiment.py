@@ -61,6 +61,7 @@ class Selected:
     # Cross-validation: the objective per fold, its mean and std (None with one split).
     folds: dict[str, Any] | None = None
     models: tuple[str, ...] = ()  # the selected weights' file names in the trial folder
+    heldout: dict[str, float] | None = None  # "loss" and metrics on the held-out part
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Selected:
@@ -75,6 +76,7 @@ class Selected:
             test={"loss": raw[keys.TEST_LOSS], **raw["test"]},
             folds=raw.get("objective"),
             models=tuple(raw.get("models", ())),
+            heldout=raw.get("heldout"),
         )
 
 

@@ -16,7 +16,6 @@ import shlex
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot
 import numpy as np
@@ -30,6 +29,7 @@ from results.compare import COMPARED, deltas
 from results.confirm import CONFIRM_FILE, Interval, confirmation_lines, pooled_dice_interval
 from results.experiment import ERRORED, FINISHED, Experiment, Trial, load_experiment
 from results.reference import PublishedReference, load_reference
+from search_spaces import describe_params
 from trainable import keys
 from trainable.errors import UserError
 from trainable.metrics import (
@@ -98,23 +98,6 @@ def marks(trial: Trial, experiment: Experiment) -> str:
     best = experiment.best is not None and trial.name == experiment.best.name
     reference = experiment.reference is not None and trial.name == experiment.reference.name
     return ("B" if best else "") + ("R" if reference else "")
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def describe_params(params: dict[str, Any]) -> str:
-    """The searched values on one line; augmentations by their probability only (the
-    strengths are in trials.csv)."""
-    if not params:
-        return "the base config"
-    plain = [f"{k}={_short(v)}" for k, v in sorted(params.items()) if not k.startswith("aug_")]
-    probabilities = {k: v for k, v in params.items() if k.startswith("aug_") and k.endswith("_p")}
-    used = [f"{k[4:-2]} {v:g}" for k, v in sorted(probabilities.items()) if v > 0]
-    if probabilities:
-        plain.append(f"aug: {', '.join(used)}" if used else "no aug")
-    return " ".join(plain)
 
 
 def state_counts(trials: tuple[Trial, ...]) -> str:

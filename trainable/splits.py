@@ -13,7 +13,6 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -53,9 +52,6 @@ class Split:
             "sha256": digest,
             **sides,
         }
-
-    def write_manifest(self, names: tuple[str, ...], path: Path) -> None:
-        path.write_text(json.dumps(self.manifest(names), indent=1) + "\n")
 
 
 def hold_out(

@@ -23,7 +23,7 @@ from trainable.metrics import METRIC_KEYS
 from trainable.model import build_model
 from trainable.preprocess import load_sized
 from trainable.splits import experiment_splits, manifest_of
-from trainable.tune_adapter import METRICS_FILE, MODEL_FILE, SPLIT_FILE
+from trainable.tune_adapter import MODEL_FILE, SPLIT_FILE
 
 
 class Part(enum.StrEnum):
@@ -63,15 +63,10 @@ def pick_trial(experiment: Experiment, name: str | None) -> Trial:
     raise UserError(f"--trial {name}: no such trial in {experiment.path}; valid: {names}")
 
 
-def selected_model_files(trial: Trial) -> list[Path]:
-    """The trial's selected weights: model.pt, or one file per cross-validation fold."""
-    raw = json.loads((trial.path / METRICS_FILE).read_text()) if trial.selected else {}
-    return [trial.path / name for name in raw.get("models", [MODEL_FILE])]
-
-
 def load_selected_models(trial: Trial, device: torch.device) -> list[torch.nn.Module]:
     """The trial's selected weights in freshly built models (one per fold)."""
-    paths = selected_model_files(trial)
+    names = trial.selected.models if trial.selected else (MODEL_FILE,)
+    paths = [trial.path / name for name in names]
     if trial.config is None or not all(path.is_file() for path in paths):
         raise UserError(
             f"{paths[0]}: no selected model; the trial ended before its first epoch "
@@ -88,12 +83,11 @@ def load_selected_models(trial: Trial, device: torch.device) -> list[torch.nn.Mo
 def _recorded(trial: Trial, part: Part, reference_only: bool) -> dict[str, float] | None:
     """metrics.json's values for `part`: the held-out part is validation in a sweep and
     test in a --reference run, whose test values are recorded too."""
-    raw = json.loads((trial.path / METRICS_FILE).read_text()) if trial.selected else None
-    if raw is None:
+    if trial.selected is None:
         return None
     if part is Part.TEST:
-        return {LOSS: raw["test_loss"], **raw["test"]}
-    return None if reference_only else raw["heldout"]
+        return trial.selected.test
+    return None if reference_only else trial.selected.heldout
 
 
 def evaluate_trial(

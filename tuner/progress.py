@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 from ray import tune
 
+from search_spaces import describe_params
 from trainable import keys
 from trainable.tensorboard import write_hparams
 
@@ -34,12 +34,8 @@ class TrialNamer:
     sweep: bool
 
     def __call__(self, trial) -> str:
-        return name_from_tag(trial.experiment_tag, trial.trial_id, self.sweep)
-
-
-def name_from_tag(experiment_tag: str, trial_id: str, sweep: bool) -> str:
-    counter = int(experiment_tag.split("_")[0])
-    return f"trial_{counter - 1 if sweep else counter:03d}_{trial_id}"
+        counter = int(trial.experiment_tag.split("_")[0])
+        return f"trial_{counter - 1 if self.sweep else counter:03d}_{trial.trial_id}"
 
 
 def quiet_ray() -> None:
@@ -51,19 +47,6 @@ def quiet_ray() -> None:
     os.environ[NEW_OUTPUT_ENV] = "0"
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def short_config(params: dict[str, Any]) -> str:
-    """The searched values in a few words: non-default augmentations by name."""
-    plain = {k: v for k, v in params.items() if not k.startswith("aug_")}
-    words = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in plain.items()]
-    augmentations = [
-        k.removeprefix("aug_").removesuffix("_p")
-        for k, v in params.items()
-        if k.startswith("aug_") and k.endswith("_p") and v
-    ]
-    words.append("aug: " + ",".join(augmentations) if augmentations else "no aug")
-    return " ".join(words)
 
 
 class TrialLines(tune.Callback):
@@ -105,7 +88,7 @@ class TrialLines(tune.Callback):
         best = f"best {self.best[0]:.4f} ({self.best[1][:9]})" if self.best else "no best yet"
         self.write(
             f"[{self.ended}/{self.trials}] {name}  {state}  {shown}  {best}  "
-            f"{short_config(trial.config)}  {self._eta()}"
+            f"{describe_params(trial.config)}  {self._eta()}"
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
