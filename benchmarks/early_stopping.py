@@ -22,8 +22,8 @@ from typing import Any
 
 from benchmarks.common import OWN_RAY, add_data_flags, report, table
 from results.experiment import load_experiment
+from results.settings import Scheduler
 from trainable.metrics import DICE
-from tuner.settings import Scheduler
 
 REDUCTION_FACTOR = 3  # tuner/sweep.py's ASHA
 TRIAL_START_SECONDS = 15  # a trial's actor start, measured with benchmarks.trial_overhead

@@ -27,10 +27,10 @@ import ray
 from ray import tune
 
 from benchmarks.common import OWN_RAY, add_data_flags, table, write_json
+from results.settings import RunSettings
 from trainable.config import TrainConfig
 from tuner import sweep
 from tuner.progress import TrialNamer
-from tuner.settings import RunSettings
 
 TRIAL_MARK = "ImplicitFunc"  # Ray's process title of a Tune function-trainable actor
 STORE_MARK = "plasma"  # the object store's memory-mapped file

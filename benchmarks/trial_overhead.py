@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 from benchmarks.common import DEFAULT_DATA, OWN_RAY, report, table
+from results.layout import PLACEMENT_FILE
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.engine import fit
 from trainable.preprocess import load_busi
 from trainable.splits import SplitPolicy, make_split
-from trainable.tune_adapter import PLACEMENT_FILE
 
 CPU = torch.device("cpu")
 IMPORTS = "import tuner.cli, tuner.sweep, tuner.summary"  # what `python -m tuner run` loads

@@ -16,23 +16,32 @@ from typing import Any
 import numpy as np
 import optuna
 
+from results.layout import (
+    CONFIG_FILE,
+    DATA_FILE,
+    ERROR_FILE,
+    METRICS_FILE,
+    PARAMS_FILE,
+    PLACEMENT_FILE,
+    RESULT_FILE,
+    SELECTION_FILE,
+    SETTINGS_FILE,
+    load_settings,
+    open_study,
+    optuna_states,
+)
+from results.settings import RunSettings
 from search_spaces import get_space
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.errors import UserError
-from trainable.tune_adapter import CONFIG_FILE, METRICS_FILE, PLACEMENT_FILE, SELECTION_FILE
-from tuner.searcher import TUNE_TRIAL_ID
-from tuner.settings import RunSettings
-from tuner.sweep import DATA_FILE, SETTINGS_FILE, load_settings
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"  # Tune's per-epoch results, one JSON object per line
-PARAMS_FILE = "params.json"  # Tune's config of the trial: the searched values
-ERROR_FILE = "error.txt"  # Tune writes it when a trial errors
-
 FINISHED = "finished"
 ERRORED = "errored"
+STOPPED = "stopped early"
+INTERRUPTED = "interrupted"
 
 
 def trial_state(errored: bool, epochs_run: int, budget: int, ended: bool = True) -> str:
@@ -43,8 +52,8 @@ def trial_state(errored: bool, epochs_run: int, budget: int, ended: bool = True)
     if epochs_run >= budget:
         return FINISHED
     if ended:
-        return f"stopped early at epoch {epochs_run}"
-    return f"interrupted at epoch {epochs_run}"
+        return f"{STOPPED} at epoch {epochs_run}"
+    return f"{INTERRUPTED} at epoch {epochs_run}"
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,12 @@ class Trial:
         return self.state == ERRORED
 
     @property
+    def completed(self) -> bool:
+        """Finished or stopped by the scheduler: judged on what it reached. An errored or
+        interrupted trial never is, so it is never the best."""
+        return self.state == FINISHED or self.state.startswith(STOPPED)
+
+    @property
     def has_selection(self) -> bool:
         return (self.path / SELECTION_FILE).is_file()
 
@@ -183,12 +198,20 @@ def rank_trials(trials: tuple[Trial, ...], mode: str) -> list[Trial]:
     """Trials with a finite objective, best first (ties: the lower number first). A trial
     stopped early competes with the value it reached, as in Tune's own choice of the best."""
     sign = 1 if mode == "min" else -1
-    scored = [t for t in trials if t.objective is not None and not t.errored]
+    scored = [t for t in trials if t.objective is not None and t.completed]
     return sorted(scored, key=lambda t: (sign * t.objective, t.number))
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The file's JSON; None when it is absent or damaged (empty or cut short, e.g. by a
+    full disk), with a warning, so one bad file does not stop a report."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("%s: damaged (empty or cut short); ignored", path)
+        return None
 
 
 def read_rows(trial_dir: Path) -> tuple[dict[str, Any], ...]:
@@ -198,11 +221,14 @@ def read_rows(trial_dir: Path) -> tuple[dict[str, Any], ...]:
     if not path.is_file():
         return ()
     by_epoch: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if keys.EPOCH in row:
-                by_epoch[int(row[keys.EPOCH])] = row
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            log.warning("%s: a damaged line (cut short, e.g. by a full disk); skipped", path)
+            continue
+        if keys.EPOCH in row:
+            by_epoch[int(row[keys.EPOCH])] = row
     return tuple(by_epoch[e] for e in sorted(by_epoch))
 
 
@@ -224,21 +250,6 @@ def _config(trial_dir: Path, base: TrainConfig, params: dict[str, Any]) -> Train
     except ValueError as error:
         log.warning("%s: no usable config (%s)", trial_dir.name, error)
         return None
-
-
-def open_study(path: Path | None, name: str) -> optuna.Study | None:
-    """The sweep's Optuna study, None when there is none (a --reference run)."""
-    if path is None or not path.is_file():
-        return None
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
-
-
-def _optuna_states(study: optuna.Study | None) -> dict[str, str]:
-    """Tune trial id -> Optuna state."""
-    trials = study.get_trials(deepcopy=False) if study else []
-    return {
-        t.user_attrs[TUNE_TRIAL_ID]: t.state.name for t in trials if TUNE_TRIAL_ID in t.user_attrs
-    }
 
 
 def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, str]) -> Trial:
@@ -286,7 +297,7 @@ def load_experiment(directory: Path) -> Experiment:
         )
     settings = load_settings(directory / SETTINGS_FILE)
     study_path = None if settings.reference_only else directory / f"{settings.name}.sqlite"
-    states = _optuna_states(open_study(study_path, settings.name))
+    states = optuna_states(open_study(study_path, settings.name))
     trial_dirs = sorted(p for p in directory.glob("trial_*_*") if p.is_dir())
     trials = tuple(
         sorted((read_trial(p, settings, states) for p in trial_dirs), key=lambda t: t.number)

@@ -87,8 +87,8 @@ def _redraw_test_masks(root: Path, test_names: set[str]) -> int:
 def _small_sweep(data: Path, storage: Path, name: str, base) -> Path:
     import ray
 
+    from results.settings import RunSettings, Scheduler
     from tuner import sweep
-    from tuner.settings import RunSettings, Scheduler
 
     settings = RunSettings(
         data=data,

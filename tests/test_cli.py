@@ -183,8 +183,8 @@ def test_an_argument_error_comes_back_before_ray_or_torch_load(tmp_path):
 
 
 def test_printed_commands_survive_the_shell(tmp_path):
+    from results.settings import RunSettings
     from trainable.config import TrainConfig
-    from tuner.settings import RunSettings
     from tuner.summary import summarise
 
     settings = RunSettings(

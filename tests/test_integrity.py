@@ -100,6 +100,8 @@ def test_real_is_usable_and_warns_about_the_relabelled_image(busi_report: Integr
     assert busi_report.problems == []
     assert busi_report.usable
     assert "benign (433) = malignant (145)" in busi_report.warnings[0]
+    # Two-valued masks, a lesion in every benign/malignant image, all three classes.
+    assert not [w for w in busi_report.warnings if "mask" in w or w.startswith("no ")]
     text = format_report(busi_report)
     assert text.splitlines()[-1] == "usable"
     assert "all            780     798      17" in text

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from results.layout import METRICS_FILE
 from trainable import keys
 from trainable.metrics import METRIC_KEYS
-from trainable.tune_adapter import METRICS_FILE
 from tuner.cli import main
 
 pytestmark = pytest.mark.slow

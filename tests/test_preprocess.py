@@ -30,7 +30,7 @@ def test_second_load_is_a_cache_hit_and_writes_nothing_in_the_dataset(
     def no_decoding(sample):
         raise AssertionError("a cache hit must not decode PNGs")
 
-    monkeypatch.setattr(preprocess, "load_sample", no_decoding)
+    monkeypatch.setattr(preprocess, "read_sample", no_decoding)
     second = load_busi(synth_root, 64, tmp_path, progress=False)
     assert np.array_equal(first.images, second.images) and first.names == second.names
     assert np.array_equal(first.groups, second.groups)

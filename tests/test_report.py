@@ -15,18 +15,18 @@ import ray
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from results import confirm
+from results import confirm, layout
 from results.compare import COMPARED
 from results.confirm import Interval, Run, bootstrap_mean, t_interval, verdict
 from results.experiment import load_experiment
 from results.reference import load_reference
 from results.report import format_terminal_table, pick_cases, write_report
+from results.settings import RunSettings, Scheduler
 from search_spaces import get_space
 from trainable.config import TrainConfig
 from trainable.metrics import METRIC_KEYS
 from tuner import sweep
 from tuner.cli import main
-from tuner.settings import RunSettings, Scheduler
 
 BASE = TrainConfig.reference().replace(
     encoder="resnet18", encoder_weights="none", image_size=32, batch_size=8, epochs=3
@@ -133,9 +133,9 @@ def handmade(tmp_path) -> Path:
     )
     experiment = Path(settings.experiment_dir)
     experiment.mkdir()
-    sweep.save_settings(settings, experiment / sweep.SETTINGS_FILE)
+    layout.save_settings(settings, experiment / layout.SETTINGS_FILE)
     provenance = {"path": "/gone", "content_hash": "0f", "images": 39, "synthetic": True}
-    (experiment / sweep.DATA_FILE).write_text(json.dumps(provenance))
+    (experiment / layout.DATA_FILE).write_text(json.dumps(provenance))
     reference_point = get_space("reference").reference_point(BASE)
     _write_trial(
         experiment, "trial_001_aaaa", reference_point, [0.9, 0.8, 0.7], _test_metrics(0.80, 0.20)
@@ -200,6 +200,29 @@ def test_handmade_experiment_is_read_with_its_best_and_reference_trials(handmade
         "FAIL",
         "RUNNING",
     ]
+
+
+def test_an_interrupted_trial_is_never_the_best(handmade):
+    # Cut off after one epoch at a value better than every finished trial's.
+    row = {"epoch": 1, "selected_heldout_dice": 0.99, "training_iteration": 1}
+    (handmade / "trial_005_eeee" / "result.json").write_text(json.dumps(row) + "\n")
+    experiment = load_experiment(handmade)
+    assert experiment.trials[4].objective == 0.99
+    assert experiment.best.name == "trial_002_bbbb"
+    assert "trial_005_eeee" not in [t.name for t in experiment.ranked()]
+
+
+def test_damaged_files_do_not_stop_a_report(handmade, caplog):
+    """What a full disk leaves: empty and cut-short files."""
+    (handmade / "trial_003_cccc" / "params.json").write_text("")
+    rows = handmade / "trial_002_bbbb" / "result.json"
+    rows.write_text(rows.read_text() + '{"epoch": 4, "selected_heldo')
+    (handmade / "trial_005_eeee" / "metrics.json").write_text('{"selected_ep')
+    experiment = load_experiment(handmade)
+    assert experiment.best.name == "trial_002_bbbb" and experiment.best.epochs_run == 3
+    assert experiment.trials[2].params == {} and experiment.trials[4].selected is None
+    assert "damaged" in caplog.text
+    assert write_report(handmade).markdown.is_file()
 
 
 def test_report_of_handmade_experiment(handmade):
@@ -287,7 +310,7 @@ def test_confirm_refuses_one_seed_and_a_reference_run(handmade, tmp_path, capsys
     )
     alone = Path(settings.experiment_dir)
     alone.mkdir()
-    sweep.save_settings(settings, alone / sweep.SETTINGS_FILE)
+    layout.save_settings(settings, alone / layout.SETTINGS_FILE)
     assert main(["confirm", str(alone)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert "--seeds must be at least 2" in errors[0]

@@ -20,14 +20,14 @@ import ray
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import search_spaces
+from results.layout import FAILURE_FILE, METRICS_FILE, PLACEMENT_FILE, SELECTION_FILE
+from results.settings import RunSettings, Scheduler
 from search_spaces import SearchSpace
 from trainable.config import TrainConfig
 from trainable.splits import SplitPolicy
 from trainable.tensorboard import IMAGE_TAG, SCALAR_TAGS
-from trainable.tune_adapter import FAILURE_FILE, METRICS_FILE, PLACEMENT_FILE, SELECTION_FILE
 from tuner import sweep
 from tuner.cli import main
-from tuner.settings import RunSettings, Scheduler
 
 pytestmark = pytest.mark.slow
 
@@ -207,16 +207,18 @@ def test_asha_stops_bad_trials_and_a_nan_trial_errors(synth_root, tmp_path, forc
     assert "NonFiniteLossError" in (nan_dir / FAILURE_FILE).read_text()
 
 
-def _interrupt_after_the_first_trial(process, experiment: Path, epochs: int) -> str:
-    """Ctrl-C as soon as the first trial has finished and the second started; returns
-    what the run printed."""
+def _interrupt_after_the_first_trial(
+    process, experiment: Path, epochs: int, stop: signal.Signals = signal.SIGINT
+) -> str:
+    """Ctrl-C (or `stop`) as soon as the first trial has finished and the second started;
+    returns what the run printed."""
     deadline = time.time() + 600
     while time.time() < deadline:
         trials = _trial_dirs(experiment) if experiment.exists() else []
         if len(trials) >= 2 and len(_progress_rows(trials[0])) >= epochs:
             break
         time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     output, _ = process.communicate(timeout=300)
     return output
 
@@ -232,6 +234,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root,
     experiment = storage / "resumable"
     interrupted = _interrupt_after_the_first_trial(process, experiment, epochs=2)
     assert process.returncode == 130, interrupted[-2000:]
+    assert "1 finished, 0 stopped early, 0 errored, 1 interrupted" in interrupted
+    assert "best trial: trial_000_" in interrupted  # never the interrupted one
     hint = next(line for line in interrupted.splitlines() if line.startswith("interrupted;"))
     command = shlex.split(hint.split("continue with:", 1)[1])
     assert command[:4] == ["python", "-m", "tuner", "run"] and str(storage) in command
@@ -250,6 +254,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root,
     for trial in trials:
         assert [row["epoch"] for row in _progress_rows(trial)][-1] == 2
     assert "3 finished" in output
+    # The interrupted trial's record keeps its first start beside the resumed one.
+    starts = (trials[1] / PLACEMENT_FILE).read_text().splitlines()
+    assert len(starts) == 2, starts
 
 
 def test_a_cross_validated_sweep_ranks_by_the_fold_mean_and_resumes_no_finished_fold(
@@ -263,7 +270,10 @@ def test_a_cross_validated_sweep_ranks_by_the_fold_mean_and_resumes_no_finished_
     )
     process = _cli(*args, cwd=tmp_path)
     experiment = storage / "folds"
-    _interrupt_after_the_first_trial(process, experiment, epochs=2)
+    # SIGTERM (a scheduler's stop) ends the run as Ctrl-C does, with the shell's 143.
+    stopped = _interrupt_after_the_first_trial(process, experiment, epochs=2, stop=signal.SIGTERM)
+    assert process.returncode == 143, stopped[-2000:]
+    assert "interrupted; continue with:" in stopped and "Traceback" not in stopped
     first = _trial_dirs(experiment)[0]
     first_rows = _progress_rows(first)
     fold_models = {p.name: p.stat().st_mtime_ns for p in first.glob("model_fold*.pt")}

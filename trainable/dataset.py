@@ -3,8 +3,12 @@
     <root>/benign/benign (1).png, benign (1)_mask.png[, _mask_1.png, _mask_2.png]
     <root>/malignant/...   <root>/normal/...
 
-An image's lesion mask is the union of its mask files; any non-zero pixel is lesion.
-Every problem raises `DataError` with one line that names the file and the fix. Nothing
+An image's lesion mask is the union of its mask files. A mask pixel is lesion where its
+brightest colour band reaches half the format's full scale (128 of 255): anti-aliased
+edges and JPEG noise fall on the right side. A mask holding only 0 and 1 is a label map,
+and 1 is lesion. Legal but suspicious data (masks that are not two-valued, a lesion class
+with an empty mask, a class missing) gets a warning (`data_warnings`). Every problem
+raises `DataError` with one line that names the file and the fix. Nothing
 here writes into the dataset folder.
 """
 
@@ -20,7 +24,17 @@ from PIL import Image, UnidentifiedImageError
 
 from trainable.errors import DataError
 
-__all__ = ["BusiClass", "DataError", "Sample", "discover", "load_sample", "mask_modes"]
+__all__ = [
+    "BusiClass",
+    "DataError",
+    "Sample",
+    "LoadedSample",
+    "data_warnings",
+    "discover",
+    "load_sample",
+    "read_sample",
+    "mask_modes",
+]
 
 
 class BusiClass(enum.StrEnum):
@@ -113,22 +127,88 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
-def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """The image as one uint8 grey channel (H, W) and the union of its masks as bool."""
+@dataclass(frozen=True)
+class LoadedSample:
+    image: np.ndarray  # uint8 (H, W)
+    mask: np.ndarray  # bool (H, W): the union of the mask files under the mask rule
+    graded_masks: tuple[str, ...]  # mask files with more than two values
+
+    def suspicious_mask(self, label: BusiClass) -> bool:
+        """An empty mask in a lesion class."""
+        return label is not BusiClass.NORMAL and not self.mask.any()
+
+
+def read_sample(sample: Sample) -> LoadedSample:
+    """The image, its lesion mask and what was odd about its mask files."""
     image = _open(sample.image_path)
     union = np.zeros((image.size[1], image.size[0]), dtype=bool)
+    graded = []
     for path in sample.mask_paths:
-        mask = _open(path)
-        if mask.size != image.size:
-            raise DataError(
-                f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its image is "
-                f"{image.size[0]}x{image.size[1]}; fix or remove the pair"
-            )
-        # Foreground is any non-zero value; modes 1, L, RGB and RGBA all occur. An RGBA
-        # mask's alpha band is opaque everywhere, so only its colour bands count.
-        bands = np.asarray(mask.convert("RGB") if mask.mode == "RGBA" else mask)
-        union |= bands.any(axis=2) if bands.ndim == 3 else bands.astype(bool)
-    return grey(image), union
+        values = _mask_values(path, image.size)
+        union |= lesion_pixels(values)
+        if len(np.unique(values)) > 2:
+            graded.append(path.name)
+    return LoadedSample(grey(image), union, tuple(graded))
+
+
+def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """The image as one uint8 grey channel (H, W) and the union of its masks as bool."""
+    loaded = read_sample(sample)
+    return loaded.image, loaded.mask
+
+
+def _mask_values(path: Path, image_size: tuple[int, int]) -> np.ndarray:
+    """A mask file as (H, W) values: the brightest colour band of each pixel. Modes 1, L,
+    RGB, RGBA and 16-bit all occur; an RGBA mask's alpha is opaque, so only colour counts."""
+    mask = _open(path)
+    if mask.size != image_size:
+        raise DataError(
+            f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its image is "
+            f"{image_size[0]}x{image_size[1]}; fix or remove the pair"
+        )
+    if mask.mode == "1":
+        return np.asarray(mask, dtype=np.uint8) * np.uint8(255)
+    if mask.mode.startswith("I;16") or mask.mode == "I":
+        return np.asarray(mask, dtype=np.int64)
+    bands = np.asarray(mask.convert("RGB") if mask.mode not in ("L", "RGB") else mask)
+    return bands.max(axis=2) if bands.ndim == 3 else bands
+
+
+def lesion_pixels(values: np.ndarray) -> np.ndarray:
+    """The mask rule: lesion at half the full scale or above (128 for 8 bits, 32768 for
+    16), or a 0/1 label map's ones."""
+    top = int(values.max(initial=0))
+    if top == 1:
+        return values == 1
+    full_scale = 255 if values.dtype == np.uint8 or top <= 255 else 65535
+    return values >= (full_scale + 1) // 2
+
+
+def data_warnings(samples: list[Sample], loaded: list[LoadedSample]) -> list[str]:
+    """Legal but suspicious data, one line each: a missing class (the comparison with
+    the published BUSI numbers no longer holds), masks that are not two-valued (the rule
+    decided their grey pixels), lesion-class images whose mask is empty."""
+    warnings = [
+        f"no {label.value} images: results are not comparable with the published BUSI "
+        "numbers, which include all three classes"
+        for label in BusiClass
+        if not any(s.label is label for s in samples)
+    ]
+    graded = [name for item in loaded for name in item.graded_masks]
+    if graded:
+        warnings.append(
+            f"{len(graded)} mask files are not two-valued (anti-aliased or JPEG-compressed, "
+            f"e.g. {graded[0]}); lesion read where a pixel reaches mid-grey (128)"
+        )
+    empty = [
+        s.name for s, item in zip(samples, loaded, strict=True) if item.suspicious_mask(s.label)
+    ]
+    if empty:
+        warnings.append(
+            f"{len(empty)} benign/malignant images have an empty mask (e.g. {empty[0]}); "
+            "they train as lesion-free: check their masks"
+        )
+    return warnings
 
 
 def grey(image: Image.Image) -> np.ndarray:

@@ -19,7 +19,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from trainable.dataset import BusiClass, DataError, Sample, discover, load_sample, mask_modes
+from trainable.dataset import (
+    BusiClass,
+    DataError,
+    LoadedSample,
+    Sample,
+    data_warnings,
+    discover,
+    mask_modes,
+    read_sample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,22 +163,25 @@ def check_dataset(root: Path, progress: bool = False) -> IntegrityReport:
     except DataError as error:
         return _report(root, [], [], [], [], Counter(), [str(error)])
     loaded: list[Sample] = []
+    contents: list[LoadedSample] = []
     images: list[np.ndarray] = []
     modes: Counter[str] = Counter()
     sizes: list[tuple[int, int]] = []
     problems: list[str] = []
     for sample in tqdm(samples, desc="checking BUSI", unit="image", disable=not progress):
         try:
-            image, _ = load_sample(sample)
+            content = read_sample(sample)
             sample_modes = mask_modes(sample)
         except DataError as error:
             problems.append(str(error))
             continue
         loaded.append(sample)
-        sizes.append((image.shape[1], image.shape[0]))
+        contents.append(content)
+        sizes.append((content.image.shape[1], content.image.shape[0]))
         modes.update(sample_modes)
-        images.append(analysis_image(image))
+        images.append(analysis_image(content.image))
     report = _report(root, samples, loaded, images, sizes, modes, problems)
+    report.warnings.extend(data_warnings(loaded, contents))
     log.info("checked %s: %d images, %d problems", root, len(samples), len(problems))
     return report
 

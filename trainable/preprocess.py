@@ -17,13 +17,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from trainable.dataset import BusiClass, Sample, discover, load_sample
+from trainable.dataset import BusiClass, Sample, data_warnings, discover, read_sample
 from trainable.integrity import analysis_image, near_duplicate_groups
 
 log = logging.getLogger(__name__)
 
 # Bump when the preprocessing changes, so old caches are not reused.
-_PREPROCESS_VERSION = 2
+_PREPROCESS_VERSION = 3  # 3: the mid-grey mask rule, data warnings
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class BusiArrays:
     masks: np.ndarray
     # Near-duplicate group id per image; the grouped split keeps a group on one side.
     groups: np.ndarray
+    # Legal but suspicious data (see dataset.data_warnings), said by `data check` and `run`.
+    warnings: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -94,17 +96,20 @@ def load_busi(
 def _decode(samples: list[Sample], size: int, progress: bool) -> BusiArrays:
     images = np.empty((len(samples), size, size), dtype=np.uint8)
     masks = np.empty((len(samples), size, size), dtype=np.uint8)
-    analysed = []
+    analysed, contents = [], []
     for i, sample in enumerate(tqdm(samples, desc="decoding BUSI", disable=not progress)):
-        image, mask = load_sample(sample)
-        images[i], masks[i] = resize_pair(image, mask, size)
-        analysed.append(analysis_image(image))
+        content = read_sample(sample)
+        images[i], masks[i] = resize_pair(content.image, content.mask, size)
+        analysed.append(analysis_image(content.image))
+        contents.append(content)
     names = tuple(s.name for s in samples)
     groups = np.arange(len(samples), dtype=np.int32)
     for group_id, members in enumerate(near_duplicate_groups(names, analysed)):
         for name in members:
             groups[names.index(name)] = len(samples) + group_id
-    return BusiArrays(names, tuple(s.label for s in samples), images, masks, groups)
+    labels = tuple(s.label for s in samples)
+    warnings = tuple(data_warnings(samples, contents))
+    return BusiArrays(names, labels, images, masks, groups, warnings)
 
 
 def _write_cache(arrays: BusiArrays, path: Path) -> None:
@@ -118,6 +123,7 @@ def _write_cache(arrays: BusiArrays, path: Path) -> None:
         images=arrays.images,
         masks=arrays.masks,
         groups=arrays.groups,
+        warnings=np.array(arrays.warnings, dtype=str),
     )
     partial.replace(path)
 
@@ -130,6 +136,8 @@ def read_cache(path: Path) -> BusiArrays:
             images=data["images"],
             masks=data["masks"],
             groups=data["groups"],
+            # Caches written before version 3 (benchmark bundles) have no warnings.
+            warnings=tuple(str(w) for w in data.get("warnings", ())),
         )
 
 
@@ -145,6 +153,7 @@ def resized(data: BusiArrays, size: int) -> BusiArrays:
         images=np.stack([p[0] for p in pairs]),
         masks=np.stack([p[1] for p in pairs]),
         groups=data.groups,
+        warnings=data.warnings,
     )
 
 

@@ -21,6 +21,16 @@ import ray
 import torch
 from ray import tune
 
+from results.layout import (
+    CONFIG_FILE,
+    FAILURE_FILE,
+    METRICS_FILE,
+    PLACEMENT_FILE,
+    SELECTION_FILE,
+    SPLIT_FILE,
+    STATE_FILE,
+    model_files,
+)
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.engine import (
@@ -39,16 +49,6 @@ from trainable.tensorboard import TrialWriter
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
-MODEL_FILE = "model.pt"  # the selected model's weights (state dict), rewritten on improvement
-FOLD_MODEL_FILE = "model_fold{fold}.pt"  # the same for each fold of a cross-validated trial
-FAILURE_FILE = "failure.json"  # why a trial failed deterministically: its retries do not train
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.json"
-SPLIT_FILE = "split.json"
-SELECTION_FILE = "selection.npz"
-PLACEMENT_FILE = "placement.jsonl"
-
 
 @dataclass(frozen=True)
 class TrialSetup:
@@ -64,13 +64,6 @@ class TrialSetup:
     num_workers: int = 0
     image_every: int = 5
     examples: int = 4
-
-
-def model_files(folds: int) -> list[str]:
-    """The selected weights' file names of a trial: one, or one per fold."""
-    if folds == 1:
-        return [MODEL_FILE]
-    return [FOLD_MODEL_FILE.format(fold=k) for k in range(folds)]
 
 
 def objective_value(report: EpochReport, objective: str) -> float:
@@ -227,9 +220,53 @@ def _record_failure(trial_dir: Path, error: BaseException) -> None:
     (trial_dir / FAILURE_FILE).write_text(json.dumps({"reason": reason}) + "\n")
 
 
+# Records of earlier starts of a trial, appended to by each start. A start on another node
+# or after --resume begins in a fresh working folder, and Tune's upload would replace the
+# storage's copy with the new start's lines: each start first fetches them from storage.
+CARRIED_RECORDS = (PLACEMENT_FILE, FAILURE_FILE)
+
+
+def fetch_records(trial_dir: Path) -> None:
+    """Copy the trial's records from its storage folder (local or remote) when this
+    working folder has none."""
+    storage = tune.get_context().get_storage()
+    for name in CARRIED_RECORDS:
+        local = trial_dir / name
+        if local.exists():
+            continue
+        try:
+            with storage.storage_filesystem.open_input_stream(
+                f"{storage.trial_fs_path}/{name}"
+            ) as stream:
+                local.write_bytes(stream.readall())
+        except FileNotFoundError:
+            continue
+
+
+def load_checkpoint(checkpoint: tune.Checkpoint | None, device: torch.device) -> list | None:
+    """The per-fold training states of the last checkpoint; None for a fresh start, also
+    when the checkpoint is damaged (cut short, or not a plain state: weights_only refuses
+    any pickled code), with a warning: the trial then trains from its first epoch."""
+    if checkpoint is None:
+        return None
+    try:
+        with checkpoint.as_directory() as directory:
+            saved = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+        return saved["folds"]
+    except Exception as error:  # torch raises many kinds for one damaged file
+        log.warning(
+            "checkpoint %s unreadable (%s: %s); the trial restarts from its first epoch",
+            checkpoint.path,
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+        )
+        return None
+
+
 def train_busi(tune_config: dict[str, Any], data: SizedData, setup: TrialSetup) -> None:
     """The function trainable: one training run, reported every epoch."""
     trial_dir = Path(tune.get_context().get_trial_dir())
+    fetch_records(trial_dir)
     _refuse_known_failure(trial_dir)
     try:
         _train(tune_config, data, setup, trial_dir)
@@ -258,12 +295,7 @@ def _train(tune_config: dict[str, Any], sized: SizedData, setup: TrialSetup, tri
     config.save(trial_dir / CONFIG_FILE)
 
     # A checkpoint holds one training state per fold (one without cross-validation).
-    resume_from = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            saved = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
-            resume_from = saved["folds"]
+    resume_from = load_checkpoint(tune.get_checkpoint(), device)
     log_placement(trial_dir, device, resume_from[0]["epoch"] if resume_from else 0)
 
     heldout = split.test if setup.select_on_test else split.validation

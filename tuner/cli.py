@@ -11,11 +11,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from results.settings import RunSettings, Scheduler
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.errors import UserError
 from trainable.splits import SplitPolicy
-from tuner.settings import RunSettings, Scheduler
 
 # The demo: a synthetic set and a model small enough for a laptop CPU in minutes.
 DEMO_DATA_DIR = "demo-data"
@@ -463,7 +463,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.data is None and not args.demo:
         args.data = Path(".")  # replaced by the saved settings of the experiment
     settings = settings_from_args(args)  # bad flags fail here, before Ray and torch load
-    from tuner import summary, sweep
+    from tuner import interrupts, summary, sweep
+
+    interrupts.stop_on_sigterm()
 
     if args.demo and not settings.resume and not settings.data.exists():
         from trainable.synth import write_synthetic_busi
@@ -475,9 +477,9 @@ def _run(args: argparse.Namespace) -> int:
     print(summary.summarise(settings, results))
     if args.demo:
         print("(synthetic data: the comparison shows the pipeline working, not a BUSI result)")
-    if not sweep.all_ended(settings, results):  # Ctrl-C: Tune stops and returns
+    if not sweep.all_ended(settings, results):  # Ctrl-C or SIGTERM: Tune stops and returns
         print(f"interrupted; continue with: {sweep.resume_command(settings)}", file=sys.stderr)
-        return 130
+        return interrupts.exit_status()
     if results.num_errors == len(results):
         print("error: every trial errored; see the lines above", file=sys.stderr)
         return 1
@@ -627,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume --name NAME", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # before Tune started (or in another command): nothing to resume
+        from tuner import interrupts
+
+        print("interrupted", file=sys.stderr)
+        return interrupts.exit_status()

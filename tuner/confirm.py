@@ -17,14 +17,15 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from results.confirm import Candidate
 from results.experiment import Experiment
+from results.settings import RunSettings, Scheduler
 from trainable.config import TrainConfig
 from trainable.errors import UserError
 from trainable.model import check_weights
 from tuner.progress import TrialNamer, quiet_ray
-from tuner.settings import RunSettings, Scheduler
 from tuner.sweep import (
     build_run_config,
     build_trainable,
+    check_resources,
     create_experiment,
     init_ray,
     load_data,
@@ -87,10 +88,11 @@ def run(
     for candidate in candidates:
         check_weights(TrainConfig.from_flat({**settings.base.to_flat(), **candidate.point}))
     data = load_data(settings)
-    create_experiment(settings)
     if write is not None:
         quiet_ray()
     init_ray(settings)
+    check_resources(settings)
+    create_experiment(settings, data)
     points = [dict(c.point) for c in candidates]
     tuner = tune.Tuner(
         build_trainable(settings, data),

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from results.experiment import Experiment, Trial
+from results.layout import MODEL_FILE, SPLIT_FILE
 from trainable.engine import LOSS, Precision, evaluate, pick_device, score_probabilities
 from trainable.errors import UserError
 from trainable.metrics import METRIC_KEYS
 from trainable.model import build_model
 from trainable.preprocess import load_sized
 from trainable.splits import experiment_splits, manifest_of
-from trainable.tune_adapter import MODEL_FILE, SPLIT_FILE
 
 
 class Part(enum.StrEnum):

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from results.experiment import Experiment, Trial
+from results.layout import SPLIT_FILE
 from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
 from trainable.errors import UserError
-from trainable.tune_adapter import SPLIT_FILE
 from tuner.evaluate import load_selected_models
 from tuner.segmenter import card_path
 

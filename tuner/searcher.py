@@ -29,9 +29,10 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from results.layout import TUNE_TRIAL_ID
+
 log = logging.getLogger(__name__)
 
-TUNE_TRIAL_ID = "tune_trial_id"
 EPOCHS_RUN = "epochs_run"
 TRIAL_NAME = "trial_name"
 

@@ -9,10 +9,15 @@ from pathlib import Path
 from ray import tune
 
 from results.compare import comparison_table
-from results.experiment import trial_state
+from results.experiment import (
+    FINISHED,
+    INTERRUPTED,
+    STOPPED,
+)
+from results.layout import METRICS_FILE
+from results.settings import RunSettings
 from trainable import keys
-from trainable.tune_adapter import METRICS_FILE
-from tuner.settings import RunSettings
+from tuner.sweep import trial_states
 
 
 def _selected(result: tune.Result) -> dict | None:
@@ -24,26 +29,26 @@ def _test_with_loss(selected: dict) -> dict[str, float]:
     return {"loss": selected[keys.TEST_LOSS], **selected["test"]}
 
 
-def _state(result: tune.Result, budget: int) -> str:
-    epochs = int((result.metrics or {}).get("training_iteration", 0))
-    return trial_state(result.error is not None, epochs, budget)
-
-
 def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
     lines = [f"experiment: {settings.experiment_dir}"]
-    budget = settings.base.epochs
-    states = [_state(r, budget) for r in results]
+    states = trial_states(settings, results)
+    interrupted = sum(s.startswith(INTERRUPTED) for s in states)
     lines.append(
-        f"trials: {len(states)} — {states.count('finished')} finished, "
-        f"{sum(s.startswith('stopped') for s in states)} stopped early, "
+        f"trials: {len(states)} — {states.count(FINISHED)} finished, "
+        f"{sum(s.startswith(STOPPED) for s in states)} stopped early, "
         f"{states.count('errored')} errored"
+        + (f", {interrupted} interrupted" if interrupted else "")
     )
     for result in results:
         if result.error is not None:
             last_line = str(result.error).strip().splitlines()[-1]
             lines.append(f"  errored {Path(result.path).name}: {last_line}")
-    # A trial cut off by an interruption before its first epoch has no objective yet.
-    scored = [r for r in results if r.error is None and settings.metric in (r.metrics or {})]
+    # An interrupted or errored trial is never the best: only completed ones compete.
+    scored = [
+        r
+        for r, state in zip(results, states, strict=True)
+        if (state == FINISHED or state.startswith(STOPPED)) and settings.metric in (r.metrics or {})
+    ]
     if scored:
         sign = 1 if settings.mode == "min" else -1
         best = min(scored, key=lambda r: sign * r.metrics[settings.metric])

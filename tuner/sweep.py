@@ -4,11 +4,15 @@ creates a `Tuner`."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
+import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,45 +21,36 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from results.experiment import INTERRUPTED, trial_state
+from results.layout import (
+    DATA_FILE,
+    SETTINGS_FILE,
+    load_settings,
+    open_study,
+    optuna_states,
+    save_settings,
+)
+from results.settings import RunSettings, Scheduler
 from search_spaces import get_space
-from trainable.config import TrainConfig
 from trainable.dataset import discover
 from trainable.errors import UserError
 from trainable.model import check_weights
 from trainable.preprocess import SizedData, dataset_fingerprint, load_sized
-from trainable.splits import SplitPolicy
 from trainable.synth import SYNTHETIC_MARKER
 from trainable.tune_adapter import TrialSetup, train_busi
+from tuner import interrupts
+from tuner.lock import lock_experiment
 from tuner.progress import TrialHParams, TrialLines, TrialNamer, quiet_ray
 from tuner.searcher import BudgetAwareOptunaSearch, sqlite_storage, tpe_sampler
-from tuner.settings import RunSettings, Scheduler
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = "busi_tune_settings.json"
-DATA_FILE = "data.json"  # the data's provenance
 NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
-
-
-def save_settings(settings: RunSettings, path: Path) -> None:
-    """Paths saved absolute, so resume, report and evaluate work from any folder."""
-    flat = dataclasses.asdict(settings)
-    flat["base"] = settings.base.to_flat()
-    flat["data"] = str(settings.data.resolve())
-    flat["cache_dir"] = str(settings.cache_dir.resolve()) if settings.cache_dir else None
-    path.write_text(json.dumps(flat, indent=2, default=str) + "\n")
-
-
-def load_settings(path: Path) -> RunSettings:
-    flat = json.loads(path.read_text())
-    # Experiments from before the objective's direction followed its metric saved a mode.
-    flat.pop("mode", None)
-    flat["base"] = TrainConfig.from_flat(flat["base"])
-    flat["data"] = Path(flat["data"])
-    flat["cache_dir"] = Path(flat["cache_dir"]) if flat["cache_dir"] else None
-    flat["split"] = SplitPolicy(flat["split"])
-    flat["scheduler"] = Scheduler(flat["scheduler"])
-    return RunSettings(**flat)
+TUNE_STATE_FILE = "tuner.pkl"  # Tune's own files, needed to resume
+TUNE_RUN_STATE = "experiment_state-*.json"
+CONNECT_TIMEOUT_S = 15
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 
 
 def resolve_settings(settings: RunSettings) -> RunSettings:
@@ -97,13 +92,56 @@ def data_provenance(root: Path) -> dict:
     }
 
 
-def create_experiment(settings: RunSettings) -> None:
-    if settings.storage_is_local:
-        directory = Path(settings.experiment_dir)
+def create_experiment(settings: RunSettings, data: SizedData) -> None:
+    """The experiment's folder with its settings and data provenance. A failure (a full
+    disk) leaves nothing behind, so the name stays free."""
+    if not settings.storage_is_local:
+        return
+    directory = Path(settings.experiment_dir)
+    try:
         directory.mkdir(parents=True)
+    except FileExistsError:  # another run took the name since resolve_settings
+        raise UserError(
+            f"{directory}: an experiment of that name exists; continue it with --resume "
+            "or choose another --name"
+        ) from None
+    try:
         save_settings(settings, directory / SETTINGS_FILE)
-        provenance = data_provenance(settings.data)
+        provenance = {**data_provenance(settings.data), "warnings": list(data.evaluation.warnings)}
         (directory / DATA_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    except OSError as error:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise UserError(
+            f"{directory}: could not be written ({error.strerror}); nothing was kept"
+        ) from None
+
+
+def check_resumable(settings: RunSettings) -> None:
+    """Refuse, before Ray starts, a run whose saved state Tune could not read (it would
+    log the error and silently start over) or whose study is damaged."""
+    if not settings.storage_is_local:
+        return
+    directory = Path(settings.experiment_dir)
+    states = sorted(directory.glob(TUNE_RUN_STATE))
+    tuner_state = directory / TUNE_STATE_FILE
+    damaged = None
+    if not tuner_state.is_file() or tuner_state.stat().st_size == 0:
+        damaged = tuner_state
+    elif not states:
+        damaged = directory / TUNE_RUN_STATE
+    else:
+        try:
+            json.loads(states[-1].read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            damaged = states[-1]
+    if damaged is not None:
+        raise UserError(
+            f"{damaged}: Tune's run state is missing or damaged (a full disk, or a copy cut "
+            "short), so the run cannot continue; `report` still reads its trials: start a "
+            "new experiment with another --name"
+        )
+    if not settings.reference_only:
+        open_study(settings.study_path, settings.name)  # a damaged study: one line
 
 
 def load_data(settings: RunSettings) -> SizedData:
@@ -119,8 +157,13 @@ def init_ray(settings: RunSettings) -> None:
     if ray.is_initialized():
         return
     if settings.address:
-        ray.init(address=settings.address, logging_level=logging.WARNING)
+        check_reachable(settings.address)
+        try:
+            ray.init(address=settings.address, logging_level=logging.WARNING)
+        except ConnectionError as error:
+            raise UserError(f"--address {settings.address}: {error}") from None
     else:
+        protect_local_ray()
         # address="local": a new Ray, never one another session left running here.
         ray.init(
             address="local",
@@ -128,6 +171,50 @@ def init_ray(settings: RunSettings) -> None:
             include_dashboard=False,
             logging_level=logging.WARNING,
         )
+    interrupts.stop_on_sigterm()  # ray.init installed its own
+
+
+def protect_local_ray() -> None:
+    """A local Ray's servers listen on every interface (Ray 2.60 has no option to bind
+    them to localhost), and whoever reaches them can run code: require a token only this
+    process and its workers know. A token mode the user set up is kept."""
+    if os.environ.get(AUTH_MODE_ENV):
+        return
+    from ray._raylet import Config
+
+    os.environ[AUTH_MODE_ENV] = "token"
+    os.environ[AUTH_TOKEN_ENV] = secrets.token_hex(32)
+    Config.initialize("")  # Ray read its configuration at import: read it again
+
+
+def check_reachable(address: str) -> None:
+    """Fail within seconds when nothing listens at host:port (Ray itself retries for
+    minutes). `auto` finds a cluster started on this machine, or fails at once."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"--address {address}: no Ray cluster answers there ({error}); check the head "
+            "node's address and port (`ray status` on it), or leave --address out to run here"
+        ) from None
+
+
+def check_resources(settings: RunSettings) -> None:
+    """A trial that asks for more than any node has would wait forever: refuse it."""
+    cpus, gpus = settings.cpus_per_trial, gpus_per_trial(settings)
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    raise UserError(
+        f"--cpus-per-trial {cpus} --gpus-per-trial {gpus:g}: no node has that much (the "
+        f"largest has {most_cpus:g} CPUs and {most_gpus:g} GPUs); lower them"
+        + ("" if settings.address else ", or declare GPUs with --local-gpus")
+    )
 
 
 def gpus_per_trial(settings: RunSettings) -> float:
@@ -225,7 +312,9 @@ def run(
     settings: RunSettings, write: Callable[[str], None] | None = None
 ) -> tuple[RunSettings, tune.ResultGrid]:
     """Run (or resume) the experiment; returns the settings it ran with (the saved ones
-    on resume) and Tune's results. `write` takes a line per ended trial (quiet output)."""
+    on resume) and Tune's results. `write` takes a line per ended trial (quiet output).
+    Nothing is written before the data has loaded and Ray is up, so a failed start
+    leaves no folder behind and the name stays free."""
     os.environ[NO_AUTO_LOGGERS_ENV] = "1"  # also on resume: see build_run_config
     if write is not None:
         quiet_ray()
@@ -236,31 +325,69 @@ def run(
         except KeyError as error:
             raise UserError(f"run: {error.args[0]}") from None
     check_weights(settings.base)
+    lock = None
+    if settings.resume and settings.storage_is_local:
+        lock = lock_experiment(Path(settings.experiment_dir))
+        check_resumable(settings)
     data = load_data(settings)  # bad data fails here, before anything is written
-    if not settings.resume:
-        create_experiment(settings)
+    for warning in data.evaluation.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     init_ray(settings)
-    trainable = build_trainable(settings, data)
-    if settings.resume:
-        tuner = tune.Tuner.restore(settings.experiment_dir, trainable, resume_errored=False)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={},
-            tune_config=build_tune_config(settings),
-            run_config=build_run_config(settings, write),
-        )
-    results = tuner.fit()
+    check_resources(settings)
+    if not settings.resume:
+        create_experiment(settings, data)
+        if settings.storage_is_local:
+            lock = lock_experiment(Path(settings.experiment_dir))
+    try:
+        trainable = build_trainable(settings, data)
+        if settings.resume:
+            tuner = tune.Tuner.restore(settings.experiment_dir, trainable, resume_errored=False)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={},
+                tune_config=build_tune_config(settings),
+                run_config=build_run_config(settings, write),
+            )
+        results = tuner.fit()
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise UserError(
+                f"{error.filename or settings.experiment_dir}: no space left on the device; "
+                f"free some, then continue with: {resume_command(settings)}"
+            ) from None
+        raise
+    finally:
+        if lock is not None:
+            lock.close()
     prune_checkpoints(settings, results)
     return settings, results
+
+
+def trial_states(settings: RunSettings, results: tune.ResultGrid) -> list[str]:
+    """Each trial's state as the report names it (results.experiment.trial_state). Tune
+    marks a trial cut off by Ctrl-C as terminated, like one the scheduler stopped; the
+    study tells them apart (it still holds the interrupted one RUNNING), and a --reference
+    run has no scheduler to stop a trial early."""
+    study = None
+    if not settings.reference_only and settings.storage_is_local:
+        study = open_study(settings.study_path, settings.name)
+    in_study = optuna_states(study)
+    states = []
+    for result in results:
+        tune_id = Path(result.path).name.split("_", 2)[-1]  # trial_<number>_<Tune's id>
+        ended = not settings.reference_only and in_study.get(tune_id) != "RUNNING"
+        epochs = int((result.metrics or {}).get("training_iteration", 0))
+        states.append(trial_state(result.error is not None, epochs, settings.base.epochs, ended))
+    return states
 
 
 def all_ended(settings: RunSettings, results: tune.ResultGrid) -> bool:
     """Every planned trial ran and ended (finished, stopped early or errored): not an
     interrupted run."""
     planned = 1 if settings.reference_only else settings.trials
-    ended = results.num_terminated + results.num_errors
-    return len(results) >= planned and ended == len(results)
+    states = trial_states(settings, results)
+    return len(results) >= planned and not any(s.startswith(INTERRUPTED) for s in states)
 
 
 def resume_command(settings: RunSettings) -> str:

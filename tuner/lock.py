@@ -1,0 +1,35 @@
+"""One process at a time per experiment: an advisory lock on a file in its folder, held
+while the run lasts and released by the kernel however the process ends (kill -9
+included). Works on a local disk and on NFS (Linux maps flock to NFS locks)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import IO
+
+from trainable.errors import UserError
+
+LOCK_FILE = ".lock"
+
+
+def lock_experiment(directory: Path) -> IO[str]:
+    """The held lock (keep the returned file open); UserError when another run holds it."""
+    handle = open(Path(directory) / LOCK_FILE, "a+")  # noqa: SIM115 (held until the run ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"{directory}: in use by another run ({holder}); wait for it to end or stop it, "
+            "then continue with --resume"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
