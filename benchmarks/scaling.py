@@ -5,12 +5,19 @@ default comes from.
 
     python -m benchmarks.scaling
 
-Per trial-epoch: GPU compute c = epoch FLOP / (utilisation x peak); a checkpoint of
---checkpoint-gb written twice (torch.save into a temporary folder, then Tune's copy to
-the storage path). A sweep takes at least the longest of: its GPU compute spread over the
-GPUs; the trials' own serial work (start-up + epochs x (c + checkpoint)) spread over the
-trials running at once; the checkpoint bytes over the storage bandwidth; and its longest
-trial (the full budget).
+Per trial-epoch: GPU compute c = epoch FLOP / (utilisation x peak), and what
+checkpointing blocks and writes, by --policy:
+
+- before: the full state (--checkpoint-gb) written twice every epoch (torch.save into a
+  temporary folder, then Tune's copy to storage), both blocking the training;
+- after (trainable/checkpointing.py): the full state every --checkpoint-every epochs and
+  the selected weights (--weights-gb) on each improving epoch (--improving), each first
+  copied to host memory (the only blocking part, at --d2h-gbps) and written by a thread.
+
+A sweep takes at least the longest of: its GPU compute spread over the GPUs; the trials'
+own serial work (start-up + epochs x (c + blocked)) spread over the trials running at
+once; the checkpoint bytes over the storage bandwidth; and its longest trial (the full
+budget). The GPU-busy share is the GPU compute over the estimate, per GPU.
 """
 
 from __future__ import annotations
@@ -35,13 +42,19 @@ def estimate(args: argparse.Namespace, gpus: int, per_gpu: int) -> dict[str, Any
     fraction = args.asha_fraction or asha_expected_fraction(args.epochs)
     trial_epochs = fraction * args.trials * args.epochs
     compute = args.epoch_tflop / (args.utilisation * args.peak_tflops)  # s per trial-epoch
-    checkpoint = 2 * args.checkpoint_gb / args.disk_gbps  # one trial alone on its node
     nodes = math.ceil(gpus / args.gpus_per_node)
     running = min(args.trials, gpus * per_gpu)
-    # Temporary copies go to each node's disk; the copy to storage to the node's disk on one
-    # node, to shared storage (which every node must reach) on several.
+    # The copy to storage goes to the node's disk on one node, to shared storage (which
+    # every node must reach) on several.
     storage = args.disk_gbps if nodes == 1 else args.shared_gbps
-    io = trial_epochs * args.checkpoint_gb * (1 / (nodes * args.disk_gbps) + 1 / storage)
+    if args.policy == "before":
+        checkpoint = 2 * args.checkpoint_gb / args.disk_gbps  # one trial alone on its node
+        # Temporary copies go to each node's disk, then to storage.
+        io = trial_epochs * args.checkpoint_gb * (1 / (nodes * args.disk_gbps) + 1 / storage)
+    else:
+        written = args.checkpoint_gb / args.checkpoint_every + args.weights_gb * args.improving
+        checkpoint = written / args.d2h_gbps  # blocked for the host copies only
+        io = trial_epochs * written / storage
     starts = args.trials * args.trial_start_s / running
     bounds = {
         "GPU compute": trial_epochs * compute / gpus,
@@ -67,6 +80,7 @@ def estimate(args: argparse.Namespace, gpus: int, per_gpu: int) -> dict[str, Any
         "wall_s": args.sweep_start_s + max(bounds.values()),
         "bottleneck": bound,
         "idle_gpus": max(0, gpus - math.ceil(args.trials / per_gpu)),
+        "gpu_busy": bounds["GPU compute"] / (args.sweep_start_s + max(bounds.values())),
     }
 
 
@@ -83,7 +97,7 @@ def format_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"{args.trials} trials x {args.epochs} epochs with ASHA: {first['trial_epochs']:.0f} "
         f"trial-epochs; per trial-epoch {first['epoch_compute_s']:.2f} s GPU compute "
         f"({args.utilisation:.0%} of {args.peak_tflops:.0f} TFLOP/s) and "
-        f"{first['epoch_checkpoint_s']:.2f} s of checkpoint writes",
+        f"{first['epoch_checkpoint_s']:.2f} s blocked by checkpoints ({args.policy})",
         table(
             [
                 "GPUs",
@@ -94,6 +108,7 @@ def format_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 "storage s",
                 "longest trial s",
                 "estimate min",
+                "GPU busy",
                 "bound by",
             ],
             [
@@ -106,6 +121,7 @@ def format_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                     r["bounds_s"]["storage bandwidth"],
                     r["bounds_s"]["longest trial"],
                     r["wall_s"] / 60,
+                    f"{r['gpu_busy']:.0%}",
                     r["bottleneck"],
                 ]
                 for r in rows
@@ -130,6 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="trial-epochs ASHA trains over FIFO's (default: the synchronous-limit value for "
         "the sweep's grace period epochs/5 and reduction factor 3)",
+    )
+    sweep.add_argument(
+        "--policy",
+        choices=("before", "after"),
+        default="after",
+        help="checkpoint policy (default: %(default)s; see the module's help)",
+    )
+    sweep.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="after: epochs between full states (default: %(default)s, the CLI's)",
+    )
+    sweep.add_argument(
+        "--improving",
+        type=float,
+        default=0.5,
+        help="after: fraction of epochs that improve the selection and write the weights "
+        "(default: %(default)s, assumption)",
     )
     cost = parser.add_argument_group("costs")
     cost.add_argument(
@@ -158,6 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.4,
         help="one checkpoint with Adam state (default: %(default)s, design.md)",
+    )
+    cost.add_argument(
+        "--weights-gb",
+        type=float,
+        default=0.81,
+        help="the selected weights, fp32 (default: %(default)s, benchmarks.checkpoint_cost)",
+    )
+    cost.add_argument(
+        "--d2h-gbps",
+        type=float,
+        default=25.0,
+        help="device-to-host copy into pinned memory, GB/s (default: %(default)s, assumed: "
+        "about half of PCIe 5 x16)",
     )
     cost.add_argument(
         "--disk-gbps",

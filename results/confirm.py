@@ -25,7 +25,7 @@ from scipy import stats
 from results.compare import COMPARED
 from results.experiment import Experiment, Trial
 from trainable.errors import UserError
-from trainable.metrics import DICE, DICE_PER_IMAGE, NORMAL_FP_RATE
+from trainable.keys import DICE, DICE_PER_IMAGE, NORMAL_FP_RATE
 
 log = logging.getLogger(__name__)
 

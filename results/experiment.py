@@ -136,7 +136,7 @@ class Trial:
         """Wall time the trial trained (Tune's time_total_s at its last epoch)."""
         return _finite(self.rows[-1].get("time_total_s")) if self.rows else None
 
-    def device_time(self, cpus: int, gpus: float | None) -> str:
+    def device_time(self, cpus: int | None, gpus: float | None) -> str:
         """Run time times what the trial held: GPU-seconds on CUDA (`gpus` per trial, or
         the GPU ids it was given), CPU-seconds otherwise; "—" before its first epoch."""
         placement = self.path / PLACEMENT_FILE
@@ -146,7 +146,7 @@ class Trial:
         last = json.loads(starts[-1])
         if last["device"].startswith("cuda"):
             return f"{self.run_seconds * (gpus or len(last['gpu_ids']) or 1):.0f} GPU·s"
-        return f"{self.run_seconds * cpus:.0f} CPU·s"
+        return f"{self.run_seconds * (cpus or 1):.0f} CPU·s"
 
     @property
     def fold_spread(self) -> float | None:

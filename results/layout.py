@@ -25,7 +25,8 @@ SETTINGS_FILE = "busi_tune_settings.json"
 DATA_FILE = "data.json"  # the data's provenance
 
 # A trial's folder: written by the trial (trainable.tune_adapter) ...
-STATE_FILE = "state.pt"  # inside a checkpoint: the resumable training state
+STATE_FOLDER = "state"  # the latest full training state (model, optimiser, ...) to resume
+POINTER_FILE = "state.json"  # inside Tune's checkpoint_*: which state file, of which epoch
 MODEL_FILE = "model.pt"  # the selected model's weights (state dict), rewritten on improvement
 FOLD_MODEL_FILE = "model_fold{fold}.pt"  # the same for each fold of a cross-validated trial
 FAILURE_FILE = "failure.json"  # why a trial failed deterministically: its retries do not train

@@ -32,7 +32,7 @@ from results.reference import PublishedReference, load_reference
 from search_spaces import describe_params
 from trainable import keys
 from trainable.errors import UserError
-from trainable.metrics import (
+from trainable.keys import (
     AVERAGE_PRECISION,
     DICE,
     DICE_PER_IMAGE,

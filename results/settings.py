@@ -37,8 +37,9 @@ class RunSettings:
     resume: bool = False
     address: str | None = None
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    cpus_per_trial: int = 1
+    cpus_per_trial: int | None = None  # None: see tuner.sweep.default_cpus_per_trial
     max_failures: int = 2
+    checkpoint_every: int = 10  # epochs between full training states (resume points)
     local_gpus: int | None = None  # logical GPUs to declare when starting Ray locally
     cache_dir: Path | None = None
 
@@ -67,8 +68,8 @@ class RunSettings:
                 "--folds must be 1 or more, and 1 with --reference (the reference protocol "
                 "has no validation part)"
             )
-        if self.trials < 1 or self.cpus_per_trial < 1:
-            raise UserError("--trials and --cpus-per-trial must be at least 1")
+        if self.trials < 1 or (self.cpus_per_trial or 1) < 1 or self.checkpoint_every < 1:
+            raise UserError("--trials, --cpus-per-trial and --checkpoint-every must be at least 1")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise UserError("--gpus-per-trial must be 0 or more")
 

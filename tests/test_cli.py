@@ -273,3 +273,15 @@ def test_reference_run_on_real_busi(busi_root, tmp_path):
     config = json.loads((trial / "config.json").read_text())
     assert config["lr"] == 1e-4 and config["loss"] == "dice" and config["epochs"] == 1
     assert list(trial.glob("events.out.tfevents.*"))
+
+
+def test_gpu_trials_get_the_cpus_their_node_can_give_them():
+    from tuner.sweep import default_cpus_per_trial
+
+    h200_node = {"CPU": 16.0, "GPU": 1.0}
+    assert default_cpus_per_trial([h200_node], gpus=1.0) == 8  # 16 CPUs, at most 8
+    assert default_cpus_per_trial([h200_node], gpus=0.25) == 4  # 4 trials share 16 CPUs
+    eight_gpus = {"CPU": 96.0, "GPU": 8.0}
+    assert default_cpus_per_trial([eight_gpus, h200_node], gpus=0.5) == 6  # the tightest
+    assert default_cpus_per_trial([{"CPU": 2.0}], gpus=0.0) == 1  # CPU trials: one CPU
+    assert default_cpus_per_trial([{"CPU": 2.0, "GPU": 4.0}], gpus=1.0) == 1  # never 0

@@ -1,11 +1,15 @@
 import copy
 import math
+import os
 
+import cv2
 import numpy as np
+import pyarrow.fs
 import pytest
 import torch
 
 from trainable import engine
+from trainable.checkpointing import TrialStorage, snapshot
 from trainable.engine import NonFiniteLossError, fit
 from trainable.metrics import METRIC_KEYS
 from trainable.preprocess import BusiArrays
@@ -61,7 +65,9 @@ def test_selection_is_lowest_combined_loss_and_reports_are_complete(synth_arrays
     assert all(r.test_predictions is None for r in reports if not r.improved)
 
 
-def test_same_seed_same_metrics_and_resume_continues_identically(synth_arrays, tiny_config):
+def test_same_seed_same_metrics_and_resume_continues_identically(
+    synth_arrays, tiny_config, tmp_path
+):
     split = make_split(synth_arrays, SplitPolicy.RANDOM, seed=0, with_validation=True)
     config = tiny_config.replace(epochs=2, aug_hflip_p=0.5, aug_gauss_noise_p=0.5)
     _, run_a = _reports(config, synth_arrays, split)
@@ -69,14 +75,16 @@ def test_same_seed_same_metrics_and_resume_continues_identically(synth_arrays, t
     assert [r.train_loss for r in run_a] == [r.train_loss for r in run_b]
     assert run_a[-1].heldout == run_b[-1].heldout
 
-    saved = {}
-    fit(
-        config.replace(epochs=1),
-        synth_arrays,
-        split,
-        device=CPU,
-        on_epoch_end=lambda r, s: saved.update(s.to_dict()),
-    )
+    # The state is written as a trial writes it: snapshot at epoch 1, then training goes
+    # on (changing the live tensors) while it is written, then read back.
+    storage = TrialStorage(pyarrow.fs.LocalFileSystem(), str(tmp_path / "trial"))
+
+    def write_epoch_one(report, state) -> None:
+        if report.epoch == 1:
+            storage.write_tensors(storage.state_path(1), snapshot(state.to_dict()))
+
+    fit(config, synth_arrays, split, device=CPU, on_epoch_end=write_epoch_one)
+    saved = storage.read_tensors(storage.state_path(1), CPU)
     _, resumed = _reports(config, synth_arrays, split, resume_from=saved)
     assert [r.epoch for r in resumed] == [2]
     assert resumed[0].train_loss == pytest.approx(run_a[1].train_loss, rel=1e-5)
@@ -234,3 +242,44 @@ def test_a_last_batch_of_one_image_does_not_stop_training(synth_root, cache_dir,
     assert math.isfinite(reports[0].train_loss)
     loader = engine.make_train_loader(data, split, tiny_config, num_workers=0)
     assert not loader.drop_last  # only when a batch of one would be left over
+
+
+def _epoch(loader, epoch: int) -> list:
+    loader.sampler.generator.manual_seed(epoch)  # as Trainer.step does
+    return [[t.clone() for t in batch] for batch in loader]
+
+
+def test_a_trial_of_three_cpus_runs_two_single_threaded_workers(
+    synth_arrays, tiny_config, tmp_path, monkeypatch
+):
+    """--cpus-per-trial 3: 2 persistent DataLoader workers of one thread each (torch and
+    OpenCV), and the same batches, augmentation included, as without workers."""
+    split = make_split(synth_arrays, SplitPolicy.RANDOM, seed=0, with_validation=True)
+    config = tiny_config.replace(aug_hflip_p=0.5, aug_affine_p=0.5, aug_gauss_noise_p=0.5)
+    make_batch = engine.SegmentationSet.__getitems__
+
+    def probed(dataset, batch):  # which process made the batch, with how many threads
+        line = f"{os.getpid()} {torch.get_num_threads()} {cv2.getNumThreads()}\n"
+        with open(tmp_path / f"{os.getpid()}.txt", "a") as log:
+            log.write(line)
+        return make_batch(dataset, batch)
+
+    monkeypatch.setattr(engine.SegmentationSet, "__getitems__", probed)
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    engine.limit_threads(1)  # as the trial does for its trainer: 3 CPUs - 2 workers
+    loader = engine.make_train_loader(synth_arrays, split, config, num_workers=2)
+    assert loader.persistent_workers
+    with_workers = [batch for epoch in (1, 2) for batch in _epoch(loader, epoch)]
+    lines = [
+        line.split() for log in tmp_path.glob("*.txt") for line in log.read_text().splitlines()
+    ]
+    assert len({pid for pid, _, _ in lines}) == 2  # the same 2 workers for both epochs
+    assert {(torch_threads, cv2_threads) for _, torch_threads, cv2_threads in lines} == {("1", "1")}
+    torch.set_num_threads(before[0])
+    cv2.setNumThreads(before[1])
+
+    alone = engine.make_train_loader(synth_arrays, split, config, num_workers=0)
+    without = [batch for epoch in (1, 2) for batch in _epoch(alone, epoch)]
+    assert len(without) == len(with_workers)
+    for (image_a, mask_a), (image_b, mask_b) in zip(with_workers, without, strict=True):
+        assert torch.equal(image_a, image_b) and torch.equal(mask_a, mask_b)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs
 import pytest
 import ray
 import torch
@@ -28,6 +29,7 @@ from ray import tune
 
 from results import layout
 from results.settings import RunSettings
+from trainable.checkpointing import TrialStorage, pointer
 from trainable.config import TrainConfig
 from trainable.dataset import DataError, discover, load_sample, read_grey
 from trainable.integrity import check_dataset, format_report
@@ -292,28 +294,90 @@ class _RunsCode:
         return (Path.touch, (self.marker,))
 
 
-@pytest.mark.parametrize("damage", ["cut short", "crafted pickle", "wrong content"])
-def test_a_damaged_checkpoint_restarts_the_trial_with_a_warning(tmp_path, caplog, damage):
-    folder = tmp_path / "checkpoint_000002"
+def _checkpoint(tmp_path: Path, state: bytes) -> tuple[tune.Checkpoint, TrialStorage]:
+    """A Tune checkpoint pointing to a state file holding `state`, as a trial writes it."""
+    storage = TrialStorage(pyarrow.fs.LocalFileSystem(), str(tmp_path / "trial"))
+    path = storage.state_path(2)
+    storage._write(path, lambda stream: stream.write(state))
+    folder = tmp_path / "checkpoint_000001"
     folder.mkdir()
-    state = folder / layout.STATE_FILE
-    marker = tmp_path / "code-ran"
+    (folder / layout.POINTER_FILE).write_text(pointer(path, 2))
+    return tune.Checkpoint.from_directory(folder), storage
+
+
+def _saved(tree) -> bytes:
     buffer = io.BytesIO()
-    torch.save({"folds": [{"epoch": 2, "weights": torch.ones(3)}]}, buffer)
-    if damage == "cut short":
-        state.write_bytes(buffer.getvalue()[:200])
-    elif damage == "crafted pickle":
-        torch.save({"folds": [_RunsCode(marker)]}, state)
-    else:
-        state.write_text(json.dumps({"not": "a state"}))
-    assert load_checkpoint(tune.Checkpoint.from_directory(folder), torch.device("cpu")) is None
-    assert "unreadable" in caplog.text and "restarts from its first epoch" in caplog.text
+    torch.save(tree, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["cut short", "crafted pickle", "wrong content", "pointer"])
+def test_a_damaged_checkpoint_restarts_the_trial_with_a_warning(tmp_path, caplog, damage):
+    marker = tmp_path / "code-ran"
+    good = _saved({"folds": [{"epoch": 2, "weights": torch.ones(3)}]})
+    state = {
+        "cut short": good[:200],
+        "crafted pickle": _saved({"folds": [_RunsCode(marker)]}),
+        "wrong content": json.dumps({"not": "a state"}).encode(),
+        "pointer": good,
+    }[damage]
+    checkpoint, storage = _checkpoint(tmp_path, state)
+    if damage == "pointer":
+        (Path(checkpoint.path) / layout.POINTER_FILE).write_text('{"sta')
+    loaded, note = load_checkpoint(checkpoint, storage, torch.device("cpu"))
+    assert loaded is None and "restarts from its first epoch" in note
+    assert "unreadable" in caplog.text
     assert not marker.exists()  # nothing from the experiment folder ran
 
 
 def test_a_good_checkpoint_loads(tmp_path):
-    folder = tmp_path / "checkpoint_000002"
-    folder.mkdir()
-    torch.save({"folds": [{"epoch": 2, "weights": torch.ones(3)}]}, folder / layout.STATE_FILE)
-    (loaded,) = load_checkpoint(tune.Checkpoint.from_directory(folder), torch.device("cpu"))
-    assert loaded["epoch"] == 2 and loaded["weights"].tolist() == [1.0, 1.0, 1.0]
+    good = _saved({"folds": [{"epoch": 2, "weights": torch.ones(3)}]})
+    checkpoint, storage = _checkpoint(tmp_path, good)
+    (loaded,), note = load_checkpoint(checkpoint, storage, torch.device("cpu"))
+    assert note == "" and loaded["epoch"] == 2 and loaded["weights"].tolist() == [1.0, 1.0, 1.0]
+
+
+# --- a real full disk ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs: room for the settings and the study, not for a checkpoint."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)]
+    if subprocess.run(command, capture_output=True).returncode != 0:
+        pytest.skip("a real full disk needs a tmpfs mount (root); the injected ENOSPC covers it")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "tuner", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_run_is_one_line_and_never_starts_over(
+    synth_root, small_disk, tmp_path
+):
+    where = ["--storage", str(small_disk), "--name", "full"]
+    budget = ["--epochs", "1", "--trials", "1", "--max-failures", "0"]
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    first = _cli("run", "--data", str(synth_root), *SMALL, *budget, *cache, *where, cwd=tmp_path)
+    last = first.stderr.strip().splitlines()[-1]
+    assert first.returncode == 2, first.stderr[-3000:]
+    assert last.startswith(f"error: {small_disk / 'full'}: no space left on the device")
+    assert "continue with: python -m tuner run --resume --name full" in last
+
+    subprocess.run(["mount", "-o", "remount,size=2g", str(small_disk)], check=True)
+    resumed = _cli("run", "--resume", *where, cwd=tmp_path)
+    trials = sorted(p.name for p in (small_disk / "full").glob("trial_*"))
+    # Either it continues the one trial, or it refuses in one line; never a second start.
+    assert "Restarting experiment" not in resumed.stderr and len(trials) == 1
+    if resumed.returncode != 0:
+        assert resumed.returncode == 2
+        line = resumed.stderr.strip().splitlines()[-1]
+        assert "run state is missing or damaged" in line and "start a new experiment" in line
+    report = _cli("report", str(small_disk / "full"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from sklearn import metrics as skm
 
 from trainable.metrics import (
@@ -281,3 +282,41 @@ def test_invalid_inputs():
         PixelStats().compute()
     with pytest.raises(ValueError, match="bins"):
         PixelStats(bins=0)
+
+
+def _stats_on(device: str, probs: np.ndarray, masks: np.ndarray) -> PixelStats:
+    stats = PixelStats()
+    for start in range(0, len(probs), 3):  # batches of 3, as an evaluation feeds them
+        stats.update(
+            torch.from_numpy(probs[start : start + 3]).to(device),
+            torch.from_numpy(masks[start : start + 3]).to(device),
+        )
+    return stats
+
+
+def _random_part(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((8, 32, 32), dtype=np.uint8)
+    masks[:6, 8:20, 10:24] = 1  # six lesion images, two lesion-free
+    probs = np.clip(masks * 0.6 + rng.normal(0.2, 0.25, masks.shape), 0, 1).astype(np.float32)
+    return probs, masks
+
+
+def test_tensors_give_what_arrays_give():
+    probs, masks = _random_part()
+    from_arrays = PixelStats()
+    for start in range(0, len(probs), 3):
+        from_arrays.update(probs[start : start + 3], masks[start : start + 3])
+    from_tensors = _stats_on("cpu", probs, masks)
+    assert from_tensors.compute() == from_arrays.compute()
+    assert from_tensors.dice_loss() == from_arrays.dice_loss()
+    np.testing.assert_array_equal(from_tensors.per_image_counts(), from_arrays.per_image_counts())
+
+
+@pytest.mark.gpu
+def test_statistics_accumulated_on_the_gpu_equal_the_cpu_ones():
+    probs, masks = _random_part()
+    on_gpu, on_cpu = _stats_on("cuda", probs, masks), _stats_on("cpu", probs, masks)
+    assert on_gpu.compute() == on_cpu.compute()  # integer counts and histograms: exact
+    assert on_gpu.dice_loss() == pytest.approx(on_cpu.dice_loss(), abs=1e-12)  # float64 sums
+    np.testing.assert_array_equal(on_gpu.per_image_counts(), on_cpu.per_image_counts())

@@ -463,3 +463,18 @@ def test_confirm_two_seeds_end_to_end(real_sweep, capsys):
     assert {r["seed"] for r in result["runs"]} == {1, 2}
     write_report(real_sweep)
     assert "Confirmation over seeds" in (real_sweep / "report" / "report.md").read_text()
+
+
+def test_the_reporter_imports_neither_ray_nor_torch_nor_the_tuner():
+    """`results` reads an experiment offline: a fresh interpreter that imports the
+    reporter loads none of the training stack, and no package cycle holds it there."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, results.report, results.confirm, results.experiment; "
+        "print(sorted(m for m in ('ray', 'torch', 'tuner') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"

@@ -14,6 +14,7 @@ selected model's test metrics are known without the test part ever influencing a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -141,7 +143,7 @@ class SegmentationSet(torch.utils.data.Dataset):
     """Training items from the cached arrays: augmented, normalised, (1, S, S) float32."""
 
     def __init__(self, data: BusiArrays, indices: np.ndarray, config: TrainConfig) -> None:
-        self.data, self.indices = data, indices
+        self.data, self.indices, self.seed = data, indices, config.seed
         self.augmentation = build_augmentation(config)
 
     def __len__(self) -> int:
@@ -155,6 +157,10 @@ class SegmentationSet(torch.utils.data.Dataset):
         rows = self.indices[batch]
         images, masks = self.data.images[rows], self.data.masks[rows]
         if self.augmentation is not None:
+            # Seeded by the batch itself (the shuffled order differs every epoch): the same
+            # augmentation whichever worker makes the batch, with or without workers, and
+            # after a resume.
+            self.augmentation.set_random_seed(batch_seed(self.seed, batch))
             pairs = [
                 self.augmentation(image=im, mask=m) for im, m in zip(images, masks, strict=True)
             ]
@@ -165,28 +171,38 @@ class SegmentationSet(torch.utils.data.Dataset):
         return list(zip(images, masks, strict=True))
 
 
-def _seed_worker_augmentation(worker_id: int) -> None:
-    # Each worker gets its own augmentation stream, derived from the loader's seed.
-    info = torch.utils.data.get_worker_info()
-    if info.dataset.augmentation is not None:
-        info.dataset.augmentation.set_random_seed(info.seed % 2**32)
+def batch_seed(seed: int, batch: list[int]) -> int:
+    digest = hashlib.blake2b(np.asarray([seed, *batch], dtype=np.int64).tobytes(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") % 2**32
+
+
+def limit_threads(threads: int) -> None:
+    """Torch's and OpenCV's thread pools to `threads` in this process. Call it before the
+    DataLoader starts its workers: they inherit OpenCV's setting (which ignores
+    OMP_NUM_THREADS and would use every core of the node in every worker; changing it in
+    a forked worker can deadlock), and torch gives each worker one thread itself."""
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
 
 
 def make_train_loader(
     data: BusiArrays, split: Split, config: TrainConfig, num_workers: int
 ) -> torch.utils.data.DataLoader:
+    """The training part in a shuffled order that `loader.sampler.generator` alone decides
+    (reseeded every epoch by the trainer): the DataLoader draws its workers' seeds from
+    its own generator once per iterator, which persistent workers make once per trial."""
+    dataset = SegmentationSet(data, split.train, config)
     return torch.utils.data.DataLoader(
-        SegmentationSet(data, split.train, config),
+        dataset,
         batch_size=config.batch_size,
-        shuffle=True,
+        sampler=torch.utils.data.RandomSampler(dataset, generator=torch.Generator()),
         # BatchNorm cannot train on a batch of one image: such a last batch is dropped
         # (a different image each epoch, as the order is shuffled).
         drop_last=len(split.train) % config.batch_size == 1,
         num_workers=num_workers,
-        worker_init_fn=_seed_worker_augmentation if num_workers else None,
-        persistent_workers=False,
+        # Workers live as long as the loader (the trial), not one epoch.
+        persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator(),
     )
 
 
@@ -199,9 +215,10 @@ def train_one_epoch(
     precision: Precision,
     scaler: torch.amp.GradScaler,
 ) -> float:
-    """One pass over the training part; returns the mean batch loss."""
+    """One pass over the training part; returns the mean batch loss. The losses are summed
+    on the device and read once: `loss.item()` per step would wait for the GPU every step."""
     model.train()
-    total, batches = 0.0, 0
+    total, batches = torch.zeros((), device=device), 0
     for images, masks in loader:
         images = precision.layout(images.to(device, non_blocking=True))
         masks = masks.to(device, non_blocking=True)
@@ -211,9 +228,9 @@ def train_one_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total += loss.item()
+        total += loss.detach().float()
         batches += 1
-    mean = total / max(batches, 1)
+    mean = total.item() / max(batches, 1)
     if not math.isfinite(mean):
         raise NonFiniteLossError(f"training loss became {mean}; lower the learning rate")
     return mean
@@ -278,17 +295,20 @@ def evaluate(
     model.eval()
     size = truth.image_size
     kept = torch.empty((len(indices), size, size)) if keep_probabilities else None
+    # Statistics and predicted masks stay on the device; the masks come back once, at the end.
     stats = PixelStats(threshold=threshold)
-    predictions = np.empty((len(indices), size, size), dtype=bool)
+    predictions = []
     for start in range(0, len(indices), batch_size):
         rows = indices[start : start + batch_size]
-        probs = predict_probabilities(model, inputs.images[rows], device, precision, size).cpu()
+        probs = predict_probabilities(model, inputs.images[rows], device, precision, size)
         if kept is not None:
-            kept[start : start + len(rows)] = probs
-        probs = probs.numpy()
-        stats.update(probs, truth.masks[rows])
-        predictions[start : start + len(rows)] = probs > threshold
-    return Evaluation(stats.dice_loss(), stats, predictions, kept)
+            kept[start : start + len(rows)] = probs.cpu()
+        stats.update(probs, torch.from_numpy(truth.masks[rows]).to(device, non_blocking=True))
+        predictions.append(probs > threshold)
+    predicted = (
+        torch.cat(predictions).cpu().numpy() if predictions else np.empty((0, size, size), bool)
+    )
+    return Evaluation(stats.dice_loss(), stats, predicted, kept)
 
 
 def score_probabilities(
@@ -336,6 +356,9 @@ class Trainer:
         keep_test_probabilities: bool = False,
     ) -> None:
         torch.manual_seed(config.seed)
+        if device.type == "cuda":
+            # Every batch has one shape: let cuDNN time its kernels once and keep the fastest.
+            torch.backends.cudnn.benchmark = True
         self.config, self.data, self.split, self.device = config, data, split, device
         self.truth = data if truth is None else truth
         self.select_on_test = select_on_test
@@ -379,9 +402,7 @@ class Trainer:
         config, state, loader = self.config, self.state, self.loader
         epoch = state.epoch + 1
         # Re-seeding per epoch makes a resumed run draw the same batches and augmentations.
-        loader.generator.manual_seed(config.seed * 1000 + epoch)
-        if loader.dataset.augmentation is not None:
-            loader.dataset.augmentation.set_random_seed(config.seed * 1000 + epoch)
+        loader.sampler.generator.manual_seed(config.seed * 1000 + epoch)
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(

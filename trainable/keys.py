@@ -3,7 +3,30 @@ and the reporter so that the name reported and the name optimised cannot drift a
 
 from __future__ import annotations
 
-from trainable.metrics import DICE, METRIC_KEYS, NORMAL_FP_RATE
+# The pixel metrics (trainable.metrics computes them), by name.
+ACCURACY = "accuracy"
+PRECISION = "precision"
+RECALL = "recall"
+F1 = "f1"
+IOU = "iou"
+DICE = "dice"
+ROC_AUC = "roc_auc"
+AVERAGE_PRECISION = "average_precision"
+DICE_PER_IMAGE = "dice_per_image"
+NORMAL_FP_RATE = "normal_fp_rate"
+
+METRIC_KEYS: tuple[str, ...] = (
+    ACCURACY,
+    PRECISION,
+    RECALL,
+    F1,
+    IOU,
+    DICE,
+    ROC_AUC,
+    AVERAGE_PRECISION,
+    DICE_PER_IMAGE,
+    NORMAL_FP_RATE,
+)
 
 EPOCH = "epoch"
 TRAIN_LOSS = "train_loss"

@@ -1,4 +1,4 @@
-"""Pixel-level segmentation metrics for binary lesion masks (numpy only).
+"""Pixel-level segmentation metrics for binary lesion masks.
 
 Pipeline, in the MONAI / segmentation_models_pytorch style: confusion counts -> one-line formulas
 -> a dict keyed by the module-level name constants. :class:`PixelStats` accumulates over batches;
@@ -38,34 +38,29 @@ roc_auc and average_precision are computed on a 65,536-bin histogram of the prob
 roc_auc is the trapezoidal area under the bin-wise cumulative (FPR, TPR) points; average
 precision is scikit-learn's sum over thresholds of (R_n - R_{n-1}) * P_n with thresholds at the
 bin boundaries. Both agree with scikit-learn to better than 1e-4 on continuous probabilities.
+
+:class:`PixelStats` takes torch tensors on any device, or numpy arrays, and accumulates on the
+batch's device: counts and histograms are exact integers wherever they are summed, so a GPU
+gives the same metrics as the CPU, and nothing waits for the GPU until the metrics are read.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-ACCURACY = "accuracy"
-PRECISION = "precision"
-RECALL = "recall"
-F1 = "f1"
-IOU = "iou"
-DICE = "dice"
-ROC_AUC = "roc_auc"
-AVERAGE_PRECISION = "average_precision"
-DICE_PER_IMAGE = "dice_per_image"
-NORMAL_FP_RATE = "normal_fp_rate"
-
-METRIC_KEYS: tuple[str, ...] = (
+from trainable.keys import (  # the names live with the other keys; re-exported
     ACCURACY,
-    PRECISION,
-    RECALL,
+    AVERAGE_PRECISION,
+    DICE,
+    DICE_PER_IMAGE,
     F1,
     IOU,
-    DICE,
-    ROC_AUC,
-    AVERAGE_PRECISION,
-    DICE_PER_IMAGE,
+    METRIC_KEYS,
     NORMAL_FP_RATE,
+    PRECISION,
+    RECALL,
+    ROC_AUC,
 )
 
 __all__ = [
@@ -106,83 +101,97 @@ class PixelStats:
             raise ValueError(f"bins must be >= 1, got {bins}")
         self.threshold = float(threshold)
         self.bins = int(bins)
-        self.tp = self.fp = self.fn = self.tn = 0
-        self.pos_hist = np.zeros(self.bins, dtype=np.int64)
-        self.neg_hist = np.zeros(self.bins, dtype=np.int64)
-        self.soft_intersection = 0.0  # sum of p * y, float64
-        self.soft_total = 0.0  # sum of p + sum of y, float64
-        self._dice: list[np.ndarray] = []
-        self._counts: list[np.ndarray] = []  # per image: tp, fp, fn
-        self._normal_fp: list[np.ndarray] = []
+        # On the device of the first batch: negatives' bins, then positives' (one bincount).
+        self._hist: torch.Tensor | None = None
+        self._soft: torch.Tensor | None = None  # float64: sum of p * y, sum of p + sum of y
+        self._out_of_range: torch.Tensor | None = None  # any probability outside [0, 1]
+        self._counts: list[torch.Tensor] = []  # per image: tp, fp, fn
+        self._pixels = 0
 
-    def update(self, probs: np.ndarray, masks: np.ndarray) -> None:
+    def update(self, probs: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor) -> None:
         """Add a batch: ``probs`` in [0, 1] and binary ``masks``, first axis = images."""
-        probs = np.asarray(probs)
-        masks = np.asarray(masks)
+        probs = torch.as_tensor(probs)
+        masks = torch.as_tensor(masks, device=probs.device)
         if probs.ndim < 2 or masks.ndim < 2 or probs.shape[0] != masks.shape[0]:
-            raise ValueError(f"expected (N, ...) arrays, got {probs.shape} and {masks.shape}")
+            raise ValueError(
+                f"expected (N, ...) arrays, got {tuple(probs.shape)} and {tuple(masks.shape)}"
+            )
         if _image_axes_shape(probs.shape) != _image_axes_shape(masks.shape):
-            raise ValueError(f"shape mismatch: probs {probs.shape} vs masks {masks.shape}")
-        if probs.size == 0:
+            raise ValueError(
+                f"shape mismatch: probs {tuple(probs.shape)} vs masks {tuple(masks.shape)}"
+            )
+        if probs.numel() == 0:
             return
-        if probs.dtype not in (np.float32, np.float64):
-            probs = probs.astype(np.float32)
-        lo, hi = probs.min(), probs.max()
-        if not (lo >= 0.0 and hi <= 1.0):
-            raise ValueError(f"probabilities must lie in [0, 1], got range [{lo}, {hi}]")
+        if probs.dtype not in (torch.float32, torch.float64):
+            probs = probs.float()
         n = probs.shape[0]
         probs = probs.reshape(n, -1)
-        truth = masks.reshape(n, -1)
-        if truth.dtype != np.bool_:
-            truth = truth != 0
-
-        self.soft_intersection += float(probs[truth].sum(dtype=np.float64))
-        self.soft_total += float(probs.sum(dtype=np.float64)) + int(np.count_nonzero(truth))
+        truth = masks.reshape(n, -1) != 0
+        if self._hist is None:
+            device = probs.device
+            self._hist = torch.zeros(2 * self.bins, dtype=torch.int64, device=device)
+            self._soft = torch.zeros(2, dtype=torch.float64, device=device)
+            self._out_of_range = torch.zeros((), dtype=torch.bool, device=device)
+        # Checked when the metrics are read: raising here would wait for the GPU.
+        self._out_of_range |= ~((probs >= 0) & (probs <= 1)).all()
+        self._soft[0] += (probs * truth).sum(dtype=torch.float64)
+        self._soft[1] += probs.sum(dtype=torch.float64) + truth.sum()
 
         pred = probs > self.threshold
-        tp_i = np.count_nonzero(pred & truth, axis=1)
-        pred_i = np.count_nonzero(pred, axis=1)
-        true_i = np.count_nonzero(truth, axis=1)
-        del pred
-        tp = int(tp_i.sum())
-        fp = int(pred_i.sum()) - tp
-        fn = int(true_i.sum()) - tp
-        self.tp += tp
-        self.fp += fp
-        self.fn += fn
-        self.tn += probs.size - tp - fp - fn
+        tp_i = (pred & truth).sum(dim=1)
+        pred_i = pred.sum(dim=1)
+        true_i = truth.sum(dim=1)
+        self._counts.append(torch.stack([tp_i, pred_i - tp_i, true_i - tp_i], dim=1))
+        self._pixels += probs.numel()
 
-        self._counts.append(np.stack([tp_i, pred_i - tp_i, true_i - tp_i], axis=1))
-        has_lesion = true_i > 0
-        dice_i = np.full(n, np.nan)
-        dice_i[has_lesion] = 2.0 * tp_i[has_lesion] / (pred_i[has_lesion] + true_i[has_lesion])
-        self._dice.append(dice_i)
-        self._normal_fp.append(pred_i[~has_lesion] > 0)
+        # Bin index floor(p * bins), with p == 1.0 folded into the last bin; positives are
+        # shifted by `bins` so that one bincount fills both histograms.
+        idx = (probs * self.bins).long().clamp_(0, self.bins - 1)
+        idx += truth * self.bins
+        self._hist += torch.bincount(idx.ravel(), minlength=2 * self.bins)
 
-        # Bin index floor(p * bins), with p == 1.0 folded into the last bin; positives are shifted
-        # by `bins` so that one bincount fills both histograms.
-        idx = (probs * self.bins).astype(np.intp)
-        np.minimum(idx, self.bins - 1, out=idx)
-        np.add(idx, self.bins, out=idx, where=truth)
-        counts = np.bincount(idx.ravel(), minlength=2 * self.bins)
-        self.neg_hist += counts[: self.bins]
-        self.pos_hist += counts[self.bins :]
+    def _checked(self) -> None:
+        if self._out_of_range is not None and bool(self._out_of_range):
+            raise ValueError("probabilities must lie in [0, 1] (some were outside, or NaN)")
+
+    @property
+    def neg_hist(self) -> np.ndarray:
+        return self._histogram()[: self.bins]
+
+    @property
+    def pos_hist(self) -> np.ndarray:
+        return self._histogram()[self.bins :]
+
+    def _histogram(self) -> np.ndarray:
+        if self._hist is None:
+            return np.zeros(2 * self.bins, dtype=np.int64)
+        return self._hist.cpu().numpy()
 
     def dice_loss(self) -> float:
         """Soft Dice loss pooled over every pixel accumulated so far (0 when both the truth
         and the probabilities are all zero)."""
-        if self.soft_total == 0:
+        self._checked()
+        if self._soft is None:
             return 0.0
-        return 1.0 - 2.0 * self.soft_intersection / self.soft_total
+        intersection, total = self._soft.tolist()
+        return 1.0 - 2.0 * intersection / total if total else 0.0
 
     def per_image_counts(self) -> np.ndarray:
         """(N, 3) int: tp, fp, fn of every image in update order; their sums are the
         pooled counts, so a bootstrap over images can recompute the pooled metrics."""
-        return np.concatenate(self._counts) if self._counts else np.empty((0, 3), np.int64)
+        if not self._counts:
+            return np.empty((0, 3), np.int64)
+        return torch.cat(self._counts).cpu().numpy().astype(np.int64)
 
     def per_image_dice(self) -> np.ndarray:
         """Dice of every image in update order, NaN for images without a lesion."""
-        return np.concatenate(self._dice) if self._dice else np.empty(0)
+        tp, fp, fn = self.per_image_counts().T
+        dice = np.full(tp.shape, np.nan)
+        has_lesion = tp + fn > 0
+        dice[has_lesion] = (
+            2.0 * tp[has_lesion] / (2 * tp[has_lesion] + fp[has_lesion] + fn[has_lesion])
+        )
+        return dice
 
     def curves(self) -> dict[str, np.ndarray]:
         """ROC and PR points, one per bin edge from threshold 1 down to 0 (``bins + 1`` points).
@@ -192,8 +201,9 @@ class PixelStats:
         ``recall``) are NaN when there are no negative (positive) pixels; ``precision`` is 1.0
         where nothing is predicted.
         """
-        tps = np.concatenate(([0], np.cumsum(self.pos_hist[::-1])))
-        fps = np.concatenate(([0], np.cumsum(self.neg_hist[::-1])))
+        histogram = self._histogram()
+        tps = np.concatenate(([0], np.cumsum(histogram[self.bins :][::-1])))
+        fps = np.concatenate(([0], np.cumsum(histogram[: self.bins][::-1])))
         predicted = tps + fps
         precision = np.ones(predicted.shape)
         np.divide(tps, predicted, out=precision, where=predicted > 0)
@@ -208,13 +218,17 @@ class PixelStats:
 
     def compute(self) -> dict[str, float]:
         """All :data:`METRIC_KEYS` from what has been accumulated so far."""
-        tp, fp, fn, tn = self.tp, self.fp, self.fn, self.tn
-        total = tp + fp + fn + tn
-        if total == 0:
+        if self._pixels == 0:
             raise ValueError("no pixels accumulated")
+        self._checked()
+        counts = self.per_image_counts()
+        tp, fp, fn = (int(c) for c in counts.sum(axis=0))
+        total = self._pixels
+        tn = total - tp - fp - fn
         dice_den = 2 * tp + fp + fn
         dice = 2 * tp / dice_den if dice_den else 1.0
-        if self.pos_hist.any() and self.neg_hist.any():
+        histogram = self._histogram()
+        if histogram[self.bins :].any() and histogram[: self.bins].any():
             curves = self.curves()
             fpr, tpr, recall = curves["fpr"], curves["tpr"], curves["recall"]
             roc_auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)
@@ -223,7 +237,8 @@ class PixelStats:
             roc_auc = average_precision = np.nan
         dice_i = self.per_image_dice()
         lesion_dice = dice_i[~np.isnan(dice_i)]
-        normal_fp = np.concatenate(self._normal_fp)
+        normal = counts[:, 0] + counts[:, 2] == 0  # images without a lesion
+        normal_fp = counts[normal, 1] > 0
         return {
             ACCURACY: (tp + tn) / total,
             PRECISION: tp / (tp + fp) if tp + fp else float(fn == 0),

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from trainable.engine import EpochReport
-from trainable.metrics import DICE, IOU, METRIC_KEYS
+from trainable.keys import DICE, IOU, METRIC_KEYS
 
 IMAGE_TAG = "validation/examples"
 SCALAR_TAGS = (

@@ -12,6 +12,9 @@ import logging
 import math
 import tempfile
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +29,13 @@ from results.layout import (
     FAILURE_FILE,
     METRICS_FILE,
     PLACEMENT_FILE,
+    POINTER_FILE,
     SELECTION_FILE,
     SPLIT_FILE,
-    STATE_FILE,
     model_files,
 )
 from trainable import keys
+from trainable.checkpointing import TrialStorage, pointer, read_pointer, snapshot
 from trainable.config import TrainConfig
 from trainable.engine import (
     LOSS,
@@ -40,9 +44,10 @@ from trainable.engine import (
     TrainingState,
     fit,
     fit_folds,
+    limit_threads,
     pick_device,
 )
-from trainable.metrics import METRIC_KEYS
+from trainable.keys import METRIC_KEYS
 from trainable.preprocess import SizedData
 from trainable.splits import Split, SplitPolicy, experiment_splits, manifest_of
 from trainable.tensorboard import TrialWriter
@@ -62,6 +67,7 @@ class TrialSetup:
     objective: str = keys.DEFAULT_OBJECTIVE
     cpus: int = 1
     num_workers: int = 0
+    checkpoint_every: int = 10  # epochs between full states (see benchmarks/checkpoint_cost)
     image_every: int = 5
     examples: int = 4
 
@@ -177,9 +183,12 @@ def write_selection(directory: Path, report: EpochReport, names: list[str]) -> N
     )
 
 
-def log_placement(trial_dir: Path, device: torch.device, resumed_after_epoch: int) -> None:
-    """One line per (re)start of the trial: where it ran and where it resumed from, so a
-    retry after a lost node can be seen and checked."""
+def log_placement(
+    storage: TrialStorage, device: torch.device, resumed_after_epoch: int, note: str = ""
+) -> None:
+    """One line per (re)start of the trial, written to its storage folder (so a start on
+    another node, or after --resume, adds to the record instead of replacing it): where it
+    ran and where it resumed from."""
     entry = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
@@ -187,8 +196,9 @@ def log_placement(trial_dir: Path, device: torch.device, resumed_after_epoch: in
         "resumed_after_epoch": resumed_after_epoch,
         "time": time.time(),
     }
-    with open(trial_dir / PLACEMENT_FILE, "a") as log_file:
-        log_file.write(json.dumps(entry) + "\n")
+    if note:
+        entry["note"] = note
+    storage.append_line(PLACEMENT_FILE, json.dumps(entry))
 
 
 class DeterministicFailure(RuntimeError):
@@ -201,82 +211,126 @@ class DeterministicFailure(RuntimeError):
 DETERMINISTIC = (NonFiniteLossError, torch.OutOfMemoryError, ValueError)
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Write then rename: a reader never sees half a file."""
-    partial = path.with_suffix(".partial")
-    torch.save(model.state_dict(), partial)
-    partial.replace(path)
-
-
-def _refuse_known_failure(trial_dir: Path) -> None:
-    path = trial_dir / FAILURE_FILE
-    if path.is_file():
-        reason = json.loads(path.read_text())["reason"]
+def _refuse_known_failure(storage: TrialStorage) -> None:
+    recorded = storage.read_text(FAILURE_FILE)
+    if recorded is not None:
+        reason = json.loads(recorded)["reason"]
         raise DeterministicFailure(f"not retried, it would fail again: {reason}")
 
 
-def _record_failure(trial_dir: Path, error: BaseException) -> None:
+def _record_failure(storage: TrialStorage, error: BaseException) -> None:
     reason = f"{type(error).__name__}: {error}"
-    (trial_dir / FAILURE_FILE).write_text(json.dumps({"reason": reason}) + "\n")
+    storage.write_text(FAILURE_FILE, json.dumps({"reason": reason}) + "\n")
 
 
-# Records of earlier starts of a trial, appended to by each start. A start on another node
-# or after --resume begins in a fresh working folder, and Tune's upload would replace the
-# storage's copy with the new start's lines: each start first fetches them from storage.
-CARRIED_RECORDS = (PLACEMENT_FILE, FAILURE_FILE)
+def trial_storage() -> TrialStorage:
+    """This trial's folder on the experiment's storage (local, NFS or s3://)."""
+    context = tune.get_context().get_storage()
+    return TrialStorage(context.storage_filesystem, context.trial_fs_path)
 
 
-def fetch_records(trial_dir: Path) -> None:
-    """Copy the trial's records from its storage folder (local or remote) when this
-    working folder has none."""
-    storage = tune.get_context().get_storage()
-    for name in CARRIED_RECORDS:
-        local = trial_dir / name
-        if local.exists():
-            continue
-        try:
-            with storage.storage_filesystem.open_input_stream(
-                f"{storage.trial_fs_path}/{name}"
-            ) as stream:
-                local.write_bytes(stream.readall())
-        except FileNotFoundError:
-            continue
-
-
-def load_checkpoint(checkpoint: tune.Checkpoint | None, device: torch.device) -> list | None:
-    """The per-fold training states of the last checkpoint; None for a fresh start, also
-    when the checkpoint is damaged (cut short, or not a plain state: weights_only refuses
-    any pickled code), with a warning: the trial then trains from its first epoch."""
+def load_checkpoint(
+    checkpoint: tune.Checkpoint | None, storage: TrialStorage, device: torch.device
+) -> tuple[list | None, str]:
+    """The per-fold training states the last checkpoint points to, and "" or a note. A
+    damaged checkpoint or state (cut short, or not plain tensors: `weights_only` refuses
+    pickled code) gives None with a warning: the trial restarts from its first epoch."""
     if checkpoint is None:
-        return None
+        return None, ""
     try:
         with checkpoint.as_directory() as directory:
-            saved = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
-        return saved["folds"]
-    except Exception as error:  # torch raises many kinds for one damaged file
-        log.warning(
-            "checkpoint %s unreadable (%s: %s); the trial restarts from its first epoch",
-            checkpoint.path,
-            type(error).__name__,
-            str(error).splitlines()[0] if str(error) else "",
+            path, _ = read_pointer((Path(directory) / POINTER_FILE).read_text())
+        return storage.read_tensors(path, device)["folds"], ""
+    except Exception as error:  # torch and pyarrow raise many kinds for one damaged file
+        note = (
+            f"checkpoint {checkpoint.path} unreadable ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); the trial restarts from "
+            "its first epoch"
         )
-        return None
+        log.warning(note)
+        return None, note
+
+
+class Reports:
+    """Reports every epoch to Tune, in order, each once what it announces is on storage.
+
+    Writes (the selected weights on improvement, the full state every `every` epochs)
+    run on one writer thread while training goes on; an epoch's report waits in a queue
+    until its writes are done, so Tune (and a scheduler that stops the trial after it)
+    never sees an epoch whose files are not there. A full state's report carries a Tune
+    checkpoint holding only a pointer to it; older states are then deleted."""
+
+    def __init__(self, storage: TrialStorage, every: int, epochs: int) -> None:
+        self.storage, self.every, self.epochs = storage, every, epochs
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-writer")
+        self.queue: deque[tuple[dict[str, float], list[Future], str | None, int]] = deque()
+
+    def epoch(
+        self,
+        metrics: dict[str, float],
+        epoch: int,
+        weights: dict[str, dict],
+        states: Callable[[], dict] | None,
+    ) -> None:
+        """`weights`: file name -> the selected model's state dict, for files to rewrite;
+        `states`: the full state's builder, called only at the interval."""
+        jobs = [
+            self.writer.submit(self.storage.write_tensors, self.storage.path(name), copy)
+            for name, copy in snapshot(weights).items()
+        ]
+        state_path = None
+        if states is not None and epoch % self.every == 0 and epoch < self.epochs:
+            state_path = self.storage.state_path(epoch)
+            full = snapshot(states())
+            jobs.append(self.writer.submit(self.storage.write_tensors, state_path, full))
+        self.queue.append((metrics, jobs, state_path, epoch))
+        self._send(wait=epoch >= self.epochs)
+
+    def close(self) -> None:
+        """Send what is left (the last epoch's report waits for its writes)."""
+        try:
+            self._send(wait=True)
+        finally:
+            self.writer.shutdown(wait=True)
+
+    def _send(self, wait: bool) -> None:
+        while self.queue:
+            metrics, jobs, state_path, epoch = self.queue[0]
+            if not wait and not all(job.done() for job in jobs):
+                return
+            for job in jobs:
+                job.result()  # a failed write fails the trial here
+            self.queue.popleft()
+            if state_path is None:
+                tune.report(metrics)
+                continue
+            with tempfile.TemporaryDirectory() as directory:
+                (Path(directory) / POINTER_FILE).write_text(pointer(state_path, epoch))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            self.storage.keep_only_state(state_path)
 
 
 def train_busi(tune_config: dict[str, Any], data: SizedData, setup: TrialSetup) -> None:
     """The function trainable: one training run, reported every epoch."""
     trial_dir = Path(tune.get_context().get_trial_dir())
-    fetch_records(trial_dir)
-    _refuse_known_failure(trial_dir)
+    storage = trial_storage()
+    _refuse_known_failure(storage)
     try:
-        _train(tune_config, data, setup, trial_dir)
+        _train(tune_config, data, setup, trial_dir, storage)
     except DETERMINISTIC as error:
-        _record_failure(trial_dir, error)
+        _record_failure(storage, error)
         raise
 
 
-def _train(tune_config: dict[str, Any], sized: SizedData, setup: TrialSetup, trial_dir: Path):
-    torch.set_num_threads(setup.cpus)
+def _train(
+    tune_config: dict[str, Any],
+    sized: SizedData,
+    setup: TrialSetup,
+    trial_dir: Path,
+    storage: TrialStorage,
+) -> None:
+    # The trial's CPUs: its DataLoader workers (one thread each) and the trainer.
+    limit_threads(max(1, setup.cpus - setup.num_workers))
     # Ray logs every checkpoint it persists (one line per trial per epoch); Tune's own
     # results already say where they are.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -294,14 +348,15 @@ def _train(tune_config: dict[str, Any], sized: SizedData, setup: TrialSetup, tri
     (trial_dir / SPLIT_FILE).write_text(json.dumps(manifest_of(splits, data.names), indent=1))
     config.save(trial_dir / CONFIG_FILE)
 
-    # A checkpoint holds one training state per fold (one without cross-validation).
-    resume_from = load_checkpoint(tune.get_checkpoint(), device)
-    log_placement(trial_dir, device, resume_from[0]["epoch"] if resume_from else 0)
+    # A checkpoint points to one training state per fold (one without cross-validation).
+    resume_from, note = load_checkpoint(tune.get_checkpoint(), storage, device)
+    log_placement(storage, device, resume_from[0]["epoch"] if resume_from else 0, note)
 
     heldout = split.test if setup.select_on_test else split.validation
     examples = heldout[: setup.examples]
     writer = TrialWriter(trial_dir, setup.image_every)  # one run per trial, named as it
     files = model_files(setup.folds)
+    reports = Reports(storage, setup.checkpoint_every, config.epochs)
 
     def on_epoch_end(report: EpochReport, states: list[TrainingState]) -> None:
         writer.epoch(report)
@@ -312,20 +367,21 @@ def _train(tune_config: dict[str, Any], sized: SizedData, setup: TrialSetup, tri
                 truth.masks[examples],
                 report.heldout_predictions[: len(examples)],
             )
+        weights = {}
         if report.improved:
             for fold, state, file in zip(report.folds or (report,), states, files, strict=True):
                 if fold.improved:
-                    save_weights(state.model, trial_dir / file)
+                    weights[file] = state.model.state_dict()
             write_selection(trial_dir, report, [data.names[i] for i in split.test])
             summary = selection_summary(report, setup, splits, truth.image_size)
             (trial_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         writer.flush()
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save({"folds": [s.to_dict() for s in states]}, Path(directory) / STATE_FILE)
-            tune.report(
-                to_tune_metrics(report, setup.objective),
-                checkpoint=tune.Checkpoint.from_directory(directory),
-            )
+        reports.epoch(
+            to_tune_metrics(report, setup.objective),
+            report.epoch,
+            weights,
+            lambda: {"folds": [s.to_dict() for s in states]},
+        )
 
     common = {"device": device, "truth": truth, "num_workers": setup.num_workers}
     try:
@@ -345,3 +401,4 @@ def _train(tune_config: dict[str, Any], sized: SizedData, setup: TrialSetup, tri
             )
     finally:
         writer.close()
+        reports.close()

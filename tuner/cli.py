@@ -191,14 +191,24 @@ def _add_run_parser(commands) -> None:
     where.add_argument(
         "--cpus-per-trial",
         type=int,
-        default=1,
-        help="torch threads + data workers of a trial (default: %(default)s)",
+        default=None,
+        help="CPUs of a trial: one trains, the others run DataLoader workers (augmentation) "
+        "(default: 1 for CPU trials; for GPU trials the CPUs a node can give each of its "
+        "GPU trials, at most 8)",
     )
     where.add_argument(
         "--max-failures",
         type=int,
         default=2,
         help="retries of a trial lost to a dead worker (default: %(default)s)",
+    )
+    where.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="epochs between a trial's full training states, which a retry or --resume "
+        "continues from (it loses at most this many epochs); the selected weights are "
+        "written on every improvement regardless (default: %(default)s)",
     )
     where.add_argument(
         "--local-gpus",
@@ -283,8 +293,10 @@ def _add_confirm_parser(commands) -> None:
     confirm.add_argument(
         "--cpus-per-trial",
         type=int,
-        default=1,
-        help="torch threads + data workers of a trial (default: %(default)s)",
+        default=None,
+        help="CPUs of a trial: one trains, the others run DataLoader workers (augmentation) "
+        "(default: 1 for CPU trials; for GPU trials the CPUs a node can give each of its "
+        "GPU trials, at most 8)",
     )
     confirm.set_defaults(handler=_confirm)
 
@@ -454,6 +466,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial,
         max_failures=args.max_failures,
+        checkpoint_every=args.checkpoint_every,
         local_gpus=args.local_gpus,
         cache_dir=args.cache_dir,
     )

@@ -29,6 +29,7 @@ from tuner.sweep import (
     create_experiment,
     init_ray,
     load_data,
+    resolve_cpus,
 )
 
 SUFFIX = "-confirm"
@@ -38,7 +39,7 @@ def confirm_settings(
     experiment: Experiment,
     runs: int,
     address: str | None,
-    cpus_per_trial: int,
+    cpus_per_trial: int | None,
     gpus_per_trial: float | None,
 ) -> RunSettings:
     """The sweep's settings, for a FIFO run of `runs` trials in a new experiment beside it."""
@@ -73,7 +74,7 @@ def run(
     seeds: Sequence[int],
     *,
     address: str | None = None,
-    cpus_per_trial: int = 1,
+    cpus_per_trial: int | None = None,
     gpus_per_trial: float | None = None,
     write: Callable[[str], None] | None = None,
 ) -> Path:
@@ -91,6 +92,7 @@ def run(
     if write is not None:
         quiet_ray()
     init_ray(settings)
+    settings = resolve_cpus(settings)
     check_resources(settings)
     create_experiment(settings, data)
     points = [dict(c.point) for c in candidates]

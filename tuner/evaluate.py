@@ -20,7 +20,7 @@ from results.experiment import Experiment, Trial
 from results.layout import MODEL_FILE, SPLIT_FILE
 from trainable.engine import LOSS, Precision, evaluate, pick_device, score_probabilities
 from trainable.errors import UserError
-from trainable.metrics import METRIC_KEYS
+from trainable.keys import METRIC_KEYS
 from trainable.model import build_model
 from trainable.preprocess import load_sized
 from trainable.splits import experiment_splits, manifest_of

@@ -25,6 +25,7 @@ from results.experiment import INTERRUPTED, trial_state
 from results.layout import (
     DATA_FILE,
     SETTINGS_FILE,
+    STATE_FOLDER,
     load_settings,
     open_study,
     optuna_states,
@@ -49,6 +50,7 @@ NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 TUNE_STATE_FILE = "tuner.pkl"  # Tune's own files, needed to resume
 TUNE_RUN_STATE = "experiment_state-*.json"
 CONNECT_TIMEOUT_S = 15
+MAX_DEFAULT_CPUS = 8  # more DataLoader workers than this rarely help one GPU
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 
@@ -202,6 +204,26 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
+def default_cpus_per_trial(nodes: list[dict[str, float]], gpus: float) -> int:
+    """The CPUs a node can give each of its GPU trials (its CPUs over the trials its GPUs
+    hold, on the tightest GPU node), at most MAX_DEFAULT_CPUS; 1 for CPU trials. A GPU
+    trial's augmentation needs workers: with the heaviest, 2 keep up with an H200
+    (benchmarks/README.md, section 6)."""
+    if gpus <= 0:
+        return 1
+    shares = [int(n.get("CPU", 0) * gpus // n["GPU"]) for n in nodes if n.get("GPU", 0) >= gpus]
+    return max(1, min(min(shares, default=1), MAX_DEFAULT_CPUS))
+
+
+def resolve_cpus(settings: RunSettings) -> RunSettings:
+    """--cpus-per-trial as given, or its default for this cluster (saved with the run)."""
+    if settings.cpus_per_trial is not None:
+        return settings
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    cpus = default_cpus_per_trial(nodes, gpus_per_trial(settings))
+    return dataclasses.replace(settings, cpus_per_trial=cpus)
+
+
 def check_resources(settings: RunSettings) -> None:
     """A trial that asks for more than any node has would wait forever: refuse it."""
     cpus, gpus = settings.cpus_per_trial, gpus_per_trial(settings)
@@ -232,6 +254,7 @@ def build_trainable(settings: RunSettings, data: SizedData):
         folds=settings.folds,
         objective=settings.metric,
         cpus=settings.cpus_per_trial,
+        checkpoint_every=settings.checkpoint_every,
         # One CPU trains; the others run DataLoader workers (augmentation).
         num_workers=settings.cpus_per_trial - 1,
     )
@@ -333,6 +356,7 @@ def run(
     for warning in data.evaluation.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     init_ray(settings)
+    settings = resolve_cpus(settings)
     check_resources(settings)
     if not settings.resume:
         create_experiment(settings, data)
@@ -350,18 +374,31 @@ def run(
                 run_config=build_run_config(settings, write),
             )
         results = tuner.fit()
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise UserError(
-                f"{error.filename or settings.experiment_dir}: no space left on the device; "
-                f"free some, then continue with: {resume_command(settings)}"
-            ) from None
-        raise
+    except Exception as error:
+        if not disk_full(error):
+            raise
+        raise UserError(
+            f"{settings.experiment_dir}: no space left on the device; free some, then "
+            f"continue with: {resume_command(settings)}"
+        ) from None
     finally:
         if lock is not None:
             lock.close()
     prune_checkpoints(settings, results)
     return settings, results
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether a full disk is behind the error, wherever it surfaced: in a trial (Tune
+    wraps it), in the study (SQLite says "disk is full") or in Tune's own writes."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen) or "database or disk is full" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def trial_states(settings: RunSettings, results: tune.ResultGrid) -> list[str]:
@@ -399,14 +436,19 @@ def resume_command(settings: RunSettings) -> str:
 def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
     """Once every planned trial has ended, the training states kept for resuming are dead
     weight (each one is weights + Adam state: 2.4 GB for the reference model): delete those
-    of the trials that ended normally, keeping model.pt. Errored trials keep theirs, and
-    an interrupted experiment keeps everything. Returns the folders deleted."""
+    of the trials that ended normally (Tune's checkpoint_* pointers and the state/ they
+    point to), keeping model.pt. Errored trials keep theirs, and an interrupted experiment
+    keeps everything. Returns the folders deleted."""
     if not settings.storage_is_local or not all_ended(settings, results):
         return 0
     deleted = 0
     for result in results:
         if result.error is None:
-            for folder in Path(result.path).glob("checkpoint_*"):
-                shutil.rmtree(folder)
-                deleted += 1
+            for folder in [
+                *Path(result.path).glob("checkpoint_*"),
+                Path(result.path) / STATE_FOLDER,
+            ]:
+                if folder.is_dir():
+                    shutil.rmtree(folder)
+                    deleted += 1
     return deleted

@@ -1,0 +1,38 @@
+"""Snapshots that training no longer changes, and a trial's files written whole."""
+
+from __future__ import annotations
+
+import pyarrow.fs
+import torch
+
+from trainable.checkpointing import TrialStorage, snapshot
+
+
+def test_a_snapshot_does_not_move_with_training():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 4}
+    copy = snapshot(state)
+    before = copy["model"]["weight"].clone()
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()  # training goes on, in place
+    assert not torch.equal(model.weight.detach(), before)
+    assert torch.equal(copy["model"]["weight"], before)
+    assert copy["epoch"] == 4 and copy["optimizer"]["state"][0]["step"] == 1
+
+
+def test_trial_storage_writes_whole_files_and_keeps_the_latest_state(tmp_path):
+    storage = TrialStorage(pyarrow.fs.LocalFileSystem(), str(tmp_path / "trial"))
+    for epoch in (2, 4):
+        storage.write_tensors(storage.state_path(epoch), {"epoch": epoch, "w": torch.ones(2)})
+    storage.keep_only_state(storage.state_path(4))
+    state_dir = tmp_path / "trial" / "state"
+    assert sorted(p.name for p in state_dir.iterdir()) == ["epoch_0004.pt"]  # no .partial
+    loaded = storage.read_tensors(storage.state_path(4), torch.device("cpu"))
+    assert loaded["epoch"] == 4 and loaded["w"].tolist() == [1.0, 1.0]
+    storage.append_line("placement.jsonl", "a")
+    storage.append_line("placement.jsonl", "b")
+    assert storage.read_text("placement.jsonl") == "a\nb\n"
+    assert storage.read_text("missing.json") is None

@@ -1,0 +1,105 @@
+"""A trial's files in its storage folder, written so that the training barely waits.
+
+The reference model's resumable state is 2.4 GB (model + Adam); `torch.save` of it blocks
+6.6 s on a 2-core VM, and Tune then copies the folder to storage. Here the training
+thread only snapshots tensors into host memory (a device-to-host copy on a GPU), and one
+writer thread streams each snapshot straight into the trial's storage folder (local, NFS
+or s3:// through pyarrow), in the order they were made. Tune's checkpoint holds only a
+pointer to the state file, so its copy is a few bytes. Records that must survive a move
+to another node (placement, failure) are written there directly too. Nothing here
+imports Ray.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pyarrow.fs
+import torch
+
+from results.layout import STATE_FOLDER
+
+
+def snapshot(tree: Any) -> Any:
+    """A copy of a state tree (dicts, lists, tensors, numbers) in host memory, which
+    training no longer changes. From a GPU the tensors go to pinned memory asynchronously,
+    and one synchronisation waits for all of them."""
+    copied = _copy(tree)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return copied
+
+
+def _copy(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        if tree.device.type == "cpu":
+            return tree.detach().clone()
+        host = torch.empty(tree.shape, dtype=tree.dtype, pin_memory=True)
+        return host.copy_(tree.detach(), non_blocking=True)
+    if isinstance(tree, dict):
+        return {key: _copy(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_copy(value) for value in tree)
+    return tree
+
+
+class TrialStorage:
+    """One trial's folder on Tune's storage filesystem (`fs`, `folder` as Tune names
+    them). Every write is write-then-rename: a reader never sees half a file."""
+
+    def __init__(self, fs: pyarrow.fs.FileSystem, folder: str) -> None:
+        self.fs, self.folder = fs, folder.rstrip("/")
+
+    def path(self, name: str) -> str:
+        return f"{self.folder}/{name}"
+
+    def state_path(self, epoch: int) -> str:
+        return self.path(f"{STATE_FOLDER}/epoch_{epoch:04d}.pt")
+
+    def _write(self, path: str, write) -> None:
+        self.fs.create_dir(path.rsplit("/", 1)[0])
+        partial = f"{path}.partial"
+        with self.fs.open_output_stream(partial) as stream:
+            write(stream)
+        self.fs.move(partial, path)
+
+    def write_text(self, name: str, text: str) -> None:
+        self._write(self.path(name), lambda stream: stream.write(text.encode()))
+
+    def read_text(self, name: str) -> str | None:
+        try:
+            with self.fs.open_input_stream(self.path(name)) as stream:
+                return stream.readall().decode()
+        except FileNotFoundError:
+            return None
+
+    def append_line(self, name: str, line: str) -> None:
+        """One process writes a trial's records at a time (Tune runs one attempt)."""
+        self.write_text(name, (self.read_text(name) or "") + line + "\n")
+
+    def write_tensors(self, path: str, tree: Any) -> None:
+        self._write(path, lambda stream: torch.save(tree, stream))
+
+    def read_tensors(self, path: str, device: torch.device) -> Any:
+        """Tensors and plain values only (`weights_only`: no code from the file runs)."""
+        with self.fs.open_input_stream(path) as stream:
+            data = stream.readall()
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+
+    def keep_only_state(self, path: str) -> None:
+        """Delete every full state but `path`."""
+        selector = pyarrow.fs.FileSelector(self.path(STATE_FOLDER), allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.path != path and info.path.endswith(".pt"):
+                self.fs.delete_file(info.path)
+
+
+def pointer(path: str, epoch: int) -> str:
+    return json.dumps({"state": path, "epoch": epoch})
+
+
+def read_pointer(text: str) -> tuple[str, int]:
+    raw = json.loads(text)
+    return raw["state"], int(raw["epoch"])
