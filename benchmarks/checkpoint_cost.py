@@ -8,13 +8,14 @@ Before (commit e90ca44 and earlier): every epoch the trial `torch.save`d model +
 state into a temporary folder and Tune copied that folder to storage, both in the
 training thread; the selected weights (model.pt) were saved there on each improvement.
 After (trainable/checkpointing.py): the training thread only snapshots tensors into host
-memory; a writer thread streams the snapshot into the trial's storage folder; the full
-state every --every epochs (never after the last), the selected weights kept as a copy
-on each improvement and written beside it. Training is blocked for the snapshots only.
+memory (into the buffer of the previous snapshot: the first one allocates it); a writer
+thread streams the snapshot into the trial's storage folder; the full state every
+--every epochs (never after the last), the selected weights on each improvement.
+Training is blocked for the snapshots only.
 
 Bytes per 20-epoch trial count every file written for it: before, 2 x the state per epoch
 (temporary + storage copy) + the weights per improvement; after, the state per interval
-+ the weights at most once per interval. --improvements sets how many epochs improve the
++ the weights per improvement. --improvements sets how many epochs improve the
 selection (20 = every epoch, the worst case).
 """
 
@@ -32,7 +33,7 @@ import pyarrow.fs
 import torch
 
 from benchmarks.common import machine, report, table
-from trainable.checkpointing import TrialStorage, snapshot
+from trainable.checkpointing import TrialStorage, allocate, snapshot
 from trainable.config import TrainConfig
 from trainable.model import build_model
 
@@ -69,16 +70,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         state_bytes = (temporary / "state.pt").stat().st_size
         weights_save_s, _ = timed(lambda: torch.save(model.state_dict(), temporary / "model.pt"))
         weights_bytes = (temporary / "model.pt").stat().st_size
-        # After: a snapshot in the training thread, the write on a thread (timed alone).
-        state_snapshot_s, copy = timed(lambda: snapshot(state))
-        weights_snapshot_s, _ = timed(lambda: snapshot(model.state_dict()))
+        # After: the state's buffer is allocated on the writer thread ahead of its first
+        # use; the selected weights' buffer by their first snapshot; then every snapshot
+        # copies into its buffer, and the write runs on the thread (timed alone here).
+        allocate_s, buffer = timed(lambda: allocate(state))
+        state_snapshot_s, copy = timed(lambda: snapshot(state, buffer))
+        first_weights_s, weights = timed(lambda: snapshot(model.state_dict()))
+        weights_snapshot_s, _ = timed(lambda: snapshot(model.state_dict(), weights))
         trial = TrialStorage(pyarrow.fs.LocalFileSystem(), str(storage / "trial"))
         write_s, _ = timed(lambda: trial.write_tensors(trial.state_path(1), copy))
     epochs, every, improvements = args.epochs, args.every, args.improvements
     full_states = math.ceil(epochs / every) - 1  # none after the last epoch
     before_block = save_s + copy_s + weights_save_s * improvements / epochs
-    after_block = (state_snapshot_s * full_states + weights_snapshot_s * improvements) / epochs
-    weight_writes = min(improvements, full_states + 1)  # at most once per interval, and last
+    weights_block = first_weights_s + weights_snapshot_s * (improvements - 1) if improvements else 0
+    after_block = (state_snapshot_s * full_states + weights_block) / epochs
     return {
         "machine": machine(),
         "encoder": args.encoder,
@@ -92,14 +97,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "before_save": save_s,
             "before_tune_copy": copy_s,
             "before_weights_save": weights_save_s,
+            "after_state_buffer_on_the_thread": allocate_s,
             "after_state_snapshot": state_snapshot_s,
+            "after_first_weights_snapshot": first_weights_s,
             "after_weights_snapshot": weights_snapshot_s,
             "after_background_write": write_s,
         },
         "blocked_per_epoch_s": {"before": before_block, "after": after_block},
         "gb_per_trial": {
             "before": (2 * epochs * state_bytes + improvements * weights_bytes) / GB,
-            "after": (full_states * state_bytes + weight_writes * weights_bytes) / GB,
+            "after": (full_states * state_bytes + improvements * weights_bytes) / GB,
         },
     }
 

@@ -188,3 +188,20 @@ def test_memory_reads_this_process_from_proc(bench):
     assert usage.rss >= usage.pss >= usage.uss > 0
     assert usage.store_rss == 0  # no Ray object store mapped here
     assert os.getpid() in memory.descendants(os.getpid())
+
+
+def test_checkpoint_cost_measures_both_policies(bench, tmp_path, capsys, monkeypatch):
+    checkpoint_cost = bench("checkpoint_cost")
+    out = tmp_path / "ckpt.json"
+    argv = ["checkpoint_cost", "--encoder", "resnet18", "--input-size", "32", "--every", "2"]
+    argv += ["--epochs", "4", "--improvements", "4", "--scratch", str(tmp_path), "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    checkpoint_cost.main()
+    results = json.loads(out.read_text())
+    state, weights = results["state_gb"], results["weights_gb"]
+    assert state > 2 * weights  # weights + Adam's two moments
+    # Before: 4 epochs x 2 copies of the state + 4 weights; after: 1 state + 4 weights.
+    assert results["gb_per_trial"]["before"] == pytest.approx(8 * state + 4 * weights)
+    assert results["gb_per_trial"]["after"] == pytest.approx(state + 4 * weights)
+    assert set(results["blocked_per_epoch_s"]) == {"before", "after"}
+    assert "blocked per epoch" in capsys.readouterr().out

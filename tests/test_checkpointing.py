@@ -36,3 +36,22 @@ def test_trial_storage_writes_whole_files_and_keeps_the_latest_state(tmp_path):
     storage.append_line("placement.jsonl", "b")
     assert storage.read_text("placement.jsonl") == "a\nb\n"
     assert storage.read_text("missing.json") is None
+
+
+def test_host_buffers_are_made_once_and_reused_after_their_write():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainable.checkpointing import HostBuffers
+
+    model = torch.nn.Linear(4, 3)
+    buffers = HostBuffers()
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        buffers.prepare("state", model.state_dict(), writer)  # allocated on the thread
+        first = buffers.take("state", model.state_dict())
+        assert torch.equal(first["weight"], model.weight.detach())
+        buffers.writing("state", writer.submit(lambda tree: tree, first))  # a write's result
+        with torch.no_grad():
+            model.weight += 1
+        second = buffers.take("state", model.state_dict())
+    assert second["weight"].data_ptr() == first["weight"].data_ptr()  # the same buffer
+    assert torch.equal(second["weight"], model.weight.detach())

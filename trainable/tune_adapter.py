@@ -32,10 +32,11 @@ from results.layout import (
     POINTER_FILE,
     SELECTION_FILE,
     SPLIT_FILE,
+    STATE_FOLDER,
     model_files,
 )
 from trainable import keys
-from trainable.checkpointing import TrialStorage, pointer, read_pointer, snapshot
+from trainable.checkpointing import HostBuffers, TrialStorage, pointer, read_pointer
 from trainable.config import TrainConfig
 from trainable.engine import (
     LOSS,
@@ -264,6 +265,7 @@ class Reports:
         self.storage, self.every, self.epochs = storage, every, epochs
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-writer")
         self.queue: deque[tuple[dict[str, float], list[Future], str | None, int]] = deque()
+        self.buffers = HostBuffers()
 
     def epoch(
         self,
@@ -274,17 +276,22 @@ class Reports:
     ) -> None:
         """`weights`: file name -> the selected model's state dict, for files to rewrite;
         `states`: the full state's builder, called only at the interval."""
-        jobs = [
-            self.writer.submit(self.storage.write_tensors, self.storage.path(name), copy)
-            for name, copy in snapshot(weights).items()
-        ]
+        jobs = [self._write(name, self.storage.path(name), tree) for name, tree in weights.items()]
         state_path = None
         if states is not None and epoch % self.every == 0 and epoch < self.epochs:
             state_path = self.storage.state_path(epoch)
-            full = snapshot(states())
-            jobs.append(self.writer.submit(self.storage.write_tensors, state_path, full))
+            jobs.append(self._write(STATE_FOLDER, state_path, states()))
+        elif states is not None and self.every < self.epochs:
+            # The optimiser's state exists from the first step on: make its buffer now.
+            self.buffers.prepare(STATE_FOLDER, states(), self.writer)
         self.queue.append((metrics, jobs, state_path, epoch))
         self._send(wait=epoch >= self.epochs)
+
+    def _write(self, name: str, path: str, tree: dict) -> Future:
+        """Snapshot `tree` (the training thread's only wait) and write it on the thread."""
+        job = self.writer.submit(self.storage.write_tensors, path, self.buffers.take(name, tree))
+        self.buffers.writing(name, job)
+        return job
 
     def close(self) -> None:
         """Send what is left (the last epoch's report waits for its writes)."""
@@ -292,6 +299,12 @@ class Reports:
             self._send(wait=True)
         finally:
             self.writer.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """The trial is stopping (its scheduler, an error, an interrupt): report nothing
+        more. A write in progress ends on its own (write-then-rename: whole or absent)."""
+        self.queue.clear()
+        self.writer.shutdown(wait=False, cancel_futures=True)
 
     def _send(self, wait: bool) -> None:
         while self.queue:
@@ -399,6 +412,10 @@ def _train(
                 on_epoch_end=lambda report, state: on_epoch_end(report, [state]),
                 **common,
             )
+    except BaseException:  # Tune stops a trial by raising in it: no report after that
+        reports.abandon()
+        raise
+    else:
+        reports.close()
     finally:
         writer.close()
-        reports.close()
