@@ -276,7 +276,10 @@ def test_a_cross_validated_sweep_ranks_by_the_fold_mean_and_resumes_no_finished_
     # SIGTERM (a scheduler's stop) ends the run as Ctrl-C does, with the shell's 143.
     stopped = _interrupt_after_the_first_trial(process, experiment, epochs=2, stop=signal.SIGTERM)
     assert process.returncode == 143, stopped[-2000:]
-    assert "interrupted; continue with:" in stopped and "Traceback" not in stopped
+    # The driver's own lines: Ray forwards what its stopped workers print (their SIGTERM
+    # handler's SystemExit can show as an ignored exception there, depending on timing).
+    driver = [line for line in stopped.splitlines() if "pid=" not in line]
+    assert "interrupted; continue with:" in stopped and not any("Traceback" in x for x in driver)
     first = _trial_dirs(experiment)[0]
     first_rows = _progress_rows(first)
     fold_models = {p.name: p.stat().st_mtime_ns for p in first.glob("model_fold*.pt")}

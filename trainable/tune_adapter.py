@@ -272,16 +272,16 @@ class Reports:
         metrics: dict[str, float],
         epoch: int,
         weights: dict[str, dict],
-        states: Callable[[], dict] | None,
+        states: Callable[[], dict],
     ) -> None:
         """`weights`: file name -> the selected model's state dict, for files to rewrite;
         `states`: the full state's builder, called only at the interval."""
         jobs = [self._write(name, self.storage.path(name), tree) for name, tree in weights.items()]
         state_path = None
-        if states is not None and epoch % self.every == 0 and epoch < self.epochs:
+        if epoch % self.every == 0 and epoch < self.epochs:
             state_path = self.storage.state_path(epoch)
             jobs.append(self._write(STATE_FOLDER, state_path, states()))
-        elif states is not None and self.every < self.epochs:
+        elif self.every < self.epochs:
             # The optimiser's state exists from the first step on: make its buffer now.
             self.buffers.prepare(STATE_FOLDER, states(), self.writer)
         self.queue.append((metrics, jobs, state_path, epoch))
