@@ -40,6 +40,7 @@ class RunSettings:
     cpus_per_trial: int | None = None  # None: see tuner.sweep.default_cpus_per_trial
     max_failures: int = 2
     checkpoint_every: int = 10  # epochs between full training states (resume points)
+    reuse_actors: bool = True  # start a trial in a finished trial's Ray worker
     local_gpus: int | None = None  # logical GPUs to declare when starting Ray locally
     cache_dir: Path | None = None
 

@@ -205,3 +205,10 @@ def test_checkpoint_cost_measures_both_policies(bench, tmp_path, capsys, monkeyp
     assert results["gb_per_trial"]["after"] == pytest.approx(state + 4 * weights)
     assert set(results["blocked_per_epoch_s"]) == {"before", "after"}
     assert "blocked per epoch" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_reused_workers_start_trials_with_identical_results(bench):
+    results = bench("trial_startup").main(["--trials", "2", "--attempts", "1"])
+    assert results["identical"]  # reusing a worker changes no trial's result
+    assert set(results["sweep_seconds"]) == {"fresh", "reused"}

@@ -295,6 +295,7 @@ def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
         scheduler=scheduler,
         num_samples=settings.trials,
         max_concurrent_trials=settings.max_concurrent,
+        reuse_actors=settings.reuse_actors,
         trial_dirname_creator=TrialNamer(sweep=True),
     )
 
