@@ -381,3 +381,22 @@ def test_a_full_disk_during_a_run_is_one_line_and_never_starts_over(
         assert "run state is missing or damaged" in line and "start a new experiment" in line
     report = _cli("report", str(small_disk / "full"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_run_in_which_every_trial_errored_exits_1(synth_root, tmp_path, monkeypatch, capsys):
+    diverging = TrainConfig.reference().replace(lr=1e12)  # a NaN loss in the first epoch
+    monkeypatch.setattr(TrainConfig, "reference", classmethod(lambda cls: diverging))
+    try:
+        where = ["--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+        code = main(
+            ["run", "--reference", "--data", str(synth_root), *SMALL, "--epochs", "1", *where]
+        )
+    finally:
+        ray.shutdown()
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "errored" in captured.out
+    assert (
+        captured.err.strip().splitlines()[-1] == "error: every trial errored; see the lines above"
+    )
