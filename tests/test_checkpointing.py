@@ -27,9 +27,10 @@ def test_trial_storage_writes_whole_files_and_keeps_the_latest_state(tmp_path):
     storage = TrialStorage(pyarrow.fs.LocalFileSystem(), str(tmp_path / "trial"))
     for epoch in (2, 4):
         storage.write_tensors(storage.state_path(epoch), {"epoch": epoch, "w": torch.ones(2)})
-    storage.keep_only_state(storage.state_path(4))
+    storage.write_tensors(storage.state_path(6), {"epoch": 6, "w": torch.ones(2)})
+    storage.keep_only_states([storage.state_name(4), storage.state_name(6)])
     state_dir = tmp_path / "trial" / "state"
-    assert sorted(p.name for p in state_dir.iterdir()) == ["epoch_0004.pt"]  # no .partial
+    assert sorted(p.name for p in state_dir.iterdir()) == ["epoch_0004.pt", "epoch_0006.pt"]
     loaded = storage.read_tensors(storage.state_path(4), torch.device("cpu"))
     assert loaded["epoch"] == 4 and loaded["w"].tolist() == [1.0, 1.0]
     storage.append_line("placement.jsonl", "a")

@@ -121,9 +121,10 @@ def test_anti_aliased_edges_and_jpeg_noise_do_not_change_the_lesion(tiny):
     assert any("1 mask files are not two-valued" in w for w in data.warnings)
 
 
-def test_a_label_map_of_zeros_and_ones_is_read_as_lesion(tiny):
+@pytest.mark.parametrize("value", [1, 100, 255])
+def test_a_two_valued_mask_is_lesion_wherever_it_is_not_zero(tiny, value):
     labels = np.zeros((12, 16), dtype=np.uint8)
-    labels[2:6, 2:6] = 1
+    labels[2:6, 2:6] = value  # 1: a label map; 100: a dark but two-valued mask
     _mask_file(tiny, "benign (1)", labels)
     assert load_sample(discover(tiny)[0])[1].sum() == 16
 
@@ -297,11 +298,10 @@ class _RunsCode:
 def _checkpoint(tmp_path: Path, state: bytes) -> tuple[tune.Checkpoint, TrialStorage]:
     """A Tune checkpoint pointing to a state file holding `state`, as a trial writes it."""
     storage = TrialStorage(pyarrow.fs.LocalFileSystem(), str(tmp_path / "trial"))
-    path = storage.state_path(2)
-    storage._write(path, lambda stream: stream.write(state))
+    storage._write(storage.state_path(2), lambda stream: stream.write(state))
     folder = tmp_path / "checkpoint_000001"
     folder.mkdir()
-    (folder / layout.POINTER_FILE).write_text(pointer(path, 2))
+    (folder / layout.POINTER_FILE).write_text(pointer(storage.state_name(2), 2))
     return tune.Checkpoint.from_directory(folder), storage
 
 

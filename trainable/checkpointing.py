@@ -107,15 +107,30 @@ class TrialStorage:
     def path(self, name: str) -> str:
         return f"{self.folder}/{name}"
 
+    @staticmethod
+    def state_name(epoch: int) -> str:
+        """Relative to the trial's folder, so a moved experiment still finds it."""
+        return f"{STATE_FOLDER}/epoch_{epoch:04d}.pt"
+
     def state_path(self, epoch: int) -> str:
-        return self.path(f"{STATE_FOLDER}/epoch_{epoch:04d}.pt")
+        return self.path(self.state_name(epoch))
 
     def _write(self, path: str, write) -> None:
         self.fs.create_dir(path.rsplit("/", 1)[0])
+        if not isinstance(self.fs, pyarrow.fs.LocalFileSystem):
+            # An object store shows an upload only once complete; a rename there is a
+            # second full copy (and S3 cannot copy an object over 5 GB in one request).
+            with self.fs.open_output_stream(path) as stream:
+                write(stream)
+            return
         partial = f"{path}.partial"
-        with self.fs.open_output_stream(partial) as stream:
-            write(stream)
-        self.fs.move(partial, path)
+        try:
+            with self.fs.open_output_stream(partial) as stream:
+                write(stream)
+            self.fs.move(partial, path)
+        finally:
+            if self.fs.get_file_info(partial).type != pyarrow.fs.FileType.NotFound:
+                self.fs.delete_file(partial)
 
     def write_text(self, name: str, text: str) -> None:
         self._write(self.path(name), lambda stream: stream.write(text.encode()))
@@ -142,16 +157,17 @@ class TrialStorage:
             data = stream.readall()
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
-    def keep_only_state(self, path: str) -> None:
-        """Delete every full state but `path`."""
+    def keep_only_states(self, names: list[str]) -> None:
+        """Delete every full state but those `names` (see `state_name`)."""
+        kept = {self.path(name) for name in names}
         selector = pyarrow.fs.FileSelector(self.path(STATE_FOLDER), allow_not_found=True)
         for info in self.fs.get_file_info(selector):
-            if info.path != path and info.path.endswith(".pt"):
+            if info.path not in kept and info.type == pyarrow.fs.FileType.File:
                 self.fs.delete_file(info.path)
 
 
-def pointer(path: str, epoch: int) -> str:
-    return json.dumps({"state": path, "epoch": epoch})
+def pointer(name: str, epoch: int) -> str:
+    return json.dumps({"state": name, "epoch": epoch})
 
 
 def read_pointer(text: str) -> tuple[str, int]:

@@ -3,12 +3,13 @@
     <root>/benign/benign (1).png, benign (1)_mask.png[, _mask_1.png, _mask_2.png]
     <root>/malignant/...   <root>/normal/...
 
-An image's lesion mask is the union of its mask files. A mask pixel is lesion where its
-brightest colour band reaches half the format's full scale (128 of 255): anti-aliased
-edges and JPEG noise fall on the right side. A mask holding only 0 and 1 is a label map,
-and 1 is lesion. Legal but suspicious data (masks that are not two-valued, a lesion class
-with an empty mask, a class missing) gets a warning (`data_warnings`). Every problem
-raises `DataError` with one line that names the file and the fix. Nothing
+An image's lesion mask is the union of its mask files, each read as its brightest colour
+band. A two-valued mask's non-zero value is lesion (255, or 1 in a label map); in a
+graded one (anti-aliased edges, JPEG noise) a pixel is lesion where it reaches half the
+format's full scale (128 of 255). Legal but suspicious data (masks that are not
+two-valued, a lesion class with an empty mask, a class missing) gets a warning
+(`data_warnings`). Every problem raises `DataError` with one line that names the file
+and the fix. Nothing
 here writes into the dataset folder.
 """
 
@@ -175,12 +176,13 @@ def _mask_values(path: Path, image_size: tuple[int, int]) -> np.ndarray:
 
 
 def lesion_pixels(values: np.ndarray) -> np.ndarray:
-    """The mask rule: lesion at half the full scale or above (128 for 8 bits, 32768 for
-    16), or a 0/1 label map's ones."""
-    top = int(values.max(initial=0))
-    if top == 1:
-        return values == 1
-    full_scale = 255 if values.dtype == np.uint8 or top <= 255 else 65535
+    """The mask rule: a two-valued mask's non-zero value is lesion, whatever it is (255,
+    1 in a label map, 128 ...); a graded mask (anti-aliased, JPEG-compressed) is lesion
+    at half the full scale or above (128 for 8 bits, 32768 for 16)."""
+    levels = np.unique(values)
+    if len(levels) <= 2:
+        return values == levels[-1] if levels[-1] > 0 else np.zeros(values.shape, bool)
+    full_scale = 255 if values.dtype == np.uint8 or levels[-1] <= 255 else 65535
     return values >= (full_scale + 1) // 2
 
 

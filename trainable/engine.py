@@ -111,7 +111,9 @@ class TrainingState:
         self.best_heldout = saved["best_heldout"]
         self.best_test_loss = saved["best_test_loss"]
         self.best_test = saved["best_test"]
-        self.best_test_probabilities = saved["best_test_probabilities"]
+        probabilities = saved["best_test_probabilities"]
+        # Kept on the CPU (as evaluate makes them), whatever device the state was loaded to.
+        self.best_test_probabilities = probabilities.cpu() if probabilities is not None else None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ no copy of the dataset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -240,8 +241,8 @@ def load_checkpoint(
         return None, ""
     try:
         with checkpoint.as_directory() as directory:
-            path, _ = read_pointer((Path(directory) / POINTER_FILE).read_text())
-        return storage.read_tensors(path, device)["folds"], ""
+            name, _ = read_pointer((Path(directory) / POINTER_FILE).read_text())
+        return storage.read_tensors(storage.path(name), device)["folds"], ""
     except Exception as error:  # torch and pyarrow raise many kinds for one damaged file
         note = (
             f"checkpoint {checkpoint.path} unreadable ({type(error).__name__}: "
@@ -266,6 +267,7 @@ class Reports:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-writer")
         self.queue: deque[tuple[dict[str, float], list[Future], str | None, int]] = deque()
         self.buffers = HostBuffers()
+        self.states: list[str] = []  # the full states kept: the last two reported
 
     def epoch(
         self,
@@ -277,14 +279,14 @@ class Reports:
         """`weights`: file name -> the selected model's state dict, for files to rewrite;
         `states`: the full state's builder, called only at the interval."""
         jobs = [self._write(name, self.storage.path(name), tree) for name, tree in weights.items()]
-        state_path = None
+        state_name = None
         if epoch % self.every == 0 and epoch < self.epochs:
-            state_path = self.storage.state_path(epoch)
-            jobs.append(self._write(STATE_FOLDER, state_path, states()))
+            state_name = self.storage.state_name(epoch)
+            jobs.append(self._write(STATE_FOLDER, self.storage.path(state_name), states()))
         elif self.every < self.epochs:
             # The optimiser's state exists from the first step on: make its buffer now.
             self.buffers.prepare(STATE_FOLDER, states(), self.writer)
-        self.queue.append((metrics, jobs, state_path, epoch))
+        self.queue.append((metrics, jobs, state_name, epoch))
         self._send(wait=epoch >= self.epochs)
 
     def _write(self, name: str, path: str, tree: dict) -> Future:
@@ -308,19 +310,24 @@ class Reports:
 
     def _send(self, wait: bool) -> None:
         while self.queue:
-            metrics, jobs, state_path, epoch = self.queue[0]
+            metrics, jobs, state_name, epoch = self.queue[0]
             if not wait and not all(job.done() for job in jobs):
                 return
             for job in jobs:
                 job.result()  # a failed write fails the trial here
             self.queue.popleft()
-            if state_path is None:
+            if state_name is None:
                 tune.report(metrics)
                 continue
             with tempfile.TemporaryDirectory() as directory:
-                (Path(directory) / POINTER_FILE).write_text(pointer(state_path, epoch))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-            self.storage.keep_only_state(state_path)
+                (Path(directory) / POINTER_FILE).write_text(pointer(state_name, epoch))
+                try:
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+                finally:
+                    # The previous state stays too: the driver's last snapshot of the
+                    # experiment may still point to it.
+                    self.states = [*self.states[-1:], state_name]
+                    self.storage.keep_only_states(self.states)
 
 
 def train_busi(tune_config: dict[str, Any], data: SizedData, setup: TrialSetup) -> None:
@@ -342,14 +349,16 @@ def _train(
     trial_dir: Path,
     storage: TrialStorage,
 ) -> None:
-    # The trial's CPUs: its DataLoader workers (one thread each) and the trainer.
-    limit_threads(max(1, setup.cpus - setup.num_workers))
     # Ray logs every checkpoint it persists (one line per trial per epoch); Tune's own
     # results already say where they are.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = resolve_config(setup, tune_config)
     data, truth = sized.at(config.image_size), sized.evaluation
     device = pick_device()
+    # A GPU trial's CPUs feed it: DataLoader workers (one thread each) and the trainer's
+    # one. A CPU trial's all compute, in the trainer (augmenting inline).
+    workers = setup.num_workers if device.type == "cuda" else 0
+    limit_threads(max(1, setup.cpus - workers))
     if device.type == "cpu" and ray.get_gpu_ids():
         log.warning(
             "Ray assigned GPU %s but CUDA is not available: training on the CPU", ray.get_gpu_ids()
@@ -396,7 +405,7 @@ def _train(
             lambda: {"folds": [s.to_dict() for s in states]},
         )
 
-    common = {"device": device, "truth": truth, "num_workers": setup.num_workers}
+    common = {"device": device, "truth": truth, "num_workers": workers}
     try:
         if setup.folds > 1:
             fit_folds(
@@ -412,8 +421,12 @@ def _train(
                 on_epoch_end=lambda report, state: on_epoch_end(report, [state]),
                 **common,
             )
-    except BaseException:  # Tune stops a trial by raising in it: no report after that
-        reports.abandon()
+    except (SystemExit, KeyboardInterrupt):  # Tune stops a trial by raising in it
+        reports.abandon()  # no report after that
+        raise
+    except Exception:
+        with contextlib.suppress(Exception):  # the epochs written before the error
+            reports.close()
         raise
     else:
         reports.close()

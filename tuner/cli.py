@@ -192,7 +192,8 @@ def _add_run_parser(commands) -> None:
         "--cpus-per-trial",
         type=int,
         default=None,
-        help="CPUs of a trial: one trains, the others run DataLoader workers (augmentation) "
+        help="CPUs of a trial: on a GPU, one feeds it and the others run DataLoader workers "
+        "(augmentation); on a CPU, all compute "
         "(default: 1 for CPU trials; for GPU trials the CPUs a node can give each of its "
         "GPU trials, at most 8)",
     )
@@ -301,7 +302,8 @@ def _add_confirm_parser(commands) -> None:
         "--cpus-per-trial",
         type=int,
         default=None,
-        help="CPUs of a trial: one trains, the others run DataLoader workers (augmentation) "
+        help="CPUs of a trial: on a GPU, one feeds it and the others run DataLoader workers "
+        "(augmentation); on a CPU, all compute "
         "(default: 1 for CPU trials; for GPU trials the CPUs a node can give each of its "
         "GPU trials, at most 8)",
     )

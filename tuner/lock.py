@@ -4,7 +4,9 @@ included). Works on a local disk and on NFS (Linux maps flock to NFS locks)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import socket
 from pathlib import Path
@@ -12,12 +14,22 @@ from typing import IO
 
 from trainable.errors import UserError
 
+log = logging.getLogger(__name__)
+
 LOCK_FILE = ".lock"
 
 
 def lock_experiment(directory: Path) -> IO[str]:
-    """The held lock (keep the returned file open); UserError when another run holds it."""
-    handle = open(Path(directory) / LOCK_FILE, "a+")  # noqa: SIM115 (held until the run ends)
+    """The held lock (keep the returned file open); UserError when another run holds it
+    or the folder cannot hold a lock file. A filesystem without locks (an NFS mount
+    without lockd) gets a warning and no lock."""
+    try:
+        handle = open(Path(directory) / LOCK_FILE, "a+")  # noqa: SIM115 (held until the run ends)
+    except OSError as error:
+        raise UserError(
+            f"{directory}: cannot write its lock file ({error.strerror}); check the folder's "
+            "permissions, or choose another --storage"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -28,6 +40,12 @@ def lock_experiment(directory: Path) -> IO[str]:
             f"{directory}: in use by another run ({holder}); wait for it to end or stop it, "
             "then continue with --resume"
         ) from None
+    except OSError as error:
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+            handle.close()
+            raise UserError(f"{directory}: cannot be locked ({error.strerror})") from None
+        log.warning("%s: this filesystem has no locks; run one process on it at a time", directory)
+        return handle
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")

@@ -107,6 +107,10 @@ def create_experiment(settings: RunSettings, data: SizedData) -> None:
             f"{directory}: an experiment of that name exists; continue it with --resume "
             "or choose another --name"
         ) from None
+    except OSError as error:
+        raise UserError(
+            f"{directory}: cannot be made ({error.strerror}); choose another --storage"
+        ) from None
     try:
         save_settings(settings, directory / SETTINGS_FILE)
         provenance = {**data_provenance(settings.data), "warnings": list(data.evaluation.warnings)}
@@ -349,22 +353,34 @@ def run(
         except KeyError as error:
             raise UserError(f"run: {error.args[0]}") from None
     check_weights(settings.base)
-    lock = None
-    if settings.resume and settings.storage_is_local:
-        lock = lock_experiment(Path(settings.experiment_dir))
-        check_resumable(settings)
-    data = load_data(settings)  # bad data fails here, before anything is written
-    for warning in data.evaluation.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    init_ray(settings)
-    settings = resolve_cpus(settings)
-    check_resources(settings)
-    if not settings.resume:
-        create_experiment(settings, data)
-        if settings.storage_is_local:
-            lock = lock_experiment(Path(settings.experiment_dir))
+    lock = None  # held from here until the run and its pruning are over
     try:
-        trainable = build_trainable(settings, data)
+        if settings.resume and settings.storage_is_local:
+            lock = lock_experiment(Path(settings.experiment_dir))
+            check_resumable(settings)
+        data = load_data(settings)  # bad data fails here, before anything is written
+        for warning in data.evaluation.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        init_ray(settings)
+        settings = resolve_cpus(settings)
+        check_resources(settings)
+        if not settings.resume:
+            create_experiment(settings, data)
+            if settings.storage_is_local:
+                lock = lock_experiment(Path(settings.experiment_dir))
+        results = fit_tuner(settings, data, write)
+        prune_checkpoints(settings, results)
+    finally:
+        if lock is not None:
+            lock.close()
+    return settings, results
+
+
+def fit_tuner(settings: RunSettings, data: SizedData, write: Callable[[str], None] | None):
+    """Tune's run (new or restored); a full disk, wherever Tune or SQLite met it, is one
+    line with the command that continues."""
+    trainable = build_trainable(settings, data)
+    try:
         if settings.resume:
             tuner = tune.Tuner.restore(settings.experiment_dir, trainable, resume_errored=False)
         else:
@@ -374,7 +390,7 @@ def run(
                 tune_config=build_tune_config(settings),
                 run_config=build_run_config(settings, write),
             )
-        results = tuner.fit()
+        return tuner.fit()
     except Exception as error:
         if not disk_full(error):
             raise
@@ -382,11 +398,6 @@ def run(
             f"{settings.experiment_dir}: no space left on the device; free some, then "
             f"continue with: {resume_command(settings)}"
         ) from None
-    finally:
-        if lock is not None:
-            lock.close()
-    prune_checkpoints(settings, results)
-    return settings, results
 
 
 def disk_full(error: BaseException) -> bool:
