@@ -12,15 +12,20 @@ imports Ray.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import shutil
 from concurrent.futures import Executor, Future
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
 import torch
 
 from results.layout import STATE_FOLDER
+
+FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: a full disk
 
 
 def snapshot(tree: Any, into: Any = None) -> Any:
@@ -128,6 +133,11 @@ class TrialStorage:
             with self.fs.open_output_stream(partial) as stream:
                 write(stream)
             self.fs.move(partial, path)
+        except Exception as error:
+            # torch's writer reports a full disk as "unexpected pos": say what it is.
+            if shutil.disk_usage(Path(partial).parent).free < FULL_DISK_BYTES:
+                raise OSError(errno.ENOSPC, f"No space left on device writing {path}") from error
+            raise
         finally:
             if self.fs.get_file_info(partial).type != pyarrow.fs.FileType.NotFound:
                 self.fs.delete_file(partial)

@@ -369,6 +369,8 @@ def run(
             if settings.storage_is_local:
                 lock = lock_experiment(Path(settings.experiment_dir))
         results = fit_tuner(settings, data, write)
+        if any(result.error is not None and disk_full(result.error) for result in results):
+            raise disk_full_error(settings)
         prune_checkpoints(settings, results)
     finally:
         if lock is not None:
@@ -382,7 +384,9 @@ def fit_tuner(settings: RunSettings, data: SizedData, write: Callable[[str], Non
     trainable = build_trainable(settings, data)
     try:
         if settings.resume:
-            tuner = tune.Tuner.restore(settings.experiment_dir, trainable, resume_errored=False)
+            # Errored trials run again: a lost node or a full disk may be gone now, and a
+            # deterministic failure ends at once on its failure.json.
+            tuner = tune.Tuner.restore(settings.experiment_dir, trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -394,10 +398,14 @@ def fit_tuner(settings: RunSettings, data: SizedData, write: Callable[[str], Non
     except Exception as error:
         if not disk_full(error):
             raise
-        raise UserError(
-            f"{settings.experiment_dir}: no space left on the device; free some, then "
-            f"continue with: {resume_command(settings)}"
-        ) from None
+        raise disk_full_error(settings) from None
+
+
+def disk_full_error(settings: RunSettings) -> UserError:
+    return UserError(
+        f"{settings.experiment_dir}: no space left on the device; free some, then continue "
+        f"with: {resume_command(settings)}"
+    )
 
 
 def disk_full(error: BaseException) -> bool:
