@@ -231,7 +231,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root,
     args = shlex.split(
         f"run --data '{synth_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
         f"--epochs 2 --trials 3 --max-concurrent 1 --scheduler fifo --storage '{storage}' "
-        f"--name resumable --cache-dir '{tmp_path / 'cache'}'"
+        # A fresh worker per trial: a reused one starts the next trial so fast that it can
+        # finish before the interrupt lands (reuse itself: test_benchmarks).
+        f"--name resumable --cache-dir '{tmp_path / 'cache'}' --no-reuse-actors"
     )
     process = _cli(*args, cwd=tmp_path)
     experiment = storage / "resumable"
@@ -268,7 +270,7 @@ def test_a_cross_validated_sweep_ranks_by_the_fold_mean_and_resumes_no_finished_
     storage = tmp_path / "runs"
     args = shlex.split(
         f"run --data '{synth_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
-        f"--epochs 2 --trials 2 --folds 3 --max-concurrent 1 --scheduler fifo "
+        f"--epochs 2 --trials 2 --folds 3 --max-concurrent 1 --scheduler fifo --no-reuse-actors "
         f"--storage '{storage}' --name folds --cache-dir '{tmp_path / 'cache'}'"
     )
     process = _cli(*args, cwd=tmp_path)
