@@ -126,15 +126,15 @@ def choose_candidates(experiment: Experiment, top: int) -> tuple[Candidate, ...]
     objective); their values on the union of the keys any of them searched."""
     if not experiment.is_sweep:
         raise UserError(
-            f"confirm: {experiment.path} is a --reference run; confirm compares the "
+            f"confirm: {experiment.location} is a --reference run; confirm compares the "
             "configs of a sweep"
         )
     if experiment.reference is None or experiment.reference.config is None:
-        raise UserError(f"confirm: {experiment.path} has no trial of the reference config")
+        raise UserError(f"confirm: {experiment.location} has no trial of the reference config")
     ranked = experiment.ranked()
     others = [t for t in ranked if t.name != experiment.reference.name][:top]
     if not others:
-        raise UserError(f"confirm: {experiment.path} has no other scored trial to compare")
+        raise UserError(f"confirm: {experiment.location} has no other scored trial to compare")
     chosen = [experiment.reference, *others]
     keys = sorted({k for t in chosen for k in t.params})
     labels = [REFERENCE, "best", *(f"rank {i}" for i in range(2, len(others) + 1))]
@@ -241,8 +241,8 @@ def confirmation(
     settings = confirm.settings
     counts = next((t.selected.counts for t in confirm.trials if t.selected), {})
     return {
-        "experiment": str(experiment.path),
-        "confirm_experiment": str(confirm.path),
+        "experiment": experiment.location,
+        "confirm_experiment": confirm.location,
         "confidence": CONFIDENCE,
         "protocol": {
             "split": settings.split.value,

@@ -1,7 +1,8 @@
 """An experiment directory read offline: settings, trials, the best and the reference trial.
 
 Plain files only (JSON, CSV, NumPy, the Optuna SQLite study): no Ray cluster is needed, so
-a report can be made from a copied or interrupted experiment.
+a report can be made from a copied or interrupted experiment. An experiment on remote
+storage (s3://…) is read from a local mirror of its small files (results.storage).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from results import storage
 from results.layout import (
     CONFIG_FILE,
     DATA_FILE,
@@ -182,10 +184,22 @@ class Experiment:
     reference: Trial | None  # the in-sweep reference trial (the base config)
     study_path: Path | None  # the Optuna study, None for a --reference run
     provenance: dict[str, Any] | None = None  # data.json: path, content hash, synthetic
+    location: str = ""  # where it lives: its folder, or a URI whose mirror `path` is
 
     @property
     def is_sweep(self) -> bool:
         return not self.settings.reference_only
+
+    @property
+    def is_remote(self) -> bool:
+        return storage.is_remote(self.location)
+
+    def trial_file(self, trial: Trial, name: str) -> Path:
+        """A trial's file on local disk; from remote storage, weights (which the mirror
+        leaves out) are fetched on first use."""
+        if not self.is_remote:
+            return trial.path / name
+        return storage.fetch(self.location, self.path, f"{trial.name}/{name}")
 
     def ranked(self) -> list[Trial]:
         return rank_trials(self.trials, self.settings.mode)
@@ -286,8 +300,14 @@ def is_base_config(config: TrainConfig | None, settings: RunSettings) -> bool:
     return all(flat[k] == base[k] for k in get_space(settings.space).keys)
 
 
-def load_experiment(directory: Path) -> Experiment:
-    directory = Path(directory)
+def load_experiment(location: str | Path) -> Experiment:
+    """An experiment folder <storage>/<name>, local or remote (s3://…)."""
+    if storage.is_remote(location):
+        return _load_local(storage.mirror(str(location)), str(location).rstrip("/"))
+    return _load_local(Path(location), str(Path(location).resolve()))
+
+
+def _load_local(directory: Path, location: str) -> Experiment:
     if not directory.is_dir():
         raise UserError(f"{directory}: no such folder; give an experiment folder <storage>/<name>")
     if not (directory / SETTINGS_FILE).is_file():
@@ -311,4 +331,5 @@ def load_experiment(directory: Path) -> Experiment:
         reference=next((t for t in trials if is_base_config(t.config, settings)), None),
         study_path=study_path if study_path and study_path.is_file() else None,
         provenance=_read_json(directory / DATA_FILE),
+        location=location,
     )

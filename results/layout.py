@@ -6,6 +6,8 @@ of Ray and torch, so a report needs neither.
                      data.json                  the data's provenance and warnings
                      <name>.sqlite              the Optuna study (sweeps)
                      trial_<n>_<id>/            one folder per trial, files below
+
+<storage> is a local folder or a URI (s3://bucket/prefix): see results.storage.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import optuna
 
+from results import storage
 from results.settings import RunSettings, Scheduler
 from trainable.config import TrainConfig
 from trainable.errors import UserError
@@ -50,18 +53,21 @@ def model_files(folds: int) -> list[str]:
     return [FOLD_MODEL_FILE.format(fold=k) for k in range(folds)]
 
 
-def save_settings(settings: RunSettings, path: Path) -> None:
+def save_settings(settings: RunSettings, path: str | Path) -> None:
     """Paths saved absolute, so resume, report and evaluate work from any folder."""
     flat = dataclasses.asdict(settings)
     flat["base"] = settings.base.to_flat()
     flat["data"] = str(settings.data.resolve())
     flat["cache_dir"] = str(settings.cache_dir.resolve()) if settings.cache_dir else None
-    path.write_text(json.dumps(flat, indent=2, default=str) + "\n")
+    storage.write_bytes(path, (json.dumps(flat, indent=2, default=str) + "\n").encode())
 
 
-def load_settings(path: Path) -> RunSettings:
+def load_settings(path: str | Path) -> RunSettings:
+    raw = storage.read_bytes(path)
+    if raw is None:
+        raise UserError(f"{path}: no such file; give an experiment folder <storage>/<name>")
     try:
-        flat = json.loads(path.read_text())
+        flat = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(
             f"{path}: damaged (empty or cut short, e.g. by a full disk); the experiment's "

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from results import storage
 from results.compare import COMPARED, deltas
 from results.confirm import CONFIRM_FILE, Interval, confirmation_lines, pooled_dice_interval
 from results.experiment import ERRORED, FINISHED, Experiment, Trial, load_experiment
@@ -223,7 +224,7 @@ def format_terminal_table(
     settings = experiment.settings
     kind = "--reference run" if settings.reference_only else f"sweep ({settings.space} space)"
     lines = [
-        f"experiment: {experiment.path} — {kind}; {state_counts(experiment.trials)}",
+        f"experiment: {experiment.location} — {kind}; {state_counts(experiment.trials)}",
         *protocol_lines(experiment, reference),
         "",
         f"{'':3}{'trial':<24}{'state':<28}{'objective':>10}"
@@ -757,17 +758,20 @@ def provenance_line(experiment: Experiment) -> str:
 
 
 def where_section(experiment: Experiment) -> list[str]:
-    """Paths to what a reader may want to open next."""
+    """Paths to what a reader may want to open next (on the experiment's own storage)."""
     lines = ["## Where things are", ""]
+    where = experiment.location
     if experiment.best is not None:
         models = experiment.best.selected.models if experiment.best.selected else ()
         for name in models:
-            lines.append(f"- best trial's selected weights: `{experiment.best.path / name}`")
+            path = storage.join(where, experiment.best.name, name)
+            lines.append(f"- best trial's selected weights: `{path}`")
     if experiment.study_path is not None:
-        lines.append(
-            f"- Optuna study: `{experiment.study_path}` (study `{experiment.settings.name}`)"
-        )
-    lines.append(f"- TensorBoard: `tensorboard --logdir {shlex.quote(str(experiment.path))}`")
+        study = storage.join(where, experiment.study_path.name)
+        lines.append(f"- Optuna study: `{study}` (study `{experiment.settings.name}`)")
+    lines.append(f"- TensorBoard: `tensorboard --logdir {shlex.quote(where)}`")
+    if experiment.is_remote:
+        lines.append("  (TensorBoard reads s3:// with boto3 installed; endpoint in S3_ENDPOINT)")
     return [*lines, ""]
 
 
@@ -786,7 +790,7 @@ def render_markdown(
     lines = [
         f"# Report: {settings.name}",
         "",
-        f"`{experiment.path}`: {kind}; base config {base.encoder} ({base.encoder_weights} "
+        f"`{experiment.location}`: {kind}; base config {base.encoder} ({base.encoder_weights} "
         f"weights), {base.image_size} px, {base.epochs} epochs.",
         "",
         provenance_line(experiment) + ".",
@@ -818,8 +822,9 @@ def render_markdown(
     return "\n".join(lines) + "\n"
 
 
-def write_report(experiment_dir: Path) -> ReportPaths:
-    """Write EXPERIMENT_DIR/report/ and say where everything went."""
+def write_report(experiment_dir: str | Path) -> ReportPaths:
+    """Write EXPERIMENT_DIR/report/ and say where everything went (for a remote
+    experiment: written on its local mirror, then uploaded beside its trials)."""
     experiment = load_experiment(experiment_dir)
     reference = load_reference()
     directory = experiment.path / REPORT_DIR
@@ -839,5 +844,7 @@ def write_report(experiment_dir: Path) -> ReportPaths:
     markdown.write_text(render_markdown(experiment, reference, plots, directory))
     trials_csv = directory / TRIALS_FILE
     write_trials_csv(experiment, reference, trials_csv)
+    if experiment.is_remote:  # written on the mirror, kept with the experiment
+        storage.upload_folder(directory, storage.join(experiment.location, REPORT_DIR))
     log.info("report written to %s", directory)
     return ReportPaths(directory, markdown, trials_csv, tuple(p.path for p in plots if p.path))

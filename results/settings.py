@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from results import storage
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.errors import UserError
@@ -45,6 +46,8 @@ class RunSettings:
     cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        # Trials run in other folders (and on other nodes): a weights file's path absolute.
+        object.__setattr__(self, "base", self.base.with_absolute_weights())
         if not self.name:
             kind = "reference" if self.reference_only else "sweep"
             object.__setattr__(self, "name", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -94,7 +97,18 @@ class RunSettings:
 
     @property
     def study_path(self) -> Path:
-        """The Optuna study (SQLite), beside the trials when storage is local."""
-        if self.storage_is_local:
-            return Path(self.experiment_dir) / f"{self.name}.sqlite"
-        return Path.cwd() / f"{self.name}.sqlite"
+        """The Optuna study the driver writes: see driver_study_path."""
+        return driver_study_path(self.experiment_dir, self.name)
+
+
+def study_file_name(name: str) -> str:
+    return f"{name}.sqlite"
+
+
+def driver_study_path(experiment_dir: str, name: str) -> Path:
+    """The SQLite study the driver writes: in the experiment when its storage is local;
+    else a local file (SQLite needs one) that the searcher copies into the experiment with
+    every snapshot of Tune's own state (tuner.searcher)."""
+    if not storage.is_remote(experiment_dir):
+        return Path(experiment_dir) / study_file_name(name)
+    return storage.local_copy_dir(experiment_dir, "studies") / study_file_name(name)

@@ -96,9 +96,16 @@ class _WideSpace:
         trial.suggest_categorical("image_size", list(wide_image_sizes(base)))
         encoder = trial.suggest_categorical("encoder", list(encoders))
         # Constants returned by a define-by-run function join the trial's config.
-        pretrained = base.encoder_weights != "none" and encoder != base.encoder
-        weights = encoders[encoder] if pretrained else base.encoder_weights
-        return {"encoder_weights": weights}
+        return {"encoder_weights": wide_encoder_weights(base)[encoder]}
+
+
+def wide_encoder_weights(base: TrainConfig) -> dict[str, str]:
+    """The `wide` space's encoders with the weights each trains from: the base config's
+    for its own encoder, each one's pretrained weights when the base is pretrained."""
+    encoders = wide_encoders(base)
+    if base.encoder_weights == "none":
+        return dict.fromkeys(encoders, "none")
+    return {**encoders, base.encoder: base.encoder_weights}
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,10 @@ class SearchSpace:
     # Keys of the first point (the base config's values); what the space samples.
     keys: tuple[str, ...]
     image_sizes: Callable[[TrainConfig], tuple[int, ...]] = lambda base: (base.image_size,)
+    # Every (encoder, weights) a trial can train from: resolved once by the driver.
+    encoder_weights: Callable[[TrainConfig], dict[str, str]] = lambda base: {
+        base.encoder: base.encoder_weights
+    }
 
     def define(self, base: TrainConfig) -> DefineByRun:
         return self.build(base)
@@ -141,6 +152,7 @@ SPACES: dict[str, SearchSpace] = {
         build=_WideSpace,
         keys=(*_REFERENCE_KEYS, "loss", "lr_schedule", "image_size", "encoder"),
         image_sizes=wide_image_sizes,
+        encoder_weights=wide_encoder_weights,
     ),
 }
 

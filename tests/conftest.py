@@ -140,3 +140,52 @@ def twin_sweeps(tmp_path_factory, twin_base):
         _small_sweep(original, runs, "original", twin_base),
         _small_sweep(altered, runs, "altered", twin_base),
     )
+
+
+@pytest.fixture
+def s3_storage():
+    """An S3 API on localhost (moto's server, in its own process so that it never competes
+    with a driver in this one for the GIL) with one empty bucket; yields its URI. The
+    standard AWS variables point pyarrow, Ray and every process started from here at it."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    variables = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "moto did not start"
+                time.sleep(0.1)
+        boto3.client("s3").create_bucket(Bucket="busi-tune")
+        yield "s3://busi-tune/runs"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

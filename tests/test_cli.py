@@ -251,10 +251,10 @@ def run_cli(*args, cwd, env_extra=None, timeout=900):
 
 @pytest.mark.slow
 def test_reference_run_on_real_busi(busi_root, tmp_path):
-    """1 epoch at 64 px, small encoder, through `python -m tuner run --reference`."""
+    """1 epoch at 32 px, small encoder, through `python -m tuner run --reference`."""
     args = shlex.split(
         f"run --reference --data '{busi_root}' --encoder resnet18 --encoder-weights none "
-        f"--image-size 64 --epochs 1 --storage '{tmp_path / 'runs'}' --name ref"
+        f"--image-size 32 --epochs 1 --storage '{tmp_path / 'runs'}' --name ref"
     )
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -267,7 +267,7 @@ def test_reference_run_on_real_busi(busi_root, tmp_path):
     assert metrics["protocol"]["counts"] == {"train": 624, "validation": 0, "test": 156}
     assert metrics["selected_epoch"] == 1
     assert (trial / metrics["models"][0]).is_file()
-    assert metrics["protocol"]["evaluation_size"] == 64
+    assert metrics["protocol"]["evaluation_size"] == 32
     split = json.loads((trial / "split.json").read_text())
     assert len(split["test"]) == 156 and split["policy"] == "random"
     config = json.loads((trial / "config.json").read_text())

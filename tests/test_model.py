@@ -1,10 +1,12 @@
+from pathlib import Path
+
 import pytest
 import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import save_file
 
 from trainable.errors import WeightsError
-from trainable.model import build_loss, build_model, check_weights
+from trainable.model import build_loss, build_model, check_weights, pretrained_encoders
 
 
 def _first_conv(module):
@@ -38,13 +40,18 @@ def test_wrong_weights_file_is_one_clear_error(tiny_config, tmp_path):
         check_weights(tiny_config.replace(encoder_weights=str(tmp_path / "missing.pth")))
 
 
-def test_offline_without_cached_weights_says_how_to_fix(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+def _offline_hub(monkeypatch, cache: Path) -> None:
+    """No network; the Hugging Face hub cache is `cache`."""
     import huggingface_hub.constants as hf_constants
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(cache))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_offline_without_cached_weights_says_how_to_fix(tiny_config, tmp_path, monkeypatch):
+    _offline_hub(monkeypatch, tmp_path / "empty-hf-home")
     with pytest.raises(WeightsError) as error:
         check_weights(tiny_config.replace(encoder_weights="imagenet"))
     message = str(error.value)
@@ -75,3 +82,36 @@ def test_dice_loss_is_the_reference_and_combinations_add():
     assert 0 < dice < 0.05
     assert build_loss("dice_bce")(logits, target).item() > dice
     assert build_loss("dice_focal")(logits, target).item() > dice
+
+
+def test_a_worker_without_the_hub_trains_from_the_drivers_weights(
+    tiny_config, tmp_path, monkeypatch
+):
+    """The driver reads smp's hub cache once; a node without it (offline, empty cache)
+    builds exactly the model it would have built from the hub, random decoder included."""
+    hub = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    repo = f"models--{hub['repo_id'].replace('/', '--')}"
+    snapshot = tmp_path / "hub" / repo / "snapshots" / hub["revision"]
+    snapshot.mkdir(parents=True)
+    torch.manual_seed(3)
+    save_file(
+        smp.encoders.get_encoder("resnet18").state_dict(), str(snapshot / "model.safetensors")
+    )
+    (snapshot / "config.json").write_text("{}")
+    config = tiny_config.replace(encoder_weights="imagenet")
+
+    _offline_hub(monkeypatch, tmp_path / "hub")  # the driver, with the hub's files
+    pretrained = pretrained_encoders([("resnet18", "imagenet"), ("resnet18", "none")])
+    assert list(pretrained) == [("resnet18", "imagenet")]
+    torch.manual_seed(0)
+    from_hub = build_model(config).state_dict()
+
+    _offline_hub(monkeypatch, tmp_path / "empty")  # a worker node, without them
+    with pytest.raises(WeightsError, match="cannot get resnet18/imagenet"):
+        build_model(config)
+    torch.manual_seed(0)
+    shipped = build_model(config, pretrained).state_dict()
+    assert shipped.keys() == from_hub.keys()
+    assert all(torch.equal(shipped[k], from_hub[k]) for k in from_hub)
+    first_conv = from_hub["encoder.conv1.weight"]
+    assert first_conv.shape[1] == 1 and first_conv.abs().sum() > 0

@@ -472,7 +472,7 @@ def test_the_reporter_imports_neither_ray_nor_torch_nor_the_tuner():
     import sys
 
     code = (
-        "import sys, results.report, results.confirm, results.experiment; "
+        "import sys, results.report, results.confirm, results.experiment, results.storage; "
         "print(sorted(m for m in ('ray', 'torch', 'tuner') if m in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

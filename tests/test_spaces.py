@@ -64,7 +64,14 @@ def test_wide_space_searches_loss_schedule_encoder_and_size():
         ("resnet50", "imagenet"),
         ("efficientnet-b4", "imagenet"),
     }
-    assert get_space("wide").image_sizes(TrainConfig.reference()) == (192, 256, 320)
+    # The driver resolves exactly the weights the trials can ask for.
+    wide = get_space("wide")
+    assert set(wide.encoder_weights(TrainConfig.reference()).items()) == {
+        (c.encoder, c.encoder_weights) for c in configs
+    }
+    assert set(wide.encoder_weights(CPU_BASE).values()) == {"none"}
+    assert get_space("reference").encoder_weights(CPU_BASE) == {"resnet18": "none"}
+    assert wide.image_sizes(TrainConfig.reference()) == (192, 256, 320)
 
 
 def test_unknown_space_lists_valid_names():
@@ -86,9 +93,9 @@ def test_how_a_tune_trial_is_recorded_in_the_study(value, epochs_run, error, sta
     assert completion_state(value, epochs_run, budget=20, error=error) is state
 
 
-def _searcher(tmp_path, budget=4):
+def _searcher(tmp_path, budget=4, experiment=None):
     from search_spaces import get_space
-    from tuner.searcher import BudgetAwareOptunaSearch, sqlite_storage
+    from tuner.searcher import BudgetAwareOptunaSearch, StudyStorage
 
     space = get_space("reference")
     searcher = BudgetAwareOptunaSearch(
@@ -98,7 +105,7 @@ def _searcher(tmp_path, budget=4):
         points_to_evaluate=[space.reference_point(CPU_BASE)],
         seed=0,
         study_name="s",
-        storage=sqlite_storage(str(tmp_path / "s.sqlite")),
+        storage=StudyStorage(experiment or str(tmp_path), "s"),
         budget_epochs=budget,
     )
     searcher.set_search_properties("best_combined_loss", "min", {})
@@ -123,6 +130,39 @@ def test_searcher_records_tune_id_epochs_and_states(tmp_path):
     ]
     assert trials[0].value == 0.5
     assert trials[1].intermediate_values == {1: 0.9}  # kept, but not a full-budget value
+
+
+def test_a_remote_sweeps_study_is_snapshotted_with_tunes_state_and_found_again(
+    tmp_path, monkeypatch
+):
+    """With s3:// storage the study is a local SQLite file; each of Tune's snapshots of
+    the searcher carries a copy of it, and an unpickled searcher (--resume on another
+    machine, another cache) opens the study at that machine's path, not the old one."""
+    import pickle
+
+    monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "driver-1"))
+    searcher = _searcher(tmp_path, experiment="s3://bucket/runs/sweep")
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t1", {"best_combined_loss": 0.5, "training_iteration": 4})
+    live = searcher._storage.file
+    assert live.is_relative_to(tmp_path / "driver-1")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    searcher.save_to_dir(str(staging), "now")
+    copied = optuna.load_study(study_name="s", storage=f"sqlite:///{staging / 's.sqlite'}")
+    assert [t.state for t in copied.trials] == [TrialState.COMPLETE]
+    assert sorted(p.name for p in staging.iterdir()) == ["s.sqlite", "searcher-state-now.pkl"]
+
+    monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "driver-2"))
+    restored = pickle.loads(pickle.dumps(searcher._storage))
+    assert restored.file == tmp_path / "driver-2" / live.relative_to(tmp_path / "driver-1")
+    assert restored.file.parent.is_dir()
+
+    local = _searcher(tmp_path / "local")  # local storage: the study lives in the experiment
+    (tmp_path / "local-staging").mkdir()
+    local.save_to_dir(str(tmp_path / "local-staging"), "now")
+    assert local._storage.file == tmp_path / "local" / "s.sqlite"
+    assert [p.name for p in (tmp_path / "local-staging").iterdir()] == ["searcher-state-now.pkl"]
 
 
 def test_searcher_survives_a_study_ahead_of_the_restored_snapshot(tmp_path):

@@ -8,7 +8,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from results.layout import FAILURE_FILE, METRICS_FILE, PLACEMENT_FILE, SELECTION
 from results.settings import RunSettings, Scheduler
 from search_spaces import SearchSpace
 from trainable.config import TrainConfig
-from trainable.splits import SplitPolicy
 from trainable.tensorboard import IMAGE_TAG, SCALAR_TAGS
 from tuner import sweep
 from tuner.cli import main
@@ -341,77 +339,13 @@ def test_fractional_gpus_pack_two_trials_on_one_declared_gpu(synth_root, tmp_pat
     assert start_a < end_b and start_b < end_a  # they ran at the same time
 
 
-def test_two_node_cluster_moves_a_lost_trial_to_the_other_node(synth_root, tmp_path):
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    worker = cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address)
-        settings = RunSettings(
-            data=synth_root,
-            base=TINY.replace(epochs=6, image_size=32),
-            split=SplitPolicy.RANDOM,
-            trials=2,
-            space="reference",
-            scheduler=Scheduler.FIFO,
-            storage=str(tmp_path),
-            shared_storage=True,
-            address=cluster.address,
-            name="cluster",
-            max_failures=2,
-            checkpoint_every=2,  # a resume point at epochs 2 and 4
-            cache_dir=tmp_path / "cache",
-        )
-        experiment = Path(settings.experiment_dir)
-
-        def remove_worker_mid_trial() -> None:
-            deadline = time.time() + 600
-            while time.time() < deadline:
-                for trial in _trial_dirs(experiment) if experiment.exists() else []:
-                    placement = trial / PLACEMENT_FILE
-                    if not placement.exists():
-                        continue
-                    entry = json.loads(placement.read_text().splitlines()[0])
-                    if entry["node_id"] == worker.node_id and len(_progress_rows(trial)) >= 2:
-                        cluster.remove_node(worker)
-                        return
-                time.sleep(0.2)
-
-        killer = threading.Thread(target=remove_worker_mid_trial, daemon=True)
-        killer.start()
-        _, results = sweep.run(settings)
-        killer.join(timeout=5)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    assert all(r.error is None for r in results)
-    placements = {
-        Path(r.path).name: [
-            json.loads(x) for x in (Path(r.path) / PLACEMENT_FILE).read_text().splitlines()
-        ]
-        for r in results
-    }
-    nodes = {entry["node_id"] for entries in placements.values() for entry in entries}
-    assert worker.node_id in nodes and len(nodes) == 2  # trials ran on both nodes
-    moved = [entries for entries in placements.values() if len(entries) > 1]
-    assert len(moved) == 1, placements
-    first_start, restart = moved[0][0], moved[0][1]
-    assert first_start["node_id"] == worker.node_id
-    assert restart["node_id"] != worker.node_id
-    assert restart["resumed_after_epoch"] >= 1  # from its checkpoint, not from epoch 0
-    for r in results:
-        assert r.metrics["training_iteration"] == 6
-
-
 def test_real_busi_sweep(busi_root, tmp_path):
-    """2 trials, 2 epochs, 64 px, small encoder on the real BUSI, as CI runs it."""
+    """2 trials of 1 epoch at 32 px, small encoder, on the real BUSI, as CI runs it."""
     process = _cli(
         *shlex.split(
-            f"run --data '{busi_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
-            f"--epochs 2 --trials 2 --storage '{tmp_path / 'runs'}' --name real "
-            f"--cache-dir '{tmp_path / 'cache'}'"
-        ),
+            f"run --data '{busi_root}' --encoder resnet18 --encoder-weights none --image-size 32 "
+            f"--epochs 1 --trials 2 --storage '{tmp_path / 'runs'}' --name real"
+        ),  # the shared preprocessing cache ($BUSI_TUNE_CACHE), as the reference run's
         cwd=tmp_path,
     )
     output, _ = process.communicate(timeout=1200)

@@ -146,10 +146,15 @@ class TrialStorage:
     def write_text(self, name: str, text: str) -> None:
         self._write(self.path(name), lambda stream: stream.write(text.encode()))
 
+    def read_bytes(self, path: str) -> bytes:
+        """The whole file in one read: through pyarrow's input *stream*, a 170 MB state
+        took 64 s from an S3-compatible server (moto) against 0.3 s this way."""
+        with self.fs.open_input_file(path) as file:
+            return file.read()
+
     def read_text(self, name: str) -> str | None:
         try:
-            with self.fs.open_input_stream(self.path(name)) as stream:
-                return stream.readall().decode()
+            return self.read_bytes(self.path(name)).decode()
         except FileNotFoundError:
             return None
 
@@ -164,8 +169,7 @@ class TrialStorage:
 
     def read_tensors(self, path: str, device: torch.device) -> Any:
         """Tensors and plain values only (`weights_only`: no code from the file runs)."""
-        with self.fs.open_input_stream(path) as stream:
-            data = stream.readall()
+        data = self.read_bytes(path)
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
     def keep_only_states(self, names: list[str]) -> None:

@@ -10,9 +10,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+WEIGHTS_SUFFIXES = {".safetensors", ".pth", ".pt", ".bin"}
+
+
+def is_weights_file(weights: str) -> bool:
+    """Whether `encoder_weights` names a file rather than smp weights."""
+    return Path(weights).suffix in WEIGHTS_SUFFIXES
 
 
 class Optimizer(enum.StrEnum):
@@ -132,6 +140,12 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    def with_absolute_weights(self) -> TrainConfig:
+        """A weights file's path made absolute (trials run in other folders)."""
+        if not is_weights_file(self.encoder_weights):
+            return self
+        return self.replace(encoder_weights=os.path.abspath(self.encoder_weights))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_flat(), indent=2) + "\n")

@@ -3,35 +3,68 @@
 Weights come from smp's Hugging Face hub cache (by name, e.g. "instagram") or from a
 local file holding the encoder's 3-channel state dict. Either way the first convolution
 is adapted to one grey channel exactly as smp does it: its RGB weights are summed.
+
+In a sweep the driver resolves them once (`pretrained_encoders`) and Ray's object store
+ships them to every trial, so a worker node needs neither the hub nor the file.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from trainable.config import Loss, TrainConfig
+from trainable.config import Loss, TrainConfig, is_weights_file
 from trainable.errors import WeightsError
 
 NO_WEIGHTS = "none"
 
+# (encoder, weights name or file) -> the encoder's 3-channel state dict, as arrays (which
+# Ray's object store hands to trials without a copy).
+PretrainedEncoders = Mapping[tuple[str, str], Mapping[str, np.ndarray]]
 
-def is_weights_file(weights: str) -> bool:
-    return Path(weights).suffix in {".safetensors", ".pth", ".pt", ".bin"}
 
-
-def build_model(config: TrainConfig) -> nn.Module:
-    """`smp.Unet(encoder, weights, in_channels=1, classes=1)`, raw logits out."""
+def build_model(config: TrainConfig, pretrained: PretrainedEncoders | None = None) -> nn.Module:
+    """`smp.Unet(encoder, weights, in_channels=1, classes=1)`, raw logits out; the
+    encoder's weights from `pretrained` when it has them."""
     weights = config.encoder_weights
     if weights.lower() == NO_WEIGHTS:
         return _unet(config.encoder, None, in_channels=1)
+    if pretrained and (config.encoder, weights) in pretrained:
+        state = pretrained[(config.encoder, weights)]
+        with warnings.catch_warnings():  # read-only arrays: load_state_dict copies them
+            warnings.simplefilter("ignore", UserWarning)
+            tensors = {name: torch.from_numpy(array) for name, array in state.items()}
+        return _unet_from_state(config.encoder, tensors, weights)
     if is_weights_file(weights):
         return _unet_from_file(config.encoder, Path(weights))
     _ensure_hub_weights(config.encoder, weights)
     return _unet(config.encoder, weights, in_channels=1)
+
+
+def pretrained_encoders(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+    """On the driver: each (encoder, weights) pair's 3-channel encoder state, from smp's
+    hub cache or a file, checked (one clear line if it cannot be had). "none" needs none.
+    A model built from it equals one built from the hub or the file directly, random
+    decoder included (the same random draws happen in the same order)."""
+    found = {}
+    for encoder, weights in dict.fromkeys(pairs):
+        check_weights(TrainConfig(encoder=encoder, encoder_weights=weights))
+        if weights.lower() == NO_WEIGHTS or encoder.startswith("tu-"):
+            continue  # timm's encoders fetch their own weights, in the trial
+        if is_weights_file(weights):
+            module = smp.encoders.get_encoder(encoder, in_channels=3, weights=None)
+            _load_encoder(module, _read_weights_file(Path(weights)), encoder, weights)
+        else:
+            module = smp.encoders.get_encoder(encoder, in_channels=3, weights=weights)
+        state = module.state_dict()
+        found[(encoder, weights)] = {name: t.detach().cpu().numpy() for name, t in state.items()}
+    return found
 
 
 def check_weights(config: TrainConfig) -> None:
@@ -64,28 +97,47 @@ def _unet(encoder: str, weights: str | None, in_channels: int) -> nn.Module:
 
 
 def _unet_from_file(encoder: str, path: Path) -> nn.Module:
+    return _unet_from_state(encoder, _read_weights_file(path), str(path))
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(
             f"{path}: no such weights file; pass an existing .safetensors/.pth file, "
             "an smp weights name, or --encoder-weights none"
         )
-    model = _unet(encoder, None, in_channels=3)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(path, device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        model.encoder.load_state_dict(state)
-    except Exception as error:  # any unreadable or mismatched file: one clear line
-        first_line = str(error).strip().splitlines()[0]
-        raise WeightsError(
-            f"{path}: not a {encoder} encoder state dict ({first_line}); "
-            "save `model.encoder.state_dict()` of a 3-channel smp encoder"
-        ) from None
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file: one clear line
+        raise WeightsError(f"{path}: not a weights file ({_first_line(error)})") from None
+
+
+def _unet_from_state(encoder: str, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """A 3-channel encoder state loaded, then its first convolution summed to one channel."""
+    model = _unet(encoder, None, in_channels=3)
+    _load_encoder(model.encoder, state, encoder, source)
     model.encoder.set_in_channels(1, pretrained=True)
     return model
+
+
+def _load_encoder(
+    module: nn.Module, state: Mapping[str, torch.Tensor], encoder: str, source: str
+) -> None:
+    try:
+        module.load_state_dict(state)
+    except Exception as error:  # a mismatched state dict: one clear line
+        raise WeightsError(
+            f"{source}: not a {encoder} encoder state dict ({_first_line(error)}); "
+            "save `model.encoder.state_dict()` of a 3-channel smp encoder"
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _ensure_hub_weights(encoder: str, weights: str) -> None:

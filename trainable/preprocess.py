@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from results import storage
 from trainable.dataset import BusiClass, Sample, data_warnings, discover, read_sample
 from trainable.integrity import analysis_image, near_duplicate_groups
 
@@ -48,7 +49,7 @@ class BusiArrays:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("BUSI_TUNE_CACHE", Path.home() / ".cache" / "busi-tune"))
+    return storage.cache_root()
 
 
 def dataset_fingerprint(samples: list[Sample], root: Path) -> str:

@@ -50,6 +50,7 @@ from trainable.engine import (
     pick_device,
 )
 from trainable.keys import METRIC_KEYS
+from trainable.model import PretrainedEncoders
 from trainable.preprocess import SizedData
 from trainable.splits import Split, SplitPolicy, experiment_splits, manifest_of
 from trainable.tensorboard import TrialWriter
@@ -330,13 +331,19 @@ class Reports:
                     self.storage.keep_only_states(self.states)
 
 
-def train_busi(tune_config: dict[str, Any], data: SizedData, setup: TrialSetup) -> None:
-    """The function trainable: one training run, reported every epoch."""
+def train_busi(
+    tune_config: dict[str, Any],
+    data: SizedData,
+    setup: TrialSetup,
+    pretrained: PretrainedEncoders | None = None,
+) -> None:
+    """The function trainable: one training run, reported every epoch. `data` and the
+    `pretrained` encoder weights come from the driver through Ray's object store."""
     trial_dir = Path(tune.get_context().get_trial_dir())
     storage = trial_storage()
     _refuse_known_failure(storage)
     try:
-        _train(tune_config, data, setup, trial_dir, storage)
+        _train(tune_config, data, setup, trial_dir, storage, pretrained)
     except DETERMINISTIC as error:
         _record_failure(storage, error)
         raise
@@ -348,6 +355,7 @@ def _train(
     setup: TrialSetup,
     trial_dir: Path,
     storage: TrialStorage,
+    pretrained: PretrainedEncoders | None,
 ) -> None:
     # Ray logs every checkpoint it persists (one line per trial per epoch); Tune's own
     # results already say where they are.
@@ -405,7 +413,7 @@ def _train(
             lambda: {"folds": [s.to_dict() for s in states]},
         )
 
-    common = {"device": device, "truth": truth, "num_workers": workers}
+    common = {"device": device, "truth": truth, "num_workers": workers, "pretrained": pretrained}
     try:
         if setup.folds > 1:
             fit_folds(

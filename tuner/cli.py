@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from results import storage
 from results.settings import RunSettings, Scheduler
 from trainable import keys
 from trainable.config import TrainConfig
@@ -264,7 +265,7 @@ def _add_report_parser(commands) -> None:
         description="Read an experiment folder offline (no Ray cluster) and write "
         "EXPERIMENT_DIR/report/: report.md, trials.csv and PNG plots.",
     )
-    report.add_argument("dir", type=Path, help="the experiment folder, <storage>/<name>")
+    report.add_argument("dir", help="the experiment folder, <storage>/<name> (or s3://…)")
     report.set_defaults(handler=_report)
 
 
@@ -277,7 +278,7 @@ def _add_confirm_parser(commands) -> None:
         "Tune run <name>-confirm beside the sweep, then compare them on the test part with "
         "95% intervals. Writes EXPERIMENT_DIR/report/confirm.json.",
     )
-    confirm.add_argument("dir", type=Path, help="the sweep's folder, <storage>/<name>")
+    confirm.add_argument("dir", help="the sweep's folder, <storage>/<name> (or s3://…)")
     confirm.add_argument(
         "--seeds", type=int, default=3, help="training seeds per config (default: %(default)s)"
     )
@@ -320,7 +321,7 @@ def _add_evaluate_parser(commands) -> None:
         "pooled loss and every metric; on the experiment's parts also what the trial "
         "recorded.",
     )
-    evaluate.add_argument("dir", type=Path, help="the experiment folder, <storage>/<name>")
+    evaluate.add_argument("dir", help="the experiment folder, <storage>/<name> (or s3://…)")
     evaluate.add_argument(
         "--trial", default=None, help="trial name, e.g. trial_004 (default: the best trial)"
     )
@@ -358,7 +359,7 @@ def _add_predict_parser(commands) -> None:
         "image's size), <name>_overlay.png and predictions.csv into --out.",
     )
     predict.add_argument(
-        "source", type=Path, help="an experiment folder <storage>/<name>, or an exported .pt"
+        "source", help="an experiment folder <storage>/<name> (or s3://…), or an exported .pt"
     )
     predict.add_argument("--images", type=Path, required=True, help="folder of images (required)")
     predict.add_argument("--out", type=Path, required=True, help="output folder (required)")
@@ -402,7 +403,7 @@ def _add_export_parser(commands) -> None:
         "TorchScript file (grey values 0-255 in, lesion probabilities out, normalisation "
         "inside) and a model card <out>.json beside it. `predict` accepts the file.",
     )
-    export.add_argument("dir", type=Path, help="the experiment folder, <storage>/<name>")
+    export.add_argument("dir", help="the experiment folder, <storage>/<name> (or s3://…)")
     export.add_argument("--out", type=Path, required=True, help="the file to write (required)")
     export.add_argument(
         "--trial", default=None, help="trial name, e.g. trial_004 (default: the best trial)"
@@ -443,8 +444,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         name: defaults[name] if getattr(args, name) is None else getattr(args, name)
         for name in (*TRAINING_FLAGS, "trials")
     }
-    if args.demo:
-        args.data = Path(args.storage) / DEMO_DATA_DIR
+    if args.demo:  # beside the runs, or in the local cache when they go to s3://…
+        local = storage.cache_root() if storage.is_remote(args.storage) else Path(args.storage)
+        args.data = local / DEMO_DATA_DIR
     if args.resume and not args.name:
         raise UserError("run: --resume needs the --name of the experiment to continue")
     if args.data is None:
@@ -544,15 +546,17 @@ def _spaces(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from results.experiment import load_experiment
-    from results.report import format_terminal_table, write_report
+    from results.report import REPORT_DIR, format_terminal_table, write_report
 
-    experiment = load_experiment(args.dir)
     paths = write_report(args.dir)
+    experiment = load_experiment(args.dir)
     print(format_terminal_table(experiment))
     print(f"report:  {paths.markdown}")
     print(f"trials:  {paths.trials_csv}")
     for plot in paths.plots:
         print(f"plot:    {plot}")
+    if experiment.is_remote:
+        print(f"copied:  {storage.join(experiment.location, REPORT_DIR)}/")
     return 0
 
 
@@ -580,9 +584,13 @@ def _confirm(args: argparse.Namespace) -> int:
     )
     result = confirm.confirmation(experiment, candidates, load_experiment(confirm_dir))
     path = confirm.save_confirmation(result, experiment.path / REPORT_DIR)
+    if experiment.is_remote:  # kept with the experiment
+        remote = storage.join(experiment.location, REPORT_DIR, path.name)
+        storage.write_bytes(remote, path.read_bytes())
+        path = remote
     print("\n".join(confirm.confirmation_lines(result)))
     print(f"\nsaved: {path}")
-    print(f"report with it: python -m tuner report {shlex.quote(str(experiment.path))}")
+    print(f"report with it: python -m tuner report {shlex.quote(experiment.location)}")
     return 0
 
 
@@ -607,8 +615,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise UserError(f"--threshold {args.threshold}: must lie strictly between 0 and 1")
     flip = args.tta == "flip"
-    if args.source.is_file():
-        model = segmenter.from_export(args.source, flip, args.threshold)
+    if Path(args.source).is_file():
+        model = segmenter.from_export(Path(args.source), flip, args.threshold)
     else:
         from results.experiment import load_experiment
 

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from results import storage
 from results.confirm import Candidate
 from results.experiment import Experiment
 from results.settings import RunSettings, Scheduler
 from trainable.config import TrainConfig
 from trainable.errors import UserError
-from trainable.model import check_weights
 from tuner.progress import TrialNamer, quiet_ray
 from tuner.sweep import (
     build_run_config,
@@ -30,6 +29,7 @@ from tuner.sweep import (
     init_ray,
     load_data,
     resolve_cpus,
+    resolve_pretrained,
 )
 
 SUFFIX = "-confirm"
@@ -46,7 +46,7 @@ def confirm_settings(
     return dataclasses.replace(
         experiment.settings,
         name=experiment.settings.name + SUFFIX,
-        storage=str(experiment.path.resolve().parent),
+        storage=storage.parent(experiment.location),
         trials=runs,
         max_concurrent=None,
         scheduler=Scheduler.FIFO,
@@ -77,17 +77,17 @@ def run(
     cpus_per_trial: int | None = None,
     gpus_per_trial: float | None = None,
     write: Callable[[str], None] | None = None,
-) -> Path:
-    """Train every (candidate, seed) pair; returns the new experiment's folder. `write`
+) -> str:
+    """Train every (candidate, seed) pair; returns the new experiment's location. `write`
     takes a line per ended run (quiet output), as in a sweep."""
     settings = confirm_settings(
         experiment, len(candidates) * len(seeds), address, cpus_per_trial, gpus_per_trial
     )
-    directory = Path(settings.experiment_dir)
-    if directory.exists():
+    directory = settings.experiment_dir
+    if storage.exists(directory):
         raise UserError(f"{directory}: a confirm run is already there; remove it to run again")
-    for candidate in candidates:
-        check_weights(TrainConfig.from_flat({**settings.base.to_flat(), **candidate.point}))
+    configs = [TrainConfig.from_flat({**settings.base.to_flat(), **c.point}) for c in candidates]
+    pretrained = resolve_pretrained(settings, configs)
     data = load_data(settings)
     if write is not None:
         quiet_ray()
@@ -97,7 +97,7 @@ def run(
     create_experiment(settings, data)
     points = [dict(c.point) for c in candidates]
     tuner = tune.Tuner(
-        build_trainable(settings, data),
+        build_trainable(settings, data, pretrained),
         param_space=pair_grid(candidates, seeds),
         tune_config=tune.TuneConfig(
             num_samples=len(points),  # one sample per point, each expanded by the seed grid

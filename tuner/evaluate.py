@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from results import storage
 from results.experiment import Experiment, Trial
 from results.layout import MODEL_FILE, SPLIT_FILE
 from trainable.engine import LOSS, Precision, evaluate, pick_device, score_probabilities
@@ -54,23 +55,27 @@ def pick_trial(experiment: Experiment, name: str | None) -> Trial:
     """The named trial, or the experiment's best (by its objective on validation)."""
     if name is None:
         if experiment.best is None:
-            raise UserError(f"{experiment.path}: no trial has a result yet; nothing to evaluate")
+            raise UserError(
+                f"{experiment.location}: no trial has a result yet; nothing to evaluate"
+            )
         return experiment.best
     for trial in experiment.trials:
         if name in (trial.name, f"trial_{trial.number:03d}"):
             return trial
     names = ", ".join(t.name for t in experiment.trials)
-    raise UserError(f"--trial {name}: no such trial in {experiment.path}; valid: {names}")
+    raise UserError(f"--trial {name}: no such trial in {experiment.location}; valid: {names}")
 
 
-def load_selected_models(trial: Trial, device: torch.device) -> list[torch.nn.Module]:
+def load_selected_models(
+    experiment: Experiment, trial: Trial, device: torch.device
+) -> list[torch.nn.Module]:
     """The trial's selected weights in freshly built models (one per fold)."""
     names = trial.selected.models if trial.selected else (MODEL_FILE,)
-    paths = [trial.path / name for name in names]
+    paths = [experiment.trial_file(trial, name) for name in names]
     if trial.config is None or not all(path.is_file() for path in paths):
         raise UserError(
-            f"{paths[0]}: no selected model; the trial ended before its first epoch "
-            "(choose another with --trial)"
+            f"{storage.join(experiment.location, trial.name, names[0])}: no selected model; "
+            "the trial ended before its first epoch (choose another with --trial)"
         )
     models = []
     for path in paths:
@@ -133,7 +138,7 @@ def evaluate_trial(
     precision = Precision.for_device(device, config)
     truth = sized.evaluation
     runs = []
-    for model in load_selected_models(trial, device):
+    for model in load_selected_models(experiment, trial, device):
         if precision.channels_last:
             model = model.to(memory_format=torch.channels_last)
         runs.append(

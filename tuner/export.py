@@ -51,7 +51,7 @@ def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> di
     return {
         "file": file.name,
         "format": fmt,
-        "experiment": str(experiment.path.resolve()),
+        "experiment": experiment.location,
         "trial": trial.name,
         "encoder": config.encoder,
         "encoder_weights": config.encoder_weights,
@@ -96,7 +96,7 @@ def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = "torchscr
             raise UserError(f"{path}: exists; choose another --out (nothing is overwritten)")
     if trial.config is None or trial.selected is None:
         raise UserError(f"{trial.path}: no selected model to export; choose another --trial")
-    models = load_selected_models(trial, torch.device("cpu"))
+    models = load_selected_models(experiment, trial, torch.device("cpu"))
     if len(models) > 1:
         raise UserError(
             f"{trial.name}: a cross-validated trial is {len(models)} fold models; export "

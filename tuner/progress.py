@@ -102,8 +102,10 @@ class TrialLines(tune.Callback):
 
 
 class TrialHParams(tune.Callback):
-    """When a trial ends, its HParams into its TensorBoard run (a local or shared storage
-    folder): searched values, true state, and the selected epoch's metrics."""
+    """When a trial ends, its HParams into its TensorBoard run: searched values, true
+    state, and the selected epoch's metrics. Written into the driver's staging copy of the
+    trial's folder, which Tune uploads to the storage (local, NFS or s3://) with its
+    results."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -116,7 +118,8 @@ class TrialHParams(tune.Callback):
             if k.startswith((keys.selected(""), "test_")) and isinstance(v, int | float)
         }
         epochs = int(result.get("training_iteration", 0))
-        write_hparams(Path(trial.path), dict(trial.config), shown, state, epochs)
+        staging = Path(trial.storage.trial_driver_staging_path)
+        write_hparams(staging, dict(trial.config), shown, state, epochs)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         epochs = int((trial.last_result or {}).get("training_iteration", 0))

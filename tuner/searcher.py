@@ -14,6 +14,12 @@
   to, or telling, a trial the study already finished raises `UpdateFinishedTrialError`
   and would crash the restore. Such updates are skipped.
 
+- The study is SQLite on the driver (`StudyStorage`). Tune pickles the searcher into the
+  experiment and unpickles it on --resume, perhaps on another machine: the storage finds
+  its file again from the experiment's location. With remote storage (s3://) a copy of
+  the study joins every snapshot of Tune's own state (`save_to_dir`), so the study that a
+  lost driver leaves behind is the one consistent with the trials Tune will resume.
+
 Each Optuna trial also carries the Tune trial id and the epochs it ran (user attributes).
 The sampler is TPE as Optuna's authors advise for a conditional space sampled in
 parallel (`tpe_sampler`).
@@ -23,13 +29,18 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import warnings
+from contextlib import closing
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from results import storage
 from results.layout import TUNE_TRIAL_ID
+from results.settings import driver_study_path, study_file_name
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,14 @@ class BudgetAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args, budget_epochs: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._budget_epochs = budget_epochs
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Tune's snapshot of the searcher, and on remote storage a copy of the study beside
+        it, which Tune uploads with the rest of its state."""
+        super().save_to_dir(checkpoint_dir, session_str)
+        study = self._storage
+        if isinstance(study, StudyStorage) and storage.is_remote(study.experiment_dir):
+            copy_study(study.file, Path(checkpoint_dir) / study_file_name(study.study_name))
 
     def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
         return self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
@@ -109,5 +128,26 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._ot_study.tell(ot_trial, value if state is TrialState.COMPLETE else None, state=state)
 
 
-def sqlite_storage(path: str) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(f"sqlite:///{path}")
+class StudyStorage(optuna.storages.RDBStorage):
+    """The sweep's SQLite study on the driver (see driver_study_path), which finds its
+    file again wherever it is unpickled: a plain RDBStorage would reconnect to the absolute
+    path it was made with, and create an empty study there."""
+
+    def __init__(self, experiment_dir: str, study_name: str) -> None:
+        self.experiment_dir, self.study_name = experiment_dir, study_name
+        self.file = driver_study_path(experiment_dir, study_name)
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(f"sqlite:///{self.file}")
+
+    def __reduce__(self):
+        return StudyStorage, (self.experiment_dir, self.study_name)
+
+
+def copy_study(source: Path, target: Path) -> None:
+    """A consistent copy of a live SQLite study (SQLite's backup, not a file copy, which
+    could catch a write half done), swapped in whole."""
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(partial)) as copy:
+        live.backup(copy)
+    partial.replace(target)

@@ -83,12 +83,12 @@ def from_experiment(
         trials = [t for t in experiment.ranked() if t.selected is not None][:ensemble]
         if len(trials) < ensemble:
             raise UserError(
-                f"--ensemble {ensemble}: {experiment.path} has only {len(trials)} trials "
+                f"--ensemble {ensemble}: {experiment.location} has only {len(trials)} trials "
                 "with a selected model"
             )
     members = []
     for chosen in trials:  # a cross-validated trial brings one model per fold
-        models = load_selected_models(chosen, device)
+        models = load_selected_models(experiment, chosen, device)
         precision = Precision.for_device(device, chosen.config)
         for fold, model in enumerate(models):
             if precision.channels_last:

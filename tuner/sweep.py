@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fnmatch
 import json
 import logging
 import os
@@ -16,11 +17,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from results import storage
 from results.experiment import INTERRUPTED, trial_state
 from results.layout import (
     DATA_FILE,
@@ -31,18 +34,19 @@ from results.layout import (
     optuna_states,
     save_settings,
 )
-from results.settings import RunSettings, Scheduler
+from results.settings import RunSettings, Scheduler, study_file_name
 from search_spaces import get_space
+from trainable.config import TrainConfig
 from trainable.dataset import discover
 from trainable.errors import UserError
-from trainable.model import check_weights
+from trainable.model import PretrainedEncoders, pretrained_encoders
 from trainable.preprocess import SizedData, dataset_fingerprint, load_sized
 from trainable.synth import SYNTHETIC_MARKER
 from trainable.tune_adapter import TrialSetup, train_busi
 from tuner import interrupts
 from tuner.lock import lock_experiment
 from tuner.progress import TrialHParams, TrialLines, TrialNamer, quiet_ray
-from tuner.searcher import BudgetAwareOptunaSearch, sqlite_storage, tpe_sampler
+from tuner.searcher import BudgetAwareOptunaSearch, StudyStorage, tpe_sampler
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +60,28 @@ AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 
 
 def resolve_settings(settings: RunSettings) -> RunSettings:
-    """Refuse to overwrite or to resume nothing; on resume, the saved settings win.
-    Writes nothing."""
-    if not settings.storage_is_local:
-        return settings  # remote storage: Tune itself refuses a clash or a missing run
-    directory = Path(settings.experiment_dir)
+    """Refuse to overwrite or to resume nothing, on local and remote storage alike; on
+    resume, the saved settings win. Writes nothing."""
+    location = settings.experiment_dir
+    settings_file = storage.join(location, SETTINGS_FILE)
     if settings.resume:
-        if not (directory / SETTINGS_FILE).is_file():
+        if not storage.is_file(settings_file):
             raise UserError(
-                f"{directory}: no experiment to resume; check --storage and --name "
+                f"{location}: no experiment to resume; check --storage and --name "
                 "(or start it without --resume)"
             )
-        saved = load_settings(directory / SETTINGS_FILE)
+        saved = load_settings(settings_file)
         # The experiment is where it was found: a moved --storage wins over the saved one.
         return dataclasses.replace(
             saved, storage=settings.storage, resume=True, address=settings.address
         )
-    if (directory / SETTINGS_FILE).is_file():
+    if storage.is_file(settings_file):
         raise UserError(
-            f"{directory}: an experiment of that name exists; continue it with --resume "
+            f"{location}: an experiment of that name exists; continue it with --resume "
             "or choose another --name"
         )
-    if directory.exists():
-        raise UserError(f"{directory}: exists and is not an experiment; choose another --name")
+    if storage.exists(location):
+        raise UserError(f"{location}: exists and is not an experiment; choose another --name")
     return settings
 
 
@@ -97,57 +100,73 @@ def data_provenance(root: Path) -> dict:
 def create_experiment(settings: RunSettings, data: SizedData) -> None:
     """The experiment's folder with its settings and data provenance. A failure (a full
     disk) leaves nothing behind, so the name stays free."""
-    if not settings.storage_is_local:
-        return
-    directory = Path(settings.experiment_dir)
+    location = settings.experiment_dir
+    if settings.storage_is_local:
+        try:
+            Path(location).mkdir(parents=True)
+        except FileExistsError:  # another run took the name since resolve_settings
+            raise UserError(
+                f"{location}: an experiment of that name exists; continue it with --resume "
+                "or choose another --name"
+            ) from None
+        except OSError as error:
+            raise UserError(
+                f"{location}: cannot be made ({error.strerror}); choose another --storage"
+            ) from None
+    else:
+        # A study left on this driver by an earlier experiment of that URI is not this one's.
+        settings.study_path.unlink(missing_ok=True)
     try:
-        directory.mkdir(parents=True)
-    except FileExistsError:  # another run took the name since resolve_settings
-        raise UserError(
-            f"{directory}: an experiment of that name exists; continue it with --resume "
-            "or choose another --name"
-        ) from None
-    except OSError as error:
-        raise UserError(
-            f"{directory}: cannot be made ({error.strerror}); choose another --storage"
-        ) from None
-    try:
-        save_settings(settings, directory / SETTINGS_FILE)
+        save_settings(settings, storage.join(location, SETTINGS_FILE))
         provenance = {**data_provenance(settings.data), "warnings": list(data.evaluation.warnings)}
-        (directory / DATA_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        text = json.dumps(provenance, indent=2) + "\n"
+        storage.write_bytes(storage.join(location, DATA_FILE), text.encode())
     except OSError as error:
-        shutil.rmtree(directory, ignore_errors=True)
+        if settings.storage_is_local:
+            shutil.rmtree(location, ignore_errors=True)
         raise UserError(
-            f"{directory}: could not be written ({error.strerror}); nothing was kept"
+            f"{location}: could not be written ({error.strerror}); nothing was kept"
         ) from None
 
 
 def check_resumable(settings: RunSettings) -> None:
     """Refuse, before Ray starts, a run whose saved state Tune could not read (it would
-    log the error and silently start over) or whose study is damaged."""
-    if not settings.storage_is_local:
-        return
-    directory = Path(settings.experiment_dir)
-    states = sorted(directory.glob(TUNE_RUN_STATE))
-    tuner_state = directory / TUNE_STATE_FILE
+    log the error and silently start over) or whose study is damaged. With remote storage
+    the study's copy that goes with Tune's state becomes the driver's study."""
+    location = settings.experiment_dir
+    tuner_state = storage.join(location, TUNE_STATE_FILE)
+    states = sorted(
+        name
+        for name in storage.list_files(location, recursive=False)
+        if fnmatch.fnmatch(name, TUNE_RUN_STATE)
+    )
     damaged = None
-    if not tuner_state.is_file() or tuner_state.stat().st_size == 0:
+    if not storage.size(tuner_state):
         damaged = tuner_state
     elif not states:
-        damaged = directory / TUNE_RUN_STATE
+        damaged = storage.join(location, TUNE_RUN_STATE)
     else:
         try:
-            json.loads(states[-1].read_text())
+            json.loads(storage.read_bytes(storage.join(location, states[-1])) or b"")
         except (json.JSONDecodeError, UnicodeDecodeError):
-            damaged = states[-1]
+            damaged = storage.join(location, states[-1])
     if damaged is not None:
         raise UserError(
             f"{damaged}: Tune's run state is missing or damaged (a full disk, or a copy cut "
             "short), so the run cannot continue; `report` still reads its trials: start a "
             "new experiment with another --name"
         )
-    if not settings.reference_only:
-        open_study(settings.study_path, settings.name)  # a damaged study: one line
+    if settings.reference_only:
+        return
+    if not settings.storage_is_local:
+        snapshot = storage.join(location, study_file_name(settings.name))
+        if not storage.is_file(snapshot):
+            raise UserError(
+                f"{snapshot}: the sweep's study is missing, so the run cannot continue; "
+                "`report` still reads its trials: start a new experiment with another --name"
+            )
+        storage.download(snapshot, settings.study_path)
+    open_study(settings.study_path, settings.name)  # a damaged study: one line
 
 
 def load_data(settings: RunSettings) -> SizedData:
@@ -249,7 +268,19 @@ def gpus_per_trial(settings: RunSettings) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def build_trainable(settings: RunSettings, data: SizedData):
+def resolve_pretrained(settings: RunSettings, configs: list[TrainConfig] | None = None):
+    """Every encoder's pretrained weights a trial can ask for (the space's, or those of
+    `configs`), read once here: hub cache or file. One clear line when they cannot be had."""
+    if configs is not None:
+        pairs = [(c.encoder, c.encoder_weights) for c in configs]
+    elif settings.reference_only:
+        pairs = [(settings.base.encoder, settings.base.encoder_weights)]
+    else:
+        pairs = list(get_space(settings.space).encoder_weights(settings.base).items())
+    return pretrained_encoders(pairs)
+
+
+def build_trainable(settings: RunSettings, data: SizedData, pretrained: PretrainedEncoders):
     setup = TrialSetup(
         base=settings.base,
         split_policy=settings.split,
@@ -263,8 +294,10 @@ def build_trainable(settings: RunSettings, data: SizedData):
         num_workers=settings.cpus_per_trial - 1,
     )
     resources = {"cpu": settings.cpus_per_trial, "gpu": gpus_per_trial(settings)}
-    # with_parameters puts the arrays in Ray's object store once for every trial.
-    return tune.with_resources(tune.with_parameters(train_busi, data=data, setup=setup), resources)
+    # with_parameters puts the arrays (and weights) in Ray's object store once for every
+    # trial: a worker node needs no copy of the data, the hub cache or a weights file.
+    trainable = tune.with_parameters(train_busi, data=data, setup=setup, pretrained=pretrained)
+    return tune.with_resources(trainable, resources)
 
 
 def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
@@ -278,7 +311,7 @@ def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
         points_to_evaluate=[space.reference_point(settings.base)],
         sampler=tpe_sampler(settings.seed),
         study_name=settings.name,
-        storage=sqlite_storage(str(settings.study_path)),
+        storage=StudyStorage(settings.experiment_dir, settings.name),
         budget_epochs=settings.base.epochs,
     )
     epochs = settings.base.epochs
@@ -313,9 +346,7 @@ def build_run_config(
     # Tune adds its default loggers unless told not to; the two the reporter reads are
     # added here instead.
     os.environ[NO_AUTO_LOGGERS_ENV] = "1"
-    callbacks = [CSVLoggerCallback(), JsonLoggerCallback()]
-    if settings.storage_is_local:
-        callbacks.append(TrialHParams(settings.base.epochs))
+    callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), TrialHParams(settings.base.epochs)]
     if write is not None:
         namer = TrialNamer(sweep=not settings.reference_only)
         trials = 1 if settings.reference_only else settings.trials
@@ -352,11 +383,12 @@ def run(
             get_space(settings.space)  # an unknown name fails before anything starts
         except KeyError as error:
             raise UserError(f"run: {error.args[0]}") from None
-    check_weights(settings.base)
+    pretrained = resolve_pretrained(settings)
     lock = None  # held from here until the run and its pruning are over
     try:
-        if settings.resume and settings.storage_is_local:
-            lock = lock_experiment(Path(settings.experiment_dir))
+        if settings.resume:
+            if settings.storage_is_local:
+                lock = lock_experiment(Path(settings.experiment_dir))
             check_resumable(settings)
         data = load_data(settings)  # bad data fails here, before anything is written
         for warning in data.evaluation.warnings:
@@ -368,7 +400,7 @@ def run(
             create_experiment(settings, data)
             if settings.storage_is_local:
                 lock = lock_experiment(Path(settings.experiment_dir))
-        results = fit_tuner(settings, data, write)
+        results = fit_tuner(settings, data, pretrained, write)
         if any(result.error is not None and disk_full(result.error) for result in results):
             raise disk_full_error(settings)
         prune_checkpoints(settings, results)
@@ -378,10 +410,15 @@ def run(
     return settings, results
 
 
-def fit_tuner(settings: RunSettings, data: SizedData, write: Callable[[str], None] | None):
+def fit_tuner(
+    settings: RunSettings,
+    data: SizedData,
+    pretrained: PretrainedEncoders,
+    write: Callable[[str], None] | None,
+):
     """Tune's run (new or restored); a full disk, wherever Tune or SQLite met it, is one
     line with the command that continues."""
-    trainable = build_trainable(settings, data)
+    trainable = build_trainable(settings, data, pretrained)
     try:
         if settings.resume:
             # Errored trials run again: a lost node or a full disk may be gone now, and a
@@ -426,9 +463,7 @@ def trial_states(settings: RunSettings, results: tune.ResultGrid) -> list[str]:
     marks a trial cut off by Ctrl-C as terminated, like one the scheduler stopped; the
     study tells them apart (it still holds the interrupted one RUNNING), and a --reference
     run has no scheduler to stop a trial early."""
-    study = None
-    if not settings.reference_only and settings.storage_is_local:
-        study = open_study(settings.study_path, settings.name)
+    study = None if settings.reference_only else open_study(settings.study_path, settings.name)
     in_study = optuna_states(study)
     states = []
     for result in results:
@@ -459,16 +494,16 @@ def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
     of the trials that ended normally (Tune's checkpoint_* pointers and the state/ they
     point to), keeping model.pt. Errored trials keep theirs, and an interrupted experiment
     keeps everything. Returns the folders deleted."""
-    if not settings.storage_is_local or not all_ended(settings, results):
+    if not all_ended(settings, results):
         return 0
     deleted = 0
     for result in results:
         if result.error is None:
-            for folder in [
-                *Path(result.path).glob("checkpoint_*"),
-                Path(result.path) / STATE_FOLDER,
-            ]:
-                if folder.is_dir():
-                    shutil.rmtree(folder)
+            selector = pyarrow.fs.FileSelector(result.path, allow_not_found=True)
+            for info in result.filesystem.get_file_info(selector):
+                if info.type == pyarrow.fs.FileType.Directory and (
+                    info.base_name == STATE_FOLDER or info.base_name.startswith("checkpoint_")
+                ):
+                    result.filesystem.delete_dir(info.path)
                     deleted += 1
     return deleted
