@@ -1,7 +1,9 @@
 """Training images per second of the reference model (ResNeXt101-32x16d U-Net, 256 px,
-batch 8, random init) in fp32, bf16 autocast and bf16 + channels-last, with the engine's
-own `train_one_epoch`; the peak GPU memory of a trial, and how many such trials fit on
-one GPU with fractional GPUs. Runs without Ray.
+batch 8, random init) in fp32, bf16 autocast and bf16 + channels-last, and the last with
+torch.compile (`--compile`, default on CUDA: what `run --compile` buys, and its one-time
+cost in the warm-up column), with the engine's own `train_one_epoch`; the peak GPU memory
+of a trial, and how many such trials fit on one GPU with fractional GPUs. Runs without
+Ray.
 
     python -m benchmarks.gpu_throughput --cache .gpu_bundle/busi-256.npz --out "$OUT"
 
@@ -34,11 +36,13 @@ from trainable.engine import (
 from trainable.model import build_loss, build_model
 from trainable.splits import SplitPolicy, make_split
 
-# name: (autocast dtype, channels-last); the last is what a trial runs on CUDA.
-MODES: dict[str, tuple[torch.dtype | None, bool]] = {
-    "fp32": (None, False),
-    "bf16": (torch.bfloat16, False),
-    "bf16+channels-last": (torch.bfloat16, True),
+# name: (autocast dtype, channels-last, torch.compile); bf16+channels-last is what a
+# trial runs on CUDA, and with `run --compile` the compiled mode.
+MODES: dict[str, tuple[torch.dtype | None, bool, bool]] = {
+    "fp32": (None, False, False),
+    "bf16": (torch.bfloat16, False, False),
+    "bf16+channels-last": (torch.bfloat16, True, False),
+    "bf16+channels-last+compile": (torch.bfloat16, True, True),
 }
 TRIAL_MODE = "bf16+channels-last"
 # Memory left free when packing trials: allocator fragmentation, evaluation, cuDNN
@@ -59,13 +63,16 @@ def measure_mode(
     args: argparse.Namespace,
     device: torch.device,
 ) -> dict[str, Any]:
-    dtype, channels_last = MODES[mode]
+    dtype, channels_last, compiled = MODES[mode]
     precision = Precision(dtype, channels_last)
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
+    parameters = sum(p.numel() for p in model.parameters())
+    if compiled:
+        model = torch.compile(model)  # as the engine does: the forward only
     loss_fn = build_loss(config.loss)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     if device.type == "cuda":
@@ -78,13 +85,15 @@ def measure_mode(
         _sync(device)
         return time.perf_counter() - started
 
-    steps(args.warmup)
+    warmup = steps(args.warmup)  # a compiled model compiles here
     seconds = statistics.median(steps(args.steps) for _ in range(args.repeats))
     result = {
         "mode": mode,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": parameters,
         "autocast": str(dtype).removeprefix("torch.") if dtype else None,
         "channels_last": channels_last,
+        "compiled": compiled,
+        "warmup_seconds": warmup,
         "step_seconds": seconds / args.steps,
         "images_per_second": args.steps * config.batch_size / seconds,
         "peak_allocated_bytes": None,
@@ -133,8 +142,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     loader = make_train_loader(data, split, config, num_workers=0)
     count = max(args.warmup, args.steps)
     batches = list(itertools.islice(itertools.cycle(loader), count))
+    compile_too = device.type == "cuda" if args.compile is None else args.compile
     modes = []
-    for mode in MODES:
+    for mode, (_, _, compiled) in MODES.items():
+        if compiled and not compile_too:
+            continue
         modes.append(measure_mode(config, mode, batches, args, device))
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the next mode starts from the context alone
@@ -177,13 +189,22 @@ def format_results(results: dict[str, Any]) -> str:
         f"{gpu['name'] if gpu else s['device']}; median of {s['repeats']} x {s['timed_steps']} "
         f"steps after {s['warmup_steps']} warm-up",
         table(
-            ["mode", "images/s", "x fp32", "step s", "peak alloc GiB", "device used GiB"],
+            [
+                "mode",
+                "images/s",
+                "x fp32",
+                "step s",
+                "warm-up s",
+                "peak alloc GiB",
+                "device used GiB",
+            ],
             [
                 [
                     m["mode"],
                     m["images_per_second"],
                     m["speedup_over_fp32"],
                     m["step_seconds"],
+                    m["warmup_seconds"],
                     _gib(m["peak_allocated_bytes"]),
                     _gib(m["device_used_bytes"]),
                 ]
@@ -220,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--repeats", type=int, default=3, help="(default: %(default)s)")
     model.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    model.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also measure bf16+channels-last with torch.compile (default: on CUDA only; "
+        "on a CPU its compilation takes minutes)",
     )
     parser.add_argument(
         "--out",

@@ -303,7 +303,8 @@ def is_base_config(config: TrainConfig | None, settings: RunSettings) -> bool:
 def load_experiment(location: str | Path) -> Experiment:
     """An experiment folder <storage>/<name>, local or remote (s3://…)."""
     if storage.is_remote(location):
-        return _load_local(storage.mirror(str(location)), str(location).rstrip("/"))
+        local = storage.mirror(str(location), SETTINGS_FILE)
+        return _load_local(local, str(location).rstrip("/"))
     return _load_local(Path(location), str(Path(location).resolve()))
 
 

@@ -42,6 +42,7 @@ class RunSettings:
     max_failures: int = 2
     checkpoint_every: int = 10  # epochs between full training states (resume points)
     reuse_actors: bool = True  # start a trial in a finished trial's Ray worker
+    compiled: bool = False  # torch.compile each trial's model (an option, not a default)
     local_gpus: int | None = None  # logical GPUs to declare when starting Ray locally
     cache_dir: Path | None = None
 
@@ -56,6 +57,11 @@ class RunSettings:
                 f"--storage {self.storage}: a Ray cluster (--address) needs storage every "
                 "node can reach; pass a URI such as s3://bucket/runs, or an NFS path that "
                 "every node mounts together with --shared-storage"
+            )
+        if not self.storage_is_local and "?" in self.storage:
+            raise UserError(
+                f"--storage {self.storage}: options after ? are not supported; give the "
+                "endpoint and credentials in AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ..."
             )
         if self.name in (".", "..") or "/" in self.name or "\\" in self.name:
             raise UserError(

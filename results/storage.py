@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from trainable.errors import UserError
@@ -53,12 +54,13 @@ def _errors(location: str) -> Iterator[None]:
     local folder's errors (a full disk, permissions) are left to the caller."""
     try:
         yield
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, pa.ArrowException) as error:
         if not is_remote(location) or isinstance(
             error, FileNotFoundError | IsADirectoryError | FileExistsError
         ):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        text = str(error).strip()
+        message = text.splitlines()[0] if text else type(error).__name__
         raise UserError(
             f"{location}: the storage cannot be reached ({message}); check the URI and the "
             "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for "
@@ -147,40 +149,55 @@ def mirrored(relative: str) -> bool:
     return not any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in NOT_MIRRORED)
 
 
-def download(location: str | Path, target: Path) -> Path:
-    """One remote file to `target` (written whole, then renamed)."""
+def download(location: str | Path, target: Path, info: pafs.FileInfo | None = None) -> Path:
+    """One remote file to `target` (written whole, then renamed), stamped with the remote
+    modification time when `info` gives it, so that `stale` needs no agreeing clocks."""
     data = read_bytes(location)
     if data is None:
         raise UserError(f"{location}: no such file")
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     partial.write_bytes(data)
+    if info is not None and info.mtime is not None:
+        os.utime(partial, (info.mtime.timestamp(), info.mtime.timestamp()))
     partial.replace(target)
     return target
 
 
-def mirror(location: str) -> Path:
+def stale(info: pafs.FileInfo, target: Path) -> bool:
+    """Whether the local copy differs from the remote file: missing, another size, or
+    another modification time (the copy carries the remote one)."""
+    if not target.is_file():
+        return True
+    copied = target.stat()
+    changed = info.mtime is not None and info.mtime.timestamp() != copied.st_mtime
+    return copied.st_size != info.size or changed
+
+
+def mirror(location: str, required: str) -> Path:
     """A local copy of a remote experiment's small files (see NOT_MIRRORED), brought up to
-    date (files whose size changed are read again, files gone are removed), so that every
-    reader works on plain files. Returns the copy's folder, named like the experiment."""
-    local = local_copy_dir(location, "experiments") / location.rstrip("/").rsplit("/", 1)[-1]
-    remote = {rel: info for rel, info in list_files(location).items() if mirrored(rel)}
-    if not remote:
-        raise UserError(f"{location}: no experiment there; give <storage>/<name>")
-    for relative, info in remote.items():
-        target = local / relative
-        if not target.is_file() or target.stat().st_size != info.size or _changed(info, target):
-            download(join(location, relative), target)
-    for target in local.rglob("*"):
+    date: changed files read again, files and folders gone remotely removed (weights
+    fetched earlier included). `required`, a file every experiment has, guards against
+    copying a whole storage given by mistake. Returns the copy's folder, named like the
+    experiment."""
+    location = location.rstrip("/")
+    if not is_file(join(location, required)):
+        raise UserError(
+            f"{location}: not an experiment (no {required}); give the experiment's URI, "
+            "<storage>/<name>"
+        )
+    local = local_copy_dir(location, "experiments") / location.rsplit("/", 1)[-1]
+    everything = list_files(location)
+    for relative, info in everything.items():
+        if mirrored(relative) and stale(info, local / relative):
+            download(join(location, relative), local / relative, info)
+    for target in sorted(local.rglob("*"), reverse=True):  # files before their folders
         relative = target.relative_to(local).as_posix()
-        if target.is_file() and mirrored(relative) and relative not in remote:
+        if target.is_file() and relative not in everything and not relative.endswith(".partial"):
             target.unlink()
+        elif target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
     return local
-
-
-def _changed(info: pafs.FileInfo, target: Path) -> bool:
-    """Rewritten remotely since it was copied (an object store keeps no equal mtimes)."""
-    return info.mtime is not None and info.mtime.timestamp() > target.stat().st_mtime
 
 
 def fetch(location: str, local_root: Path, relative: str) -> Path:
@@ -191,8 +208,8 @@ def fetch(location: str, local_root: Path, relative: str) -> Path:
     if info.type != pafs.FileType.File:
         target.unlink(missing_ok=True)
         return target
-    if not target.is_file() or target.stat().st_size != info.size or _changed(info, target):
-        download(join(location, relative), target)
+    if stale(info, target):
+        download(join(location, relative), target, info)
     return target
 
 

@@ -32,6 +32,8 @@ MODE_KEYS = {
     "parameters",
     "autocast",
     "channels_last",
+    "compiled",
+    "warmup_seconds",
     "step_seconds",
     "images_per_second",
     "peak_allocated_bytes",
@@ -103,12 +105,19 @@ def test_heaviest_augmentation_is_the_top_of_the_reference_space(bench):
 
 
 @pytest.mark.slow
-def test_gpu_throughput_tiny_on_cpu(bench, synth_cache_file, tmp_path, capsys):
+def test_gpu_throughput_tiny_on_cpu(bench, synth_cache_file, tmp_path, capsys, monkeypatch):
+    import torch
+
     module = bench("gpu_throughput")
+    # The compiled mode through Dynamo's `eager` backend: inductor's code generation
+    # takes minutes on a CPU.
+    plain_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m: plain_compile(m, backend="eager"))
     argv = [*TINY_MODEL, "--cache", str(synth_cache_file), "--out", str(tmp_path)]
-    module.main([*argv, "--warmup", "1", "--steps", "1", "--repeats", "1"])
+    module.main([*argv, "--warmup", "1", "--steps", "1", "--repeats", "1", "--compile"])
     results = json.loads((tmp_path / module.RESULT_FILE).read_text())
     assert [m["mode"] for m in results["modes"]] == list(module.MODES)
+    assert [m["compiled"] for m in results["modes"]] == [False, False, False, True]
     for mode in results["modes"]:
         assert set(mode) == MODE_KEYS and mode["images_per_second"] > 0
     assert results["packing"]["fit"] is None  # no GPU memory figures on the CPU

@@ -91,6 +91,32 @@ def test_same_seed_same_metrics_and_resume_continues_identically(
     assert resumed[0].heldout["dice"] == pytest.approx(run_a[1].heldout["dice"], rel=1e-5)
 
 
+def test_a_compiled_model_trains_the_same_and_saves_plain_names(
+    synth_arrays, tiny_config, monkeypatch
+):
+    """`--compile` wraps the forward with torch.compile. Dynamo's `eager` backend (the
+    graph capture without code generation, which takes minutes on a CPU) keeps the
+    numbers: the run equals the plain one, and the state keeps the module's names."""
+    compile_calls = []
+    plain_compile = torch.compile
+
+    def eager_compile(model, **options):
+        compile_calls.append(model)
+        return plain_compile(model, backend="eager", **options)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    split = make_split(synth_arrays, SplitPolicy.RANDOM, seed=0, with_validation=True)
+    config = tiny_config.replace(epochs=1)
+    plain_state, plain = _reports(config, synth_arrays, split)
+    compiled_state, compiled = _reports(config, synth_arrays, split, compiled=True)
+    assert len(compile_calls) == 1
+    assert [r.train_loss for r in compiled] == pytest.approx([r.train_loss for r in plain])
+    assert compiled[-1].heldout["dice"] == pytest.approx(plain[-1].heldout["dice"])
+    saved = compiled_state.model.state_dict()
+    assert saved.keys() == plain_state.model.state_dict().keys()
+    assert not any(name.startswith("_orig_mod") for name in saved)
+
+
 def test_non_finite_loss_raises(synth_arrays, tiny_config, monkeypatch):
     split = make_split(synth_arrays, SplitPolicy.RANDOM, seed=0, with_validation=True)
 

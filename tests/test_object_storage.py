@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -193,7 +192,8 @@ def test_two_node_cluster_on_s3_moves_a_lost_trial_with_the_drivers_weights(
                 files = storage.list_files(location) if storage.exists(location) else {}
                 for trial in {p.split("/")[0] for p in files if p.startswith("trial_")}:
                     starts = _placements(location, trial)
-                    resumable = any(re.match(rf"{trial}/checkpoint_\d+/", p) for p in files)
+                    # Its second full state written: the driver has long had the first.
+                    resumable = f"{trial}/state/epoch_0004.pt" in files
                     if starts and starts[0]["node_id"] == worker.node_id and resumable:
                         cluster.remove_node(worker)
                         return
@@ -215,6 +215,6 @@ def test_two_node_cluster_on_s3_moves_a_lost_trial_with_the_drivers_weights(
     assert len(moved) == 1, placements
     first_start, restart = moved[0]
     assert first_start["node_id"] == worker.node_id != restart["node_id"]
-    assert restart["resumed_after_epoch"] >= 2  # from its checkpoint, not from epoch 0
+    assert restart["resumed_after_epoch"] >= 2  # from a checkpoint, not from epoch 0
     saved = json.loads(storage.read_bytes(storage.join(location, SETTINGS_FILE)))
     assert saved["base"]["encoder_weights"] == str(tmp_path / "encoder.safetensors")

@@ -132,16 +132,21 @@ def test_searcher_records_tune_id_epochs_and_states(tmp_path):
     assert trials[1].intermediate_values == {1: 0.9}  # kept, but not a full-budget value
 
 
-def test_a_remote_sweeps_study_is_snapshotted_with_tunes_state_and_found_again(
-    tmp_path, monkeypatch
+def test_a_remote_sweeps_study_is_uploaded_with_tunes_state_and_found_again(
+    tmp_path, monkeypatch, s3_storage
 ):
     """With s3:// storage the study is a local SQLite file; each of Tune's snapshots of
-    the searcher carries a copy of it, and an unpickled searcher (--resume on another
-    machine, another cache) opens the study at that machine's path, not the old one."""
+    the searcher first uploads a copy of it to the experiment, and an unpickled storage
+    opens the study of the experiment being restored, on this driver, whatever the
+    pickled location (another machine's cache, or a folder since moved)."""
     import pickle
 
+    from results import storage
+    from tuner.searcher import restoring
+
+    experiment = storage.join(s3_storage, "sweep")
     monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "driver-1"))
-    searcher = _searcher(tmp_path, experiment="s3://bucket/runs/sweep")
+    searcher = _searcher(tmp_path, experiment=experiment)
     searcher.suggest("t1")
     searcher.on_trial_complete("t1", {"best_combined_loss": 0.5, "training_iteration": 4})
     live = searcher._storage.file
@@ -149,20 +154,25 @@ def test_a_remote_sweeps_study_is_snapshotted_with_tunes_state_and_found_again(
     staging = tmp_path / "staging"
     staging.mkdir()
     searcher.save_to_dir(str(staging), "now")
-    copied = optuna.load_study(study_name="s", storage=f"sqlite:///{staging / 's.sqlite'}")
-    assert [t.state for t in copied.trials] == [TrialState.COMPLETE]
-    assert sorted(p.name for p in staging.iterdir()) == ["s.sqlite", "searcher-state-now.pkl"]
+    assert [p.name for p in staging.iterdir()] == ["searcher-state-now.pkl"]
+    (tmp_path / "uploaded.sqlite").write_bytes(storage.read_bytes(f"{experiment}/s.sqlite"))
+    uploaded = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/uploaded.sqlite")
+    assert [t.state for t in uploaded.trials] == [TrialState.COMPLETE]
 
     monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "driver-2"))
     restored = pickle.loads(pickle.dumps(searcher._storage))
     assert restored.file == tmp_path / "driver-2" / live.relative_to(tmp_path / "driver-1")
-    assert restored.file.parent.is_dir()
 
-    local = _searcher(tmp_path / "local")  # local storage: the study lives in the experiment
-    (tmp_path / "local-staging").mkdir()
-    local.save_to_dir(str(tmp_path / "local-staging"), "now")
-    assert local._storage.file == tmp_path / "local" / "s.sqlite"
-    assert [p.name for p in (tmp_path / "local-staging").iterdir()] == ["searcher-state-now.pkl"]
+    (tmp_path / "before").mkdir()  # local storage: the study lives in the experiment
+    local = _searcher(tmp_path / "before")
+    local.suggest("t1")
+    pickled = pickle.dumps(local._storage)
+    (tmp_path / "before").rename(tmp_path / "after")
+    with restoring(str(tmp_path / "after")):
+        moved = pickle.loads(pickled)
+    assert moved.file == tmp_path / "after" / "s.sqlite"
+    assert len(optuna.load_study(study_name="s", storage=moved).trials) == 1
+    assert not (tmp_path / "before").exists()  # nothing made where it used to be
 
 
 def test_searcher_survives_a_study_ahead_of_the_restored_snapshot(tmp_path):

@@ -47,7 +47,7 @@ def test_a_mirror_copies_what_readers_need_and_follows_changes(s3_storage, tmp_p
     }
     for name, data in files.items():
         storage.write_bytes(storage.join(exp, name), data)
-    local = storage.mirror(exp)
+    local = storage.mirror(exp, "busi_tune_settings.json")
     assert local.name == "exp" and local.is_relative_to(tmp_path / "cache")
     copied = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert copied == {"busi_tune_settings.json", "trial_000_x/result.json"}
@@ -56,20 +56,20 @@ def test_a_mirror_copies_what_readers_need_and_follows_changes(s3_storage, tmp_p
     assert weights.read_bytes() == b"weights"
     assert not storage.fetch(exp, local, "trial_000_x/missing.pt").exists()
 
-    time.sleep(1.1)  # a rewrite is newer than the copy, whatever its size
-    storage.write_bytes(storage.join(exp, "trial_000_x/result.json"), b"2\n")
+    time.sleep(1.1)  # a rewrite of the same size has another modification time
+    storage.write_bytes(storage.join(exp, "trial_000_x/result.json"), b"2\n")  # same size
     storage.delete_dir(storage.join(exp, "trial_000_x", "state"))
     storage.write_bytes(storage.join(exp, "busi_tune_settings.json"), b"[]")
-    storage.mirror(exp)
+    storage.mirror(exp, "busi_tune_settings.json")
     assert (local / "trial_000_x/result.json").read_bytes() == b"2\n"
     assert (local / "busi_tune_settings.json").read_bytes() == b"[]"
 
     storage.delete_dir(storage.join(exp, "trial_000_x"))
-    storage.mirror(exp)
-    assert not (local / "trial_000_x/result.json").exists()  # gone remotely, gone here
+    storage.mirror(exp, "busi_tune_settings.json")
+    assert not (local / "trial_000_x").exists()  # gone remotely, gone here, weights too
 
-    with pytest.raises(UserError, match="no experiment there"):
-        storage.mirror(storage.join(s3_storage, "nothing"))
+    with pytest.raises(UserError, match="not an experiment"):  # not a whole storage
+        storage.mirror(s3_storage, "busi_tune_settings.json")
 
 
 def test_a_missing_bucket_is_one_line_naming_it(s3_storage):

@@ -224,47 +224,12 @@ def _interrupt_after_the_first_trial(
     return output
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_root, tmp_path):
-    storage = tmp_path / "runs"
-    args = shlex.split(
-        f"run --data '{synth_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
-        f"--epochs 2 --trials 3 --max-concurrent 1 --scheduler fifo --storage '{storage}' "
-        # A fresh worker per trial: a reused one starts the next trial so fast that it can
-        # finish before the interrupt lands (reuse itself: test_benchmarks).
-        f"--name resumable --cache-dir '{tmp_path / 'cache'}' --no-reuse-actors"
-    )
-    process = _cli(*args, cwd=tmp_path)
-    experiment = storage / "resumable"
-    interrupted = _interrupt_after_the_first_trial(process, experiment, epochs=2)
-    assert process.returncode == 130, interrupted[-2000:]
-    assert "1 finished, 0 stopped early, 0 errored, 1 interrupted" in interrupted
-    assert "best trial: trial_000_" in interrupted  # never the interrupted one
-    hint = next(line for line in interrupted.splitlines() if line.startswith("interrupted;"))
-    command = shlex.split(hint.split("continue with:", 1)[1])
-    assert command[:4] == ["python", "-m", "tuner", "run"] and str(storage) in command
-    first = _trial_dirs(experiment)[0]
-    first_rows = _progress_rows(first)
-    assert len(first_rows) == 2
-
-    elsewhere = tmp_path / "elsewhere"  # the printed command works from any folder
-    elsewhere.mkdir()
-    resumed = _cli(*command[3:], cwd=elsewhere)
-    output, _ = resumed.communicate(timeout=900)
-    assert resumed.returncode == 0, output[-3000:]
-    trials = _trial_dirs(experiment)
-    assert len(trials) == 3
-    assert _progress_rows(first) == first_rows  # not re-run
-    for trial in trials:
-        assert [row["epoch"] for row in _progress_rows(trial)][-1] == 2
-    assert "3 finished" in output
-    # The interrupted trial's record keeps its first start beside the resumed one.
-    starts = (trials[1] / PLACEMENT_FILE).read_text().splitlines()
-    assert len(starts) == 2, starts
-
-
-def test_a_cross_validated_sweep_ranks_by_the_fold_mean_and_resumes_no_finished_fold(
+def test_a_stopped_cross_validated_sweep_resumes_no_finished_fold_after_a_move(
     synth_root, tmp_path
 ):
+    """A 3-fold sweep stopped (SIGTERM) after its first trial, moved, and resumed from
+    another folder with the command it printed: the finished trial is not retrained, the
+    cut-off one continues (both starts recorded), trials rank by their fold mean."""
     storage = tmp_path / "runs"
     args = shlex.split(
         f"run --data '{synth_root}' --encoder resnet18 --encoder-weights none --image-size 64 "
@@ -279,15 +244,33 @@ def test_a_cross_validated_sweep_ranks_by_the_fold_mean_and_resumes_no_finished_
     # The driver's own lines: Ray forwards what its stopped workers print (their SIGTERM
     # handler's SystemExit can show as an ignored exception there, depending on timing).
     driver = [line for line in stopped.splitlines() if "pid=" not in line]
-    assert "interrupted; continue with:" in stopped and not any("Traceback" in x for x in driver)
+    assert not any("Traceback" in x for x in driver)
+    assert "1 finished, 0 stopped early, 0 errored, 1 interrupted" in stopped
+    assert "best trial: trial_000_" in stopped  # never the interrupted one
+    hint = next(line for line in stopped.splitlines() if line.startswith("interrupted;"))
+    command = shlex.split(hint.split("continue with:", 1)[1])
+    assert command[:4] == ["python", "-m", "tuner", "run"]
+    assert command[command.index("--storage") + 1] == str(storage)
+    # The experiment moves before it resumes: Tune's pickled searcher opens the study
+    # where it is now (nothing is made where it was).
+    storage = storage.rename(tmp_path / "moved")
+    command[command.index("--storage") + 1] = str(storage)
+    experiment = storage / "folds"
     first = _trial_dirs(experiment)[0]
     first_rows = _progress_rows(first)
     fold_models = {p.name: p.stat().st_mtime_ns for p in first.glob("model_fold*.pt")}
     assert sorted(fold_models) == ["model_fold0.pt", "model_fold1.pt", "model_fold2.pt"]
 
-    resumed = _cli("run", "--resume", "--name", "folds", "--storage", str(storage), cwd=tmp_path)
+    elsewhere = tmp_path / "elsewhere"  # the printed command works from any folder
+    elsewhere.mkdir()
+    resumed = _cli(*command[3:], cwd=elsewhere)
     output, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, output[-3000:]
+    assert not (tmp_path / "runs").exists()
+    # The interrupted trial's record keeps its first start beside the resumed one.
+    assert len((_trial_dirs(experiment)[1] / PLACEMENT_FILE).read_text().splitlines()) == 2
+    study = optuna.load_study(study_name="folds", storage=f"sqlite:///{experiment}/folds.sqlite")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert _progress_rows(first) == first_rows  # the finished trial's folds: not retrained
     assert {p.name: p.stat().st_mtime_ns for p in first.glob("model_fold*.pt")} == fold_models
     trials = _trial_dirs(experiment)

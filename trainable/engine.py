@@ -357,6 +357,7 @@ class Trainer:
         resume_from: dict[str, Any] | None = None,
         keep_test_probabilities: bool = False,
         pretrained: PretrainedEncoders | None = None,
+        compiled: bool = False,
     ) -> None:
         torch.manual_seed(config.seed)
         if device.type == "cuda":
@@ -375,6 +376,9 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, config)
         self.state = TrainingState(model, optimizer, build_scheduler(optimizer, config))
+        # torch.compile wraps the forward only: the state, and every file written from it,
+        # keeps the plain module's parameter names.
+        self.forward_model = torch.compile(model) if compiled else model
         if resume_from is not None:
             self.state.load(resume_from)
             log.info("resuming after epoch %d", self.state.epoch)
@@ -390,7 +394,7 @@ class Trainer:
 
     def evaluate_on(self, indices: np.ndarray, keep_probabilities: bool = False) -> Evaluation:
         return evaluate(
-            self.state.model,
+            self.forward_model,
             self.data,
             self.truth,
             indices,
@@ -409,7 +413,7 @@ class Trainer:
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(
-            state.model, loader, self.loss_fn, state.optimizer, self.device, self.precision,
+            self.forward_model, loader, self.loss_fn, state.optimizer, self.device, self.precision,
             self.scaler,
         )  # fmt: skip
         train_seconds = time.perf_counter() - started
@@ -471,6 +475,7 @@ def fit(
     resume_from: dict[str, Any] | None = None,
     on_epoch_end: Callable[[EpochReport, TrainingState], None] | None = None,
     pretrained: PretrainedEncoders | None = None,
+    compiled: bool = False,
 ) -> TrainingState:
     """Train `config.epochs` epochs on `data` (at `config.image_size`); see `Trainer`.
     `on_epoch_end` receives each epoch's report and the state to checkpoint; it is where
@@ -485,6 +490,7 @@ def fit(
         num_workers=num_workers,
         resume_from=resume_from,
         pretrained=pretrained,
+        compiled=compiled,
     )
     while not trainer.done:
         report = trainer.step()
@@ -544,6 +550,7 @@ def fit_folds(
     resume_from: Sequence[dict[str, Any]] | None = None,
     on_epoch_end: Callable[[EpochReport, list[TrainingState]], None] | None = None,
     pretrained: PretrainedEncoders | None = None,
+    compiled: bool = False,
 ) -> list[TrainingState]:
     """K-fold cross-validation in lockstep: every epoch trains each fold's model one epoch,
     so every report (and every early-stopping decision on it) rests on all K folds."""
@@ -558,6 +565,7 @@ def fit_folds(
             resume_from=resume_from[i] if resume_from else None,
             keep_test_probabilities=True,
             pretrained=pretrained,
+            compiled=compiled,
         )
         for i, split in enumerate(folds)
     ]

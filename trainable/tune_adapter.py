@@ -71,6 +71,7 @@ class TrialSetup:
     cpus: int = 1
     num_workers: int = 0
     checkpoint_every: int = 10  # epochs between full states (see benchmarks/checkpoint_cost)
+    compiled: bool = False  # torch.compile the model's forward (see benchmarks/gpu_throughput)
     image_every: int = 5
     examples: int = 4
 
@@ -226,6 +227,19 @@ def _record_failure(storage: TrialStorage, error: BaseException) -> None:
     storage.write_text(FAILURE_FILE, json.dumps({"reason": reason}) + "\n")
 
 
+def shipped_weights(
+    config: TrainConfig, weights: dict[tuple[str, str], ray.ObjectRef]
+) -> PretrainedEncoders | None:
+    """This trial's encoder weights from the object store (None: random init, or weights
+    the driver did not resolve, which the model then loads itself, with a warning)."""
+    key = (config.encoder, config.encoder_weights)
+    if key in weights:
+        return {key: ray.get(weights[key])}
+    if config.encoder_weights.lower() != "none" and not config.encoder.startswith("tu-"):
+        log.warning("%s/%s weights not sent by the driver: loaded on this node", *key)
+    return None
+
+
 def trial_storage() -> TrialStorage:
     """This trial's folder on the experiment's storage (local, NFS or s3://)."""
     context = tune.get_context().get_storage()
@@ -335,15 +349,16 @@ def train_busi(
     tune_config: dict[str, Any],
     data: SizedData,
     setup: TrialSetup,
-    pretrained: PretrainedEncoders | None = None,
+    weights: dict[tuple[str, str], ray.ObjectRef] | None = None,
 ) -> None:
     """The function trainable: one training run, reported every epoch. `data` and the
-    `pretrained` encoder weights come from the driver through Ray's object store."""
+    pretrained encoders' `weights` (an object per encoder) come from the driver through
+    Ray's object store."""
     trial_dir = Path(tune.get_context().get_trial_dir())
     storage = trial_storage()
     _refuse_known_failure(storage)
     try:
-        _train(tune_config, data, setup, trial_dir, storage, pretrained)
+        _train(tune_config, data, setup, trial_dir, storage, weights or {})
     except DETERMINISTIC as error:
         _record_failure(storage, error)
         raise
@@ -355,12 +370,13 @@ def _train(
     setup: TrialSetup,
     trial_dir: Path,
     storage: TrialStorage,
-    pretrained: PretrainedEncoders | None,
+    weights: dict[tuple[str, str], ray.ObjectRef],
 ) -> None:
     # Ray logs every checkpoint it persists (one line per trial per epoch); Tune's own
     # results already say where they are.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = resolve_config(setup, tune_config)
+    pretrained = shipped_weights(config, weights)
     data, truth = sized.at(config.image_size), sized.evaluation
     device = pick_device()
     # A GPU trial's CPUs feed it: DataLoader workers (one thread each) and the trainer's
@@ -413,7 +429,13 @@ def _train(
             lambda: {"folds": [s.to_dict() for s in states]},
         )
 
-    common = {"device": device, "truth": truth, "num_workers": workers, "pretrained": pretrained}
+    common = {
+        "device": device,
+        "truth": truth,
+        "num_workers": workers,
+        "pretrained": pretrained,
+        "compiled": setup.compiled,
+    }
     try:
         if setup.folds > 1:
             fit_folds(

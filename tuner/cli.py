@@ -220,6 +220,14 @@ def _add_run_parser(commands) -> None:
         "worker's start and imports; results are identical either way (default: on)",
     )
     where.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile each trial's model: its first steps compile (minutes for the "
+        "reference model), later steps may run faster on a GPU; see benchmarks/README.md, "
+        "section 5 (default: off)",
+    )
+    where.add_argument(
         "--local-gpus",
         type=int,
         default=None,
@@ -479,6 +487,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         max_failures=args.max_failures,
         checkpoint_every=args.checkpoint_every,
         reuse_actors=args.reuse_actors,
+        compiled=args.compile,
         local_gpus=args.local_gpus,
         cache_dir=args.cache_dir,
     )

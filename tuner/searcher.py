@@ -15,10 +15,11 @@
   and would crash the restore. Such updates are skipped.
 
 - The study is SQLite on the driver (`StudyStorage`). Tune pickles the searcher into the
-  experiment and unpickles it on --resume, perhaps on another machine: the storage finds
-  its file again from the experiment's location. With remote storage (s3://) a copy of
-  the study joins every snapshot of Tune's own state (`save_to_dir`), so the study that a
-  lost driver leaves behind is the one consistent with the trials Tune will resume.
+  experiment and unpickles it on --resume, perhaps on another machine or after the
+  experiment moved: the storage opens the study of the experiment being restored
+  (`restoring`). With remote storage (s3://) every snapshot of Tune's own state first
+  uploads a copy of the study (`save_to_dir`), so the study a lost driver leaves behind is
+  never older than the searcher state Tune restores (it may be newer: see above).
 
 Each Optuna trial also carries the Tune trial id and the epochs it ran (user attributes).
 The sampler is TPE as Optuna's authors advise for a conditional space sampled in
@@ -31,7 +32,8 @@ import logging
 import math
 import sqlite3
 import warnings
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import optuna
@@ -77,12 +79,17 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._budget_epochs = budget_epochs
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
-        """Tune's snapshot of the searcher, and on remote storage a copy of the study beside
-        it, which Tune uploads with the rest of its state."""
-        super().save_to_dir(checkpoint_dir, session_str)
+        """Tune's snapshot of the searcher. On remote storage the study is uploaded first,
+        and in full (an object appears whole or not at all): Tune uploads the snapshot
+        itself later, in the background."""
         study = self._storage
         if isinstance(study, StudyStorage) and storage.is_remote(study.experiment_dir):
-            copy_study(study.file, Path(checkpoint_dir) / study_file_name(study.study_name))
+            copy = Path(checkpoint_dir) / f".{study_file_name(study.study_name)}"
+            copy_study(study.file, copy)
+            target = storage.join(study.experiment_dir, study_file_name(study.study_name))
+            storage.write_bytes(target, copy.read_bytes())
+            copy.unlink()
+        super().save_to_dir(checkpoint_dir, session_str)
 
     def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
         return self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
@@ -128,19 +135,39 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._ot_study.tell(ot_trial, value if state is TrialState.COMPLETE else None, state=state)
 
 
+_RESTORING: list[str] = []  # the experiment Tune is restoring, while it does
+
+
+@contextmanager
+def restoring(experiment_dir: str) -> Iterator[None]:
+    """While Tune restores (and runs) an experiment, a study storage it unpickles opens
+    that experiment's study, wherever the experiment was when it was pickled."""
+    _RESTORING.append(experiment_dir)
+    try:
+        yield
+    finally:
+        _RESTORING.pop()
+
+
 class StudyStorage(optuna.storages.RDBStorage):
-    """The sweep's SQLite study on the driver (see driver_study_path), which finds its
-    file again wherever it is unpickled: a plain RDBStorage would reconnect to the absolute
-    path it was made with, and create an empty study there."""
+    """The sweep's SQLite study on the driver (see driver_study_path). Unpickled, it opens
+    the study of the experiment being restored: a plain RDBStorage would reconnect to the
+    absolute path it was made with, and create an empty study there if the experiment
+    moved or the driver is another machine."""
 
     def __init__(self, experiment_dir: str, study_name: str) -> None:
         self.experiment_dir, self.study_name = experiment_dir, study_name
         self.file = driver_study_path(experiment_dir, study_name)
-        self.file.parent.mkdir(parents=True, exist_ok=True)
+        if storage.is_remote(experiment_dir):  # the driver's own copy, in its cache
+            self.file.parent.mkdir(parents=True, exist_ok=True)
         super().__init__(f"sqlite:///{self.file}")
 
     def __reduce__(self):
-        return StudyStorage, (self.experiment_dir, self.study_name)
+        return _reopen, (self.experiment_dir, self.study_name)
+
+
+def _reopen(experiment_dir: str, study_name: str) -> StudyStorage:
+    return StudyStorage(_RESTORING[-1] if _RESTORING else experiment_dir, study_name)
 
 
 def copy_study(source: Path, target: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ray import tune
 
+from results import storage
 from results.compare import comparison_table
 from results.experiment import (
     FINISHED,
@@ -15,14 +16,18 @@ from results.experiment import (
     STOPPED,
 )
 from results.layout import METRICS_FILE
-from results.settings import RunSettings
+from results.settings import RunSettings, study_file_name
 from trainable import keys
 from tuner.sweep import trial_states
 
 
 def _selected(result: tune.Result) -> dict | None:
-    path = Path(result.path) / METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The trial's metrics.json, on whatever storage the trial wrote it."""
+    try:
+        with result.filesystem.open_input_file(f"{result.path}/{METRICS_FILE}") as file:
+            return json.loads(file.read())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def _test_with_loss(selected: dict) -> dict[str, float]:
@@ -65,9 +70,11 @@ def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
             )
             lines.append("test metrics at the selected epoch vs the published reference:")
             lines.append(comparison_table(_test_with_loss(selected)))
-            lines.append(f"details: {Path(best.path) / METRICS_FILE}")
+            details = storage.join(settings.experiment_dir, Path(best.path).name, METRICS_FILE)
+            lines.append(f"details: {details}")
     if not settings.reference_only:
-        lines.append(f"optuna study: {settings.study_path}")
+        study = storage.join(settings.experiment_dir, study_file_name(settings.name))
+        lines.append(f"optuna study: {study}")
     # Printed commands are shell-quoted, so they can be pasted whatever the name holds.
     where = shlex.quote(settings.experiment_dir)
     lines.append(f"report:      python -m tuner report {where}")

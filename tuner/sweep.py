@@ -3,6 +3,7 @@ creates a `Tuner`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fnmatch
@@ -46,7 +47,7 @@ from trainable.tune_adapter import TrialSetup, train_busi
 from tuner import interrupts
 from tuner.lock import lock_experiment
 from tuner.progress import TrialHParams, TrialLines, TrialNamer, quiet_ray
-from tuner.searcher import BudgetAwareOptunaSearch, StudyStorage, tpe_sampler
+from tuner.searcher import BudgetAwareOptunaSearch, StudyStorage, restoring, tpe_sampler
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,14 @@ def create_experiment(settings: RunSettings, data: SizedData) -> None:
         provenance = {**data_provenance(settings.data), "warnings": list(data.evaluation.warnings)}
         text = json.dumps(provenance, indent=2) + "\n"
         storage.write_bytes(storage.join(location, DATA_FILE), text.encode())
-    except OSError as error:
+    except (OSError, UserError) as error:  # UserError: remote storage's, one line already
         if settings.storage_is_local:
             shutil.rmtree(location, ignore_errors=True)
+        else:
+            with contextlib.suppress(UserError, OSError):
+                storage.delete_dir(location)
+        if isinstance(error, UserError):
+            raise
         raise UserError(
             f"{location}: could not be written ({error.strerror}); nothing was kept"
         ) from None
@@ -290,13 +296,16 @@ def build_trainable(settings: RunSettings, data: SizedData, pretrained: Pretrain
         objective=settings.metric,
         cpus=settings.cpus_per_trial,
         checkpoint_every=settings.checkpoint_every,
+        compiled=settings.compiled,
         # One CPU trains; the others run DataLoader workers (augmentation).
         num_workers=settings.cpus_per_trial - 1,
     )
     resources = {"cpu": settings.cpus_per_trial, "gpu": gpus_per_trial(settings)}
-    # with_parameters puts the arrays (and weights) in Ray's object store once for every
-    # trial: a worker node needs no copy of the data, the hub cache or a weights file.
-    trainable = tune.with_parameters(train_busi, data=data, setup=setup, pretrained=pretrained)
+    # with_parameters puts the arrays in Ray's object store once for every trial, and each
+    # encoder's weights are an object of their own, which only the trials training from
+    # them fetch: a worker node needs no copy of the data, the hub cache or a weights file.
+    weights = {key: ray.put(state) for key, state in pretrained.items()}
+    trainable = tune.with_parameters(train_busi, data=data, setup=setup, weights=weights)
     return tune.with_resources(trainable, resources)
 
 
@@ -420,22 +429,27 @@ def fit_tuner(
     line with the command that continues."""
     trainable = build_trainable(settings, data, pretrained)
     try:
-        if settings.resume:
-            # Errored trials run again: a lost node or a full disk may be gone now, and a
-            # deterministic failure ends at once on its failure.json.
-            tuner = tune.Tuner.restore(settings.experiment_dir, trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={},
-                tune_config=build_tune_config(settings),
-                run_config=build_run_config(settings, write),
-            )
-        return tuner.fit()
+        with restoring(settings.experiment_dir):  # the study where the experiment is now
+            return _fit(settings, trainable, write)
     except Exception as error:
         if not disk_full(error):
             raise
         raise disk_full_error(settings) from None
+
+
+def _fit(settings: RunSettings, trainable, write: Callable[[str], None] | None):
+    if settings.resume:
+        # Errored trials run again: a lost node or a full disk may be gone now, and a
+        # deterministic failure ends at once on its failure.json.
+        tuner = tune.Tuner.restore(settings.experiment_dir, trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={},
+            tune_config=build_tune_config(settings),
+            run_config=build_run_config(settings, write),
+        )
+    return tuner.fit()
 
 
 def disk_full_error(settings: RunSettings) -> UserError:
