@@ -21,7 +21,7 @@ class Scheduler(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RunSettings:
-    data: Path
+    data: Path | None  # None only to resume: the data the run was started with
     base: TrainConfig  # the reference, shrunk by --encoder/--image-size/... if asked
     reference_only: bool = False  # one trial, reference protocol (selection on test)
     trials: int = 32

@@ -112,8 +112,11 @@ def test_a_sweep_on_s3_survives_a_killed_driver_and_is_read_from_anywhere(
     finished = [t.user_attrs["trial_name"] for t in study.trials if t.state.name == "COMPLETE"]
     rows_before = {name: _rows(location, name) for name in finished}
 
-    # Resumed by another driver: another folder, cache and Ray; the bucket is all it has.
+    # Resumed by another driver: another folder, cache and Ray, the data mounted at
+    # another path; the bucket is all it has of the run.
+    mounted = shutil.copytree(synth_root, tmp_path / "mounted" / "busi")
     resume = ["run", "--resume", "--name", "killed", "--storage", s3_storage]
+    resume += ["--data", str(mounted)]
     second = _cli(resume, tmp_path / "c", tmp_path / "cache-c", ray_c)
     output, _ = second.communicate(timeout=900)
     assert second.returncode == 0, output[-3000:]

@@ -318,6 +318,40 @@ def test_confirm_refuses_one_seed_and_a_reference_run(handmade, tmp_path, capsys
     assert not (tmp_path / "alone-confirm").exists()
 
 
+def test_an_experiment_in_a_bucket_reads_reports_and_confirms_as_a_local_one(
+    handmade, s3_storage, tmp_path, monkeypatch, capsys
+):
+    """The same experiment, copied to s3://: read from a local mirror (no weights, no
+    states), the same trials, best and reference; its report is uploaded beside it, and a
+    confirm run would go beside it in the bucket."""
+    from results import storage
+    from tuner.confirm import confirm_settings
+
+    monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "reader-cache"))
+    (handmade / "trial_001_aaaa" / "model.pt").write_bytes(b"weights")
+    location = storage.join(s3_storage, "handmade")
+    storage.upload_folder(handmade, location)
+    local, remote = load_experiment(handmade), load_experiment(location)
+    assert remote.location == location and remote.is_remote
+    assert remote.path.is_relative_to(tmp_path / "reader-cache")
+    assert [t.name for t in remote.trials] == [t.name for t in local.trials]
+    assert [t.state for t in remote.trials] == [t.state for t in local.trials]
+    assert (remote.best.name, remote.reference.name) == (local.best.name, local.reference.name)
+    assert not (remote.path / "trial_001_aaaa" / "model.pt").exists()  # fetched on demand
+    fetched = remote.trial_file(remote.reference, "model.pt")
+    assert fetched.read_bytes() == b"weights"
+
+    assert main(["report", location]) == 0
+    assert f"copied:  {location}/report/" in capsys.readouterr().out
+    assert storage.is_file(storage.join(location, "report", "report.md"))
+    assert storage.is_file(storage.join(location, "report", "trials.csv"))
+
+    settings = confirm_settings(
+        remote, runs=4, address=None, cpus_per_trial=None, gpus_per_trial=None
+    )
+    assert settings.experiment_dir == storage.join(s3_storage, "handmade-confirm")
+
+
 def test_pick_cases_best_median_worst_among_lesions_and_a_lesion_free_one():
     dice = np.array([0.5, np.nan, 0.9, 0.1])
     assert pick_cases(dice) == [("best", 2), ("median", 0), ("worst", 3), ("lesion-free", 1)]

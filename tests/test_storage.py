@@ -4,6 +4,8 @@ the same calls, the same answers."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
 
 import pytest
@@ -81,13 +83,13 @@ def test_a_missing_bucket_is_one_line_naming_it(s3_storage):
     assert "AWS_ENDPOINT_URL" in message and "\n" not in message
 
 
-def test_an_experiment_on_s3_is_refused_or_resumed_as_a_local_one(s3_storage, synth_root):
+def test_an_experiment_on_s3_is_refused_or_resumed_as_a_local_one(s3_storage, synth_root, tmp_path):
     """Before Ray starts: a name that exists in the bucket needs --resume, a name that
     does not cannot be resumed, and a resumed run takes the bucket's saved settings."""
-    from results.layout import SETTINGS_FILE, save_settings
+    from results.layout import DATA_FILE, SETTINGS_FILE, save_settings
     from results.settings import RunSettings
     from trainable.config import TrainConfig
-    from tuner.sweep import resolve_settings
+    from tuner.sweep import data_provenance, resolve_settings
 
     base = TrainConfig.reference().replace(encoder="resnet18", encoder_weights="none")
     settings = RunSettings(data=synth_root, base=base, storage=s3_storage, name="taken")
@@ -100,6 +102,19 @@ def test_an_experiment_on_s3_is_refused_or_resumed_as_a_local_one(s3_storage, sy
         RunSettings(data=synth_root, base=base, storage=s3_storage, name="taken", resume=True)
     )
     assert resumed.trials == 7 and resumed.resume and resumed.storage == s3_storage
+    assert resumed.data == synth_root  # the saved data, --data not given
+
+    # --data on resume: the same data elsewhere (another machine's mount) is accepted by
+    # its content; other data is refused.
+    provenance = json.dumps(data_provenance(synth_root)).encode()
+    storage.write_bytes(storage.join(settings.experiment_dir, DATA_FILE), provenance)
+    elsewhere = tmp_path / "mounted" / "busi"
+    shutil.copytree(synth_root, elsewhere)
+    again = dict(base=base, storage=s3_storage, name="taken", resume=True)
+    assert resolve_settings(RunSettings(data=elsewhere, **again)).data == elsewhere
+    next(elsewhere.glob("benign/*_mask.png")).write_bytes(b"changed")
+    with pytest.raises(UserError, match="not the data .* ran on"):
+        resolve_settings(RunSettings(data=elsewhere, **again))
     with pytest.raises(UserError, match="no experiment to resume"):
         resolve_settings(
             RunSettings(data=synth_root, base=base, storage=s3_storage, name="other", resume=True)

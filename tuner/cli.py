@@ -93,7 +93,12 @@ def _add_run_parser(commands) -> None:
         "--reference the reference config alone as one Ray Tune trial.",
     )
     what = run.add_argument_group("what to run")
-    what.add_argument("--data", type=Path, help="BUSI folder (Dataset_BUSI_with_GT layout)")
+    what.add_argument(
+        "--data",
+        type=Path,
+        help="BUSI folder (Dataset_BUSI_with_GT layout); with --resume, the same data at "
+        "another path (its content is checked against the run's)",
+    )
     what.add_argument(
         "--demo",
         action="store_true",
@@ -457,7 +462,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         args.data = local / DEMO_DATA_DIR
     if args.resume and not args.name:
         raise UserError("run: --resume needs the --name of the experiment to continue")
-    if args.data is None:
+    if args.data is None and not args.resume:  # on resume: the saved data, unless given
         raise UserError("run: give --data DIR (a BUSI folder), --demo, or --resume --name NAME")
     try:
         base = TrainConfig.reference().replace(
@@ -494,8 +499,6 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.resume and args.data is None and not args.demo:
-        args.data = Path(".")  # replaced by the saved settings of the experiment
     settings = settings_from_args(args)  # bad flags fail here, before Ray and torch load
     from tuner import interrupts, summary, sweep
 

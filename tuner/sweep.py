@@ -72,9 +72,12 @@ def resolve_settings(settings: RunSettings) -> RunSettings:
                 "(or start it without --resume)"
             )
         saved = load_settings(settings_file)
+        data = saved.data
+        if settings.data is not None and settings.data.resolve() != saved.data:
+            data = same_data_elsewhere(settings.data, location)
         # The experiment is where it was found: a moved --storage wins over the saved one.
         return dataclasses.replace(
-            saved, storage=settings.storage, resume=True, address=settings.address
+            saved, data=data, storage=settings.storage, resume=True, address=settings.address
         )
     if storage.is_file(settings_file):
         raise UserError(
@@ -84,6 +87,19 @@ def resolve_settings(settings: RunSettings) -> RunSettings:
     if storage.exists(location):
         raise UserError(f"{location}: exists and is not an experiment; choose another --name")
     return settings
+
+
+def same_data_elsewhere(given: Path, location: str) -> Path:
+    """`--data` on resume: the run's data at another path (another machine's mount),
+    accepted when its content hash is the one the run recorded."""
+    recorded = json.loads(storage.read_bytes(storage.join(location, DATA_FILE)) or b"{}")
+    found = data_provenance(given)["content_hash"] if given.is_dir() else "no folder"
+    if found != recorded.get("content_hash"):
+        raise UserError(
+            f"--data {given}: not the data {location} ran on (content {found}, recorded "
+            f"{recorded.get('content_hash')}); pass that data, or leave --data out"
+        )
+    return given.resolve()
 
 
 def data_provenance(root: Path) -> dict:
