@@ -58,6 +58,12 @@ class RunSettings:
                 "node can reach; pass a URI such as s3://bucket/runs, or an NFS path that "
                 "every node mounts together with --shared-storage"
             )
+        if self.address and self.address.startswith("ray://"):
+            raise UserError(
+                f"--address {self.address}: Ray Client is not supported (Tune would run the "
+                "sweep on the head node, away from this driver's study); run the command on "
+                "a node of the cluster with --address auto, or submit it with `ray job submit`"
+            )
         if not self.storage_is_local and "?" in self.storage:
             raise UserError(
                 f"--storage {self.storage}: options after ? are not supported; give the "

@@ -158,8 +158,8 @@ def download(location: str | Path, target: Path, info: pafs.FileInfo | None = No
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     partial.write_bytes(data)
-    if info is not None and info.mtime is not None:
-        os.utime(partial, (info.mtime.timestamp(), info.mtime.timestamp()))
+    if info is not None and info.mtime_ns is not None:
+        os.utime(partial, ns=(info.mtime_ns, info.mtime_ns))
     partial.replace(target)
     return target
 
@@ -170,7 +170,7 @@ def stale(info: pafs.FileInfo, target: Path) -> bool:
     if not target.is_file():
         return True
     copied = target.stat()
-    changed = info.mtime is not None and info.mtime.timestamp() != copied.st_mtime
+    changed = info.mtime_ns is not None and info.mtime_ns != copied.st_mtime_ns
     return copied.st_size != info.size or changed
 
 

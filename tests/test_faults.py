@@ -193,6 +193,10 @@ def test_an_unreachable_cluster_fails_fast_and_writes_nothing(synth_root, tmp_pa
     error = capsys.readouterr().err.splitlines()[-1]  # after the decoding progress bar
     assert error.startswith("error: --address 127.0.0.1:9: no Ray cluster answers there")
     assert not storage.exists()
+    # Ray Client would run the sweep on the head node, away from the driver's study.
+    assert main([*args, "--address", "ray://127.0.0.1:10001", *SMALL]) == 2
+    assert "Ray Client is not supported" in capsys.readouterr().err
+    assert not storage.exists()
 
 
 def test_a_full_disk_while_creating_the_experiment_leaves_nothing(

@@ -115,6 +115,9 @@ def test_an_experiment_on_s3_is_refused_or_resumed_as_a_local_one(s3_storage, sy
     next(elsewhere.glob("benign/*_mask.png")).write_bytes(b"changed")
     with pytest.raises(UserError, match="not the data .* ran on"):
         resolve_settings(RunSettings(data=elsewhere, **again))
+    storage.write_bytes(storage.join(settings.experiment_dir, DATA_FILE), b"{cut sh")
+    with pytest.raises(UserError, match="data.json: missing or damaged"):
+        resolve_settings(RunSettings(data=elsewhere, **again))
     with pytest.raises(UserError, match="no experiment to resume"):
         resolve_settings(
             RunSettings(data=synth_root, base=base, storage=s3_storage, name="other", resume=True)

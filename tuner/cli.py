@@ -457,7 +457,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         name: defaults[name] if getattr(args, name) is None else getattr(args, name)
         for name in (*TRAINING_FLAGS, "trials")
     }
-    if args.demo:  # beside the runs, or in the local cache when they go to s3://…
+    if args.demo and not args.resume:  # beside the runs, or in the cache for s3://…
         local = storage.cache_root() if storage.is_remote(args.storage) else Path(args.storage)
         args.data = local / DEMO_DATA_DIR
     if args.resume and not args.name:

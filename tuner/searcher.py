@@ -84,11 +84,15 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         itself later, in the background."""
         study = self._storage
         if isinstance(study, StudyStorage) and storage.is_remote(study.experiment_dir):
-            copy = Path(checkpoint_dir) / f".{study_file_name(study.study_name)}"
-            copy_study(study.file, copy)
-            target = storage.join(study.experiment_dir, study_file_name(study.study_name))
-            storage.write_bytes(target, copy.read_bytes())
-            copy.unlink()
+            # A storage error ends the run (one line naming the storage): the bucket's
+            # study must not fall behind Tune's state, or the run could not resume.
+            copy = study.file.with_name(f"{study.file.name}.upload")
+            try:
+                copy_study(study.file, copy)
+                target = storage.join(study.experiment_dir, study_file_name(study.study_name))
+                storage.write_bytes(target, copy.read_bytes())
+            finally:
+                copy.unlink(missing_ok=True)
         super().save_to_dir(checkpoint_dir, session_str)
 
     def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:

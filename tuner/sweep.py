@@ -92,12 +92,19 @@ def resolve_settings(settings: RunSettings) -> RunSettings:
 def same_data_elsewhere(given: Path, location: str) -> Path:
     """`--data` on resume: the run's data at another path (another machine's mount),
     accepted when its content hash is the one the run recorded."""
-    recorded = json.loads(storage.read_bytes(storage.join(location, DATA_FILE)) or b"{}")
+    record = storage.join(location, DATA_FILE)
+    try:
+        recorded = json.loads(storage.read_bytes(record) or b"")["content_hash"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise UserError(
+            f"{record}: missing or damaged, so --data {given} cannot be checked against the "
+            "run's data; leave --data out to use the path the run was started with"
+        ) from None
     found = data_provenance(given)["content_hash"] if given.is_dir() else "no folder"
-    if found != recorded.get("content_hash"):
+    if found != recorded:
         raise UserError(
             f"--data {given}: not the data {location} ran on (content {found}, recorded "
-            f"{recorded.get('content_hash')}); pass that data, or leave --data out"
+            f"{recorded}); pass that data, or leave --data out"
         )
     return given.resolve()
 
@@ -239,7 +246,7 @@ def check_reachable(address: str) -> None:
     minutes). `auto` finds a cluster started on this machine, or fails at once."""
     if address == "auto":
         return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except (OSError, ValueError) as error:
@@ -515,7 +522,8 @@ def all_ended(settings: RunSettings, results: tune.ResultGrid) -> bool:
 def resume_command(settings: RunSettings) -> str:
     """The command that continues this experiment, shell-quoted."""
     words = ["python", "-m", "tuner", "run", "--resume", "--name", settings.name]
-    return shlex.join([*words, "--storage", settings.storage_path])
+    where = ["--storage", settings.storage_path, "--data", str(settings.data)]
+    return shlex.join([*words, *where])
 
 
 def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
