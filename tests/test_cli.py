@@ -285,3 +285,23 @@ def test_gpu_trials_get_the_cpus_their_node_can_give_them():
     assert default_cpus_per_trial([eight_gpus, h200_node], gpus=0.5) == 6  # the tightest
     assert default_cpus_per_trial([{"CPU": 2.0}], gpus=0.0) == 1  # CPU trials: one CPU
     assert default_cpus_per_trial([{"CPU": 2.0, "GPU": 4.0}], gpus=1.0) == 1  # never 0
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_exit_status_names_it(monkeypatch):
+    """SIGTERM is handed to whatever stops a run on Ctrl-C (Tune's handler while it runs);
+    the run then exits 130 after Ctrl-C, 143 after SIGTERM (128 + the signal)."""
+    import signal
+
+    from tuner import interrupts
+
+    monkeypatch.setattr(interrupts, "_received", [])
+    assert interrupts.exit_status() == 130
+    stopped = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
+    try:
+        interrupts._on_sigterm(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stopped == [signal.SIGINT] and interrupts.exit_status() == 143
+    with pytest.raises(KeyboardInterrupt):  # no handler of its own: Python's default
+        interrupts._on_sigterm(signal.SIGTERM, None)
