@@ -299,9 +299,13 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_exit_status_names_it(monkeyp
     stopped = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
     try:
-        interrupts._on_sigterm(signal.SIGTERM, None)
+        interrupts._on_sigterm(signal.SIGTERM, None)  # while Tune runs: its handler
+        assert stopped == [signal.SIGINT] and interrupts.exit_status() == 143
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # before Tune: Python's
+        with pytest.raises(KeyboardInterrupt):
+            interrupts._on_sigterm(signal.SIGTERM, None)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # no Python handler at all
+        with pytest.raises(KeyboardInterrupt):
+            interrupts._on_sigterm(signal.SIGTERM, None)
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert stopped == [signal.SIGINT] and interrupts.exit_status() == 143
-    with pytest.raises(KeyboardInterrupt):  # no handler of its own: Python's default
-        interrupts._on_sigterm(signal.SIGTERM, None)
