@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from results import storage
 from results.compare import COMPARED, deltas
 from results.confirm import CONFIRM_FILE, Interval, confirmation_lines, pooled_dice_interval
-from results.experiment import ERRORED, FINISHED, Experiment, Trial, load_experiment
+from results.experiment import ERRORED, FINISHED, Experiment, Trial
 from results.reference import PublishedReference, load_reference
 from search_spaces import describe_params
 from trainable import keys
@@ -822,10 +822,9 @@ def render_markdown(
     return "\n".join(lines) + "\n"
 
 
-def write_report(experiment_dir: str | Path) -> ReportPaths:
+def write_report(experiment: Experiment) -> ReportPaths:
     """Write EXPERIMENT_DIR/report/ and say where everything went (for a remote
     experiment: written on its local mirror, then uploaded beside its trials)."""
-    experiment = load_experiment(experiment_dir)
     reference = load_reference()
     directory = experiment.path / REPORT_DIR
     directory.mkdir(exist_ok=True)

@@ -222,11 +222,11 @@ def test_damaged_files_do_not_stop_a_report(handmade, caplog):
     assert experiment.best.name == "trial_002_bbbb" and experiment.best.epochs_run == 3
     assert experiment.trials[2].params == {} and experiment.trials[4].selected is None
     assert "damaged" in caplog.text
-    assert write_report(handmade).markdown.is_file()
+    assert write_report(load_experiment(handmade)).markdown.is_file()
 
 
 def test_report_of_handmade_experiment(handmade):
-    paths = write_report(handmade)
+    paths = write_report(load_experiment(handmade))
     reference = load_reference()
     with open(paths.trials_csv) as handle:
         rows = {row["trial"]: row for row in csv.DictReader(handle)}
@@ -287,7 +287,7 @@ def test_importance_needs_two_complete_trials_with_different_values(handmade):
     )
     fresh.add_trial(_study_trial("aaaa", 1e-4, TrialState.COMPLETE, 0.7))
     fresh.add_trial(_study_trial("bbbb", 1e-4, TrialState.COMPLETE, 0.5))
-    paths = write_report(handmade)
+    paths = write_report(load_experiment(handmade))
     markdown = paths.markdown.read_text()
     assert "every COMPLETE trial has the same values" in markdown
     assert not (paths.directory / "importance.png").exists()
@@ -495,7 +495,7 @@ def test_confirm_two_seeds_end_to_end(real_sweep, capsys):
     assert comparison["per_image_dice"]["verdict"] in ("better", "worse", "not distinguishable")
     # Every run is a fresh one: no run replays the sweep's own trial (seed 0).
     assert {r["seed"] for r in result["runs"]} == {1, 2}
-    write_report(real_sweep)
+    write_report(load_experiment(real_sweep))
     assert "Confirmation over seeds" in (real_sweep / "report" / "report.md").read_text()
 
 

@@ -560,8 +560,8 @@ def _report(args: argparse.Namespace) -> int:
     from results.experiment import load_experiment
     from results.report import REPORT_DIR, format_terminal_table, write_report
 
-    paths = write_report(args.dir)
     experiment = load_experiment(args.dir)
+    paths = write_report(experiment)
     print(format_terminal_table(experiment))
     print(f"report:  {paths.markdown}")
     print(f"trials:  {paths.trials_csv}")

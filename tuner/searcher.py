@@ -86,13 +86,8 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         if isinstance(study, StudyStorage) and storage.is_remote(study.experiment_dir):
             # A storage error ends the run (one line naming the storage): the bucket's
             # study must not fall behind Tune's state, or the run could not resume.
-            copy = study.file.with_name(f"{study.file.name}.upload")
-            try:
-                copy_study(study.file, copy)
-                target = storage.join(study.experiment_dir, study_file_name(study.study_name))
-                storage.write_bytes(target, copy.read_bytes())
-            finally:
-                copy.unlink(missing_ok=True)
+            target = storage.join(study.experiment_dir, study_file_name(study.study_name))
+            storage.write_bytes(target, study_bytes(study.file))
         super().save_to_dir(checkpoint_dir, session_str)
 
     def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
@@ -174,11 +169,9 @@ def _reopen(experiment_dir: str, study_name: str) -> StudyStorage:
     return StudyStorage(_RESTORING[-1] if _RESTORING else experiment_dir, study_name)
 
 
-def copy_study(source: Path, target: Path) -> None:
-    """A consistent copy of a live SQLite study (SQLite's backup, not a file copy, which
-    could catch a write half done), swapped in whole."""
-    partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
-    with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(partial)) as copy:
+def study_bytes(source: Path) -> bytes:
+    """A consistent copy of a live SQLite study, as a file's bytes (SQLite's backup into
+    memory, not a read of the file, which could catch a write half done)."""
+    with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(":memory:")) as copy:
         live.backup(copy)
-    partial.replace(target)
+        return copy.serialize()
