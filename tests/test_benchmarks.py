@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +214,7 @@ def test_checkpoint_cost_measures_both_policies(bench, tmp_path, capsys, monkeyp
     # Before: 4 epochs x 2 copies of the state + 4 weights; after: 1 state + 4 weights.
     assert results["gb_per_trial"]["before"] == pytest.approx(8 * state + 4 * weights)
     assert results["gb_per_trial"]["after"] == pytest.approx(state + 4 * weights)
-    assert set(results["blocked_per_epoch_s"]) == {"before", "after"}
+    assert set(results["blocked_per_epoch_s"]) == {"before", "then", "now"}
     assert "blocked per epoch" in capsys.readouterr().out
 
 
@@ -221,3 +223,24 @@ def test_reused_workers_start_trials_with_identical_results(bench):
     results = bench("trial_startup").main(["--trials", "2", "--attempts", "1"])
     assert results["identical"]  # reusing a worker changes no trial's result
     assert set(results["sweep_seconds"]) == {"fresh", "reused"}
+
+
+@pytest.mark.slow
+def test_startup_parts_are_timed_in_a_fresh_process(synth_root, cache_dir, tmp_path):
+    out = tmp_path / "parts.json"
+    command = [sys.executable, "-m", "benchmarks.startup_parts", "--encoder", "resnet18"]
+    command += ["--image-size", "32", "--workers", "1", "--data", str(synth_root)]
+    command += ["--cache-dir", str(cache_dir), "--json", str(out)]
+    ray_tmp = tempfile.mkdtemp(dir="/tmp")  # Ray's socket paths must stay short
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "RAY_TMPDIR": ray_tmp},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert list(results["imports_s"]) == ["torch", "ray.tune", "trainable.tune_adapter"]
+    assert list(results["model_build_s"]) == ["resnet18"]
+    assert list(results["first_batch_s"]) == ["0 workers", "1 workers"]
+    assert set(results["ray_s"]) == {"ray.init", "bare worker", "worker + imports"}
+    assert all(s > 0 for part in ("imports_s", "ray_s") for s in results[part].values())
+    assert "import trainable.tune_adapter" in done.stdout

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import pyarrow.fs
+import pytest
 import torch
 
-from trainable.checkpointing import TrialStorage, snapshot
+from trainable.checkpointing import Snapshots, TrialStorage, snapshot
 
 
 def test_a_snapshot_does_not_move_with_training():
@@ -39,20 +44,66 @@ def test_trial_storage_writes_whole_files_and_keeps_the_latest_state(tmp_path):
     assert storage.read_text("missing.json") is None
 
 
-def test_host_buffers_are_made_once_and_reused_after_their_write():
-    from concurrent.futures import ThreadPoolExecutor
+def small_training() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A model with BatchNorm (its running statistics change in every training forward)
+    and Adam, one step in."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    train_step(model, optimizer)
+    return model, optimizer
 
-    from trainable.checkpointing import HostBuffers
 
-    model = torch.nn.Linear(4, 3)
-    buffers = HostBuffers()
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad()
+    model(torch.randn(5, 4)).square().sum().backward()
+    optimizer.step()
+
+
+def test_a_snapshot_is_the_state_it_was_taken_of_while_training_goes_on():
+    model, optimizer = small_training()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1}
+    expected = copy.deepcopy(state)
+    snapshots = Snapshots()
+    # The copy cannot start for 0.3 s: its buffer's last "write" is still going on.
+    slow_write = Future()
+    threading.Timer(0.3, slow_write.set_result, [None]).start()
+    snapshots.writing("state", slow_write)
+    copied = snapshots.take("state", state, [optimizer], model.buffers())
+    train_step(model, optimizer)  # the next epoch: forward, backward, then a step
+    assert copied.done()  # the step waited for the copy
+    for name, value in copied.result()["model"].items():
+        assert torch.equal(value, expected["model"][name]), name
+    moments = copied.result()["optimizer"]["state"][0]
+    assert torch.equal(moments["exp_avg"], expected["optimizer"]["state"][0]["exp_avg"])
+    assert moments["step"] == 1 and copied.result()["epoch"] == 1
+    # ... and training went on: the running mean and the weights moved since.
+    assert not torch.equal(model[1].running_mean, expected["model"]["1.running_mean"])
+    assert not torch.equal(model[0].weight.detach(), expected["model"]["0.weight"])
+    snapshots.close()
+
+
+def test_snapshot_buffers_are_made_once_and_reused_after_their_write():
+    model, optimizer = small_training()
+    snapshots = Snapshots()
     with ThreadPoolExecutor(max_workers=1) as writer:
-        buffers.prepare("state", model.state_dict(), writer)  # allocated on the thread
-        first = buffers.take("state", model.state_dict())
-        assert torch.equal(first["weight"], model.weight.detach())
-        buffers.writing("state", writer.submit(lambda tree: tree, first))  # a write's result
-        with torch.no_grad():
-            model.weight += 1
-        second = buffers.take("state", model.state_dict())
-    assert second["weight"].data_ptr() == first["weight"].data_ptr()  # the same buffer
-    assert torch.equal(second["weight"], model.weight.detach())
+        snapshots.prepare("state", model.state_dict(), writer)  # allocated on the thread
+        first = snapshots.take("state", model.state_dict(), [optimizer], model.buffers())
+        snapshots.writing("state", writer.submit(lambda: first.result()))  # a write's result
+        train_step(model, optimizer)
+        second = snapshots.take("state", model.state_dict(), [optimizer], model.buffers())
+        weight = second.result()["0.weight"]
+    assert weight.data_ptr() == first.result()["0.weight"].data_ptr()  # the same buffer
+    assert torch.equal(weight, model[0].weight.detach())
+    snapshots.close()
+
+
+def test_a_failed_copy_fails_the_next_step():
+    model, optimizer = small_training()
+    snapshots = Snapshots()
+    broken = Future()
+    broken.set_exception(MemoryError("pinned memory exhausted"))
+    snapshots.writing("state", broken)  # the buffer's last job failed
+    snapshots.take("state", model.state_dict(), [optimizer], model.buffers())
+    with pytest.raises(MemoryError, match="pinned memory"):
+        train_step(model, optimizer)
+    snapshots.close()

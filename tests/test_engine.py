@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainable import engine
-from trainable.checkpointing import TrialStorage, snapshot
+from trainable.checkpointing import Snapshots, TrialStorage
 from trainable.engine import NonFiniteLossError, fit
 from trainable.metrics import METRIC_KEYS
 from trainable.preprocess import BusiArrays
@@ -75,15 +75,19 @@ def test_same_seed_same_metrics_and_resume_continues_identically(
     assert [r.train_loss for r in run_a] == [r.train_loss for r in run_b]
     assert run_a[-1].heldout == run_b[-1].heldout
 
-    # The state is written as a trial writes it: snapshot at epoch 1, then training goes
-    # on (changing the live tensors) while it is written, then read back.
+    # The state is written as a trial writes it: snapshot taken at epoch 1 and copied
+    # while epoch 2 starts (changing the live tensors), written after, then read back.
     storage = TrialStorage(pyarrow.fs.LocalFileSystem(), str(tmp_path / "trial"))
+    snapshots, copies = Snapshots(), []
 
-    def write_epoch_one(report, state) -> None:
+    def snapshot_epoch_one(report, state) -> None:
         if report.epoch == 1:
-            storage.write_tensors(storage.state_path(1), snapshot(state.to_dict()))
+            training = [state.optimizer], state.model.buffers()
+            copies.append(snapshots.take("state", state.to_dict(), *training))
 
-    fit(config, synth_arrays, split, device=CPU, on_epoch_end=write_epoch_one)
+    fit(config, synth_arrays, split, device=CPU, on_epoch_end=snapshot_epoch_one)
+    storage.write_tensors(storage.state_path(1), copies[0].result())
+    snapshots.close()
     saved = storage.read_tensors(storage.state_path(1), CPU)
     _, resumed = _reports(config, synth_arrays, split, resume_from=saved)
     assert [r.epoch for r in resumed] == [2]

@@ -1,13 +1,13 @@
 """A trial's files in its storage folder, written so that the training barely waits.
 
 The reference model's resumable state is 2.4 GB (model + Adam); `torch.save` of it blocks
-6.6 s on a 2-core VM, and Tune then copies the folder to storage. Here the training
-thread only snapshots tensors into host memory (a device-to-host copy on a GPU), and one
-writer thread streams each snapshot straight into the trial's storage folder (local, NFS
-or s3:// through pyarrow), in the order they were made. Tune's checkpoint holds only a
-pointer to the state file, so its copy is a few bytes. Records that must survive a move
-to another node (placement, failure) are written there directly too. Nothing here
-imports Ray.
+6.6 s on a 2-core VM, and Tune then copies the folder to storage. Here a copy thread
+snapshots the tensors into host memory while the next epoch starts (`Snapshots`: the
+next optimiser step waits for it), and one writer thread streams each snapshot straight
+into the trial's storage folder (local, NFS or s3:// through pyarrow), in the order they
+were made. Tune's checkpoint holds only a pointer to the state file, so its copy is a few
+bytes. Records that must survive a move to another node (placement, failure) are written
+there directly too. Nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import errno
 import io
 import json
 import shutil
-from concurrent.futures import Executor, Future
+from collections.abc import Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,14 @@ FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: a f
 
 def snapshot(tree: Any, into: Any = None) -> Any:
     """A copy of a state tree (dicts, lists, tensors, numbers) in host memory, which
-    training no longer changes. From a GPU the tensors go to pinned memory asynchronously,
-    and one synchronisation waits for all of them. `into`, an earlier snapshot of a tree
-    of the same structure, is overwritten instead of allocating: a fresh 2.4 GB buffer
-    costs more in page faults than the copy itself (reference state, 2-core VM: 4.1 s
-    against 0.34 s)."""
+    training no longer changes. From a GPU the tensors go to pinned memory asynchronously
+    on the current stream, and one synchronisation of that stream waits for all of them.
+    `into`, an earlier snapshot of a tree of the same structure, is overwritten instead of
+    allocating: a fresh 2.4 GB buffer costs more in page faults than the copy itself
+    (reference state, 2-core VM: 4.1 s against 0.34 s)."""
     copied = _copy(tree, into)
     if torch.cuda.is_available():
-        torch.cuda.synchronize()
+        torch.cuda.current_stream().synchronize()
     return copied
 
 
@@ -67,6 +68,22 @@ def _copy(tree: Any, into: Any) -> Any:
     return tree
 
 
+def _memory(tensor: torch.Tensor) -> tuple[str, int]:
+    """Where a tensor's values live: a state dict's tensors share it with the module's."""
+    return str(tensor.device), tensor.untyped_storage().data_ptr()
+
+
+def _clone_changing(tree: Any, changing: set[tuple[str, int]]) -> Any:
+    """`tree` with the tensors that live in `changing` cloned on their own device."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone() if _memory(tree) in changing else tree
+    if isinstance(tree, dict):
+        return {key: _clone_changing(value, changing) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_clone_changing(value, changing) for value in tree)
+    return tree
+
+
 def allocate(tree: Any) -> Any:
     """An empty host buffer shaped as `tree`, every page touched (pinned for GPU tensors):
     what `snapshot` would allocate, without reading the values."""
@@ -80,27 +97,75 @@ def allocate(tree: Any) -> Any:
     return tree
 
 
-class HostBuffers:
-    """Snapshots kept per name (a weights file, the full state) and reused once the job
-    using them is done; `prepare` allocates one on the writer thread ahead of its first
-    use, so that the training thread never pays the page faults."""
+class _StepBarrier:
+    """An optimiser's step pre-hook: the step waits for the copies of what it changes."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.pending: list[Future] = []
+        optimizer.register_step_pre_hook(self)
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        while self.pending:
+            self.pending.pop().result()  # a failed copy fails the training step
+
+
+class Snapshots:
+    """Copies of a trial's states into host buffers, made while the training goes on.
+
+    A snapshot taken at an epoch's end equals the state at that moment. The tensors the
+    next forward pass changes in place (`changing`: the models' buffers, BatchNorm's
+    running statistics, a few MB) are cloned at once on their device. Everything else
+    (parameters, the optimiser's moments) changes only in an optimiser step, so it is
+    copied on a copy thread (from a GPU: into pinned memory on a side stream) during the
+    next epoch's first batch, forward and backward, and each optimiser's next step waits
+    for the copy. Buffers are kept per name (a weights file, the full state) and reused
+    once their write is done; `prepare` makes one on another thread ahead of its first
+    use, so that neither the training nor the copies pay its page faults."""
 
     def __init__(self) -> None:
-        self._slots: dict[str, Future] = {}
+        self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-snapshot")
+        self._stream = torch.cuda.Stream() if torch.cuda.is_available() else None
+        self._buffers: dict[str, Future] = {}
+        self._barriers: dict[torch.optim.Optimizer, _StepBarrier] = {}
 
     def prepare(self, name: str, tree: Any, executor: Executor) -> None:
-        if name not in self._slots:
-            self._slots[name] = executor.submit(allocate, tree)
+        if name not in self._buffers:
+            self._buffers[name] = executor.submit(allocate, tree)
 
-    def take(self, name: str, tree: Any) -> Any:
-        """`tree` copied into the named buffer (waiting for its last job if it is still
-        running: a write slower than the interval between two snapshots)."""
-        pending = self._slots.get(name)
-        return snapshot(tree, pending.result() if pending is not None else None)
+    def take(
+        self,
+        name: str,
+        tree: Any,
+        optimizers: Iterable[torch.optim.Optimizer],
+        changing: Iterable[torch.Tensor],
+    ) -> Future:
+        """Start copying `tree` into the named buffer; the future's result is the copy.
+        `optimizers` are those whose steps would change `tree`'s other tensors."""
+        tree = _clone_changing(tree, {_memory(tensor) for tensor in changing})
+        ready = torch.cuda.current_stream().record_event() if self._stream else None
+        copy = self._copier.submit(self._copy, tree, self._buffers.get(name), ready)
+        for optimizer in optimizers:
+            if optimizer not in self._barriers:
+                self._barriers[optimizer] = _StepBarrier(optimizer)
+            self._barriers[optimizer].pending.append(copy)
+        self._buffers[name] = copy
+        return copy
+
+    def _copy(self, tree: Any, buffer: Future | None, ready: torch.cuda.Event | None) -> Any:
+        # The buffer's previous write must be done: a write slower than the epochs.
+        into = buffer.result() if buffer is not None else None
+        if ready is None:
+            return snapshot(tree, into)
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(ready)  # the epoch's last kernels, the clones
+            return snapshot(tree, into)
 
     def writing(self, name: str, job: Future) -> None:
-        """`job` reads the buffer and returns it when done (see TrialStorage.write_tensors)."""
-        self._slots[name] = job
+        """`job` reads the named buffer and returns it when done (`TrialStorage.write_tensors`)."""
+        self._buffers[name] = job
+
+    def close(self, wait: bool = True) -> None:
+        self._copier.shutdown(wait=wait, cancel_futures=not wait)
 
 
 class TrialStorage:

@@ -14,7 +14,7 @@ import math
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,7 @@ from results.layout import (
     model_files,
 )
 from trainable import keys
-from trainable.checkpointing import HostBuffers, TrialStorage, pointer, read_pointer
+from trainable.checkpointing import Snapshots, TrialStorage, pointer, read_pointer
 from trainable.config import TrainConfig
 from trainable.engine import (
     LOSS,
@@ -271,8 +271,9 @@ def load_checkpoint(
 class Reports:
     """Reports every epoch to Tune, in order, each once what it announces is on storage.
 
-    Writes (the selected weights on improvement, the full state every `every` epochs)
-    run on one writer thread while training goes on; an epoch's report waits in a queue
+    Snapshots (the selected weights on improvement, the full state every `every` epochs)
+    are copied while the next epoch starts, and written by one writer thread while
+    training goes on; an epoch's report waits in a queue
     until its writes are done, so Tune (and a scheduler that stops the trial after it)
     never sees an epoch whose files are not there. A full state's report carries a Tune
     checkpoint holding only a pointer to it; older states are then deleted."""
@@ -281,7 +282,7 @@ class Reports:
         self.storage, self.every, self.epochs = storage, every, epochs
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-writer")
         self.queue: deque[tuple[dict[str, float], list[Future], str | None, int]] = deque()
-        self.buffers = HostBuffers()
+        self.snapshots = Snapshots()
         self.states: list[str] = []  # the full states kept: the last two reported
 
     def epoch(
@@ -289,38 +290,47 @@ class Reports:
         metrics: dict[str, float],
         epoch: int,
         weights: dict[str, dict],
-        states: Callable[[], dict],
+        training: Sequence[TrainingState],
     ) -> None:
         """`weights`: file name -> the selected model's state dict, for files to rewrite;
-        `states`: the full state's builder, called only at the interval."""
-        jobs = [self._write(name, self.storage.path(name), tree) for name, tree in weights.items()]
+        `training`: the states being trained (one per fold), the full state's source."""
+
+        def write(name: str, path: str, tree: dict) -> Future:
+            copy = self.snapshots.take(
+                name,
+                tree,
+                optimizers=[state.optimizer for state in training],
+                changing=[buffer for state in training for buffer in state.model.buffers()],
+            )
+            job = self.writer.submit(lambda: self.storage.write_tensors(path, copy.result()))
+            self.snapshots.writing(name, job)
+            return job
+
+        jobs = [write(name, self.storage.path(name), tree) for name, tree in weights.items()]
         state_name = None
+        full_state = {"folds": [state.to_dict() for state in training]}
         if epoch % self.every == 0 and epoch < self.epochs:
             state_name = self.storage.state_name(epoch)
-            jobs.append(self._write(STATE_FOLDER, self.storage.path(state_name), states()))
+            jobs.append(write(STATE_FOLDER, self.storage.path(state_name), full_state))
         elif self.every < self.epochs:
             # The optimiser's state exists from the first step on: make its buffer now.
-            self.buffers.prepare(STATE_FOLDER, states(), self.writer)
+            self.snapshots.prepare(STATE_FOLDER, full_state, self.writer)
         self.queue.append((metrics, jobs, state_name, epoch))
         self._send(wait=epoch >= self.epochs)
-
-    def _write(self, name: str, path: str, tree: dict) -> Future:
-        """Snapshot `tree` (the training thread's only wait) and write it on the thread."""
-        job = self.writer.submit(self.storage.write_tensors, path, self.buffers.take(name, tree))
-        self.buffers.writing(name, job)
-        return job
 
     def close(self) -> None:
         """Send what is left (the last epoch's report waits for its writes)."""
         try:
             self._send(wait=True)
         finally:
+            self.snapshots.close()
             self.writer.shutdown(wait=True)
 
     def abandon(self) -> None:
         """The trial is stopping (its scheduler, an error, an interrupt): report nothing
         more. A write in progress ends on its own (write-then-rename: whole or absent)."""
         self.queue.clear()
+        self.snapshots.close(wait=False)
         self.writer.shutdown(wait=False, cancel_futures=True)
 
     def _send(self, wait: bool) -> None:
@@ -422,12 +432,7 @@ def _train(
             summary = selection_summary(report, setup, splits, truth.image_size)
             (trial_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         writer.flush()
-        reports.epoch(
-            to_tune_metrics(report, setup.objective),
-            report.epoch,
-            weights,
-            lambda: {"folds": [s.to_dict() for s in states]},
-        )
+        reports.epoch(to_tune_metrics(report, setup.objective), report.epoch, weights, states)
 
     common = {
         "device": device,
