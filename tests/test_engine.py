@@ -10,7 +10,7 @@ import torch
 
 from trainable import engine
 from trainable.checkpointing import Snapshots, TrialStorage
-from trainable.engine import NonFiniteLossError, fit
+from trainable.engine import NonFiniteLossError, TrainingState, fit
 from trainable.metrics import METRIC_KEYS
 from trainable.preprocess import BusiArrays
 from trainable.splits import Split, SplitPolicy, make_split
@@ -313,3 +313,22 @@ def test_a_trial_of_three_cpus_runs_two_single_threaded_workers(
     assert len(without) == len(with_workers)
     for (image_a, mask_a), (image_b, mask_b) in zip(with_workers, without, strict=True):
         assert torch.equal(image_a, image_b) and torch.equal(mask_a, mask_b)
+
+
+def test_the_fp16_loss_scale_is_part_of_the_resumable_state():
+    """GPUs without bf16 train in fp16 with a GradScaler whose scale adapts over the
+    steps; a resumed trial continues with the scale it had, not the initial one."""
+
+    def state(scale: float, interval: int = 2000) -> TrainingState:
+        model = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.Adam(model.parameters())
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=interval)
+        return TrainingState(model, optimizer, None, scaler)
+
+    saved = state(scale=512.0, interval=7).to_dict()
+    resumed = state(scale=65536.0)
+    resumed.load(saved)
+    assert resumed.scaler.get_scale() == 512.0
+    assert resumed.scaler.get_growth_interval() == 7
+    legacy = {key: value for key, value in saved.items() if key != "scaler"}
+    state(scale=2.0).load(legacy)  # a state written before the scale was saved still loads

@@ -77,6 +77,8 @@ class TrainingState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    # fp16's loss scale (GPUs without bf16); disabled, it has no state.
+    scaler: torch.amp.GradScaler
     epoch: int = 0
     best_epoch: int = 0
     best_combined_loss: float = math.inf
@@ -91,6 +93,7 @@ class TrainingState:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "best_epoch": self.best_epoch,
             "best_combined_loss": self.best_combined_loss,
@@ -105,6 +108,8 @@ class TrainingState:
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler and saved["scheduler"]:
             self.scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):  # states written before it was saved have none
+            self.scaler.load_state_dict(saved["scaler"])
         self.epoch = saved["epoch"]
         self.best_epoch = saved["best_epoch"]
         self.best_combined_loss = saved["best_combined_loss"]
@@ -375,7 +380,8 @@ class Trainer:
         if self.precision.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, config)
-        self.state = TrainingState(model, optimizer, build_scheduler(optimizer, config))
+        scaler = torch.amp.GradScaler(device.type, enabled=self.precision.dtype == torch.float16)
+        self.state = TrainingState(model, optimizer, build_scheduler(optimizer, config), scaler)
         # torch.compile wraps the forward only: the state, and every file written from it,
         # keeps the plain module's parameter names.
         self.forward_model = torch.compile(model) if compiled else model
@@ -383,9 +389,6 @@ class Trainer:
             self.state.load(resume_from)
             log.info("resuming after epoch %d", self.state.epoch)
         self.loss_fn = build_loss(config.loss)
-        self.scaler = torch.amp.GradScaler(
-            device.type, enabled=self.precision.dtype == torch.float16
-        )
         self.loader = make_train_loader(data, split, config, num_workers)
 
     @property
@@ -414,7 +417,7 @@ class Trainer:
         lr = state.optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(
             self.forward_model, loader, self.loss_fn, state.optimizer, self.device, self.precision,
-            self.scaler,
+            state.scaler,
         )  # fmt: skip
         train_seconds = time.perf_counter() - started
         if state.scheduler is not None:
