@@ -29,6 +29,7 @@ from trainable.dataset import Sample, discover, load_sample
 from trainable.engine import (
     Precision,
     build_optimizer,
+    limit_threads,
     make_train_loader,
     pick_device,
     train_one_epoch,
@@ -144,7 +145,7 @@ def augmentation_profile(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)  # torch and OpenCV, as a trial sets them (workers inherit)
     base = TrainConfig.reference().replace(
         encoder=args.encoder,
         encoder_weights="none",
