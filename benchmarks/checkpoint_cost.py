@@ -15,7 +15,9 @@ on a copy thread while the next epoch's first batch runs forward and backward (a
 training step of the reference model, --batch images at --input-size px, one torch
 thread as a CPU trial with one CPU); the optimiser's step waits for the copy. Training is
 blocked, now, for what `take` does on the training thread (cloning the BatchNorm
-statistics) plus that wait, both timed.
+statistics) plus that wait, both timed. That assumes the writes keep up: each file has
+one buffer, so a copy also waits for the previous write of its file when that write
+outlasts the epochs between them (the background write times are printed).
 
 Bytes per 20-epoch trial count every file written for it: before, 2 x the state per epoch
 (temporary + storage copy) + the weights per improvement; after, the state per interval
@@ -111,6 +113,7 @@ def before_and_then(
     weights_snapshot_s, _ = timed(lambda: snapshot(model.state_dict(), weights))
     trial = TrialStorage(pyarrow.fs.LocalFileSystem(), str(storage / "trial"))
     write_s, _ = timed(lambda: trial.write_tensors(trial.state_path(1), copy))
+    weights_write_s, _ = timed(lambda: trial.write_tensors(trial.path("model.pt"), weights))
     seconds = {
         "before_save": save_s,
         "before_tune_copy": copy_s,
@@ -120,6 +123,7 @@ def before_and_then(
         "then_first_weights_snapshot": first_weights_s,
         "then_weights_snapshot": weights_snapshot_s,
         "background_write": write_s,
+        "background_weights_write": weights_write_s,
     }
     sizes = [(temporary / name).stat().st_size for name in ("state.pt", "model.pt")]
     return seconds, *sizes

@@ -45,9 +45,10 @@ def test_trial_storage_writes_whole_files_and_keeps_the_latest_state(tmp_path):
 
 
 def small_training() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """A model with BatchNorm (its running statistics change in every training forward)
-    and Adam, one step in."""
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    """A convolution in channels-last (as on a GPU) with BatchNorm (its running
+    statistics change in every training forward), and Adam, one step in."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     train_step(model, optimizer)
     return model, optimizer
@@ -55,8 +56,15 @@ def small_training() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad()
-    model(torch.randn(5, 4)).square().sum().backward()
+    model(torch.randn(5, 2, 4, 4)).square().sum().backward()
     optimizer.step()
+
+
+def held_back(snapshots: Snapshots, name: str, seconds: float = 0.3) -> None:
+    """The named buffer's last write ends in `seconds`: a copy into it waits until then."""
+    slow_write = Future()
+    threading.Timer(seconds, slow_write.set_result, [None]).start()
+    snapshots.writing(name, slow_write)
 
 
 def test_a_snapshot_is_the_state_it_was_taken_of_while_training_goes_on():
@@ -64,10 +72,7 @@ def test_a_snapshot_is_the_state_it_was_taken_of_while_training_goes_on():
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1}
     expected = copy.deepcopy(state)
     snapshots = Snapshots()
-    # The copy cannot start for 0.3 s: its buffer's last "write" is still going on.
-    slow_write = Future()
-    threading.Timer(0.3, slow_write.set_result, [None]).start()
-    snapshots.writing("state", slow_write)
+    held_back(snapshots, "state")  # the copy cannot start for 0.3 s
     copied = snapshots.take("state", state, [optimizer], model.buffers())
     train_step(model, optimizer)  # the next epoch: forward, backward, then a step
     assert copied.done()  # the step waited for the copy
@@ -82,6 +87,23 @@ def test_a_snapshot_is_the_state_it_was_taken_of_while_training_goes_on():
     snapshots.close()
 
 
+def test_cross_validation_folds_each_wait_for_the_snapshot_of_all():
+    folds = [small_training() for _ in range(2)]
+    state = {"folds": [model.state_dict() for model, _ in folds]}
+    expected = copy.deepcopy(state)
+    snapshots = Snapshots()
+    held_back(snapshots, "state")
+    optimizers = [optimizer for _, optimizer in folds]
+    buffers = [buffer for model, _ in folds for buffer in model.buffers()]
+    copied = snapshots.take("state", state, optimizers, buffers)
+    for model, optimizer in reversed(folds):  # whichever fold steps first waits
+        train_step(model, optimizer)
+        assert copied.done()
+    for fold, fold_expected in zip(copied.result()["folds"], expected["folds"], strict=True):
+        assert all(torch.equal(fold[name], value) for name, value in fold_expected.items())
+    snapshots.close()
+
+
 def test_snapshot_buffers_are_made_once_and_reused_after_their_write():
     model, optimizer = small_training()
     snapshots = Snapshots()
@@ -93,6 +115,7 @@ def test_snapshot_buffers_are_made_once_and_reused_after_their_write():
         second = snapshots.take("state", model.state_dict(), [optimizer], model.buffers())
         weight = second.result()["0.weight"]
     assert weight.data_ptr() == first.result()["0.weight"].data_ptr()  # the same buffer
+    assert weight.stride() == model[0].weight.stride()  # laid out as the live tensor
     assert torch.equal(weight, model[0].weight.detach())
     snapshots.close()
 

@@ -1,6 +1,8 @@
 import copy
 import math
 import os
+import threading
+from concurrent.futures import Future
 
 import cv2
 import numpy as np
@@ -77,11 +79,15 @@ def test_same_seed_same_metrics_and_resume_continues_identically(
 
     # The state is written as a trial writes it: snapshot taken at epoch 1 and copied
     # while epoch 2 starts (changing the live tensors), written after, then read back.
+    # The copy is held back 0.3 s (its buffer's last "write"), so epoch 2 is under way.
     storage = TrialStorage(pyarrow.fs.LocalFileSystem(), str(tmp_path / "trial"))
     snapshots, copies = Snapshots(), []
 
     def snapshot_epoch_one(report, state) -> None:
         if report.epoch == 1:
+            slow_write = Future()
+            threading.Timer(0.3, slow_write.set_result, [None]).start()
+            snapshots.writing("state", slow_write)
             training = [state.optimizer], state.model.buffers()
             copies.append(snapshots.take("state", state.to_dict(), *training))
 

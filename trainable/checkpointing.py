@@ -48,13 +48,13 @@ def _copy(tree: Any, into: Any) -> Any:
         if (
             isinstance(into, torch.Tensor)
             and into.shape == source.shape
+            and into.stride() == source.stride()
             and into.dtype == source.dtype
         ):
             return into.copy_(source, non_blocking=source.device.type != "cpu")
         if source.device.type == "cpu":
             return source.clone()
-        host = torch.empty(source.shape, dtype=source.dtype, pin_memory=True)
-        return host.copy_(source, non_blocking=True)
+        return _host_like(source).copy_(source, non_blocking=True)
     if isinstance(tree, dict):
         into = into if isinstance(into, dict) else {}
         return {key: _copy(value, into.get(key)) for key, value in tree.items()}
@@ -84,12 +84,19 @@ def _clone_changing(tree: Any, changing: set[tuple[str, int]]) -> Any:
     return tree
 
 
+def _host_like(tensor: torch.Tensor) -> torch.Tensor:
+    """An empty host tensor laid out as `tensor` (channels-last stays channels-last: a
+    copy between two layouts would first make a contiguous copy on the GPU), pinned for
+    GPU tensors so that their copies are asynchronous."""
+    pinned = tensor.device.type != "cpu"
+    return torch.empty_like(tensor, device="cpu", pin_memory=pinned)
+
+
 def allocate(tree: Any) -> Any:
-    """An empty host buffer shaped as `tree`, every page touched (pinned for GPU tensors):
-    what `snapshot` would allocate, without reading the values."""
+    """An empty host buffer shaped as `tree`, every page touched: what `snapshot` would
+    allocate, without reading the values."""
     if isinstance(tree, torch.Tensor):
-        pinned = tree.device.type != "cpu"
-        return torch.empty(tree.shape, dtype=tree.dtype, pin_memory=pinned).zero_()
+        return _host_like(tree.detach()).zero_()
     if isinstance(tree, dict):
         return {key: allocate(value) for key, value in tree.items()}
     if isinstance(tree, list | tuple):
@@ -128,7 +135,11 @@ class Snapshots:
         self._buffers: dict[str, Future] = {}
         self._barriers: dict[torch.optim.Optimizer, _StepBarrier] = {}
 
+    def has(self, name: str) -> bool:
+        return name in self._buffers
+
     def prepare(self, name: str, tree: Any, executor: Executor) -> None:
+        """Allocate the named buffer on `executor`'s thread, once."""
         if name not in self._buffers:
             self._buffers[name] = executor.submit(allocate, tree)
 
@@ -156,9 +167,12 @@ class Snapshots:
         into = buffer.result() if buffer is not None else None
         if ready is None:
             return snapshot(tree, into)
-        with torch.cuda.stream(self._stream):
-            self._stream.wait_event(ready)  # the epoch's last kernels, the clones
-            return snapshot(tree, into)
+        try:
+            with torch.cuda.stream(self._stream):
+                self._stream.wait_event(ready)  # the epoch's last kernels, the clones
+                return snapshot(tree, into)
+        finally:  # a copy that failed halfway still ends before its sources can be freed
+            self._stream.synchronize()
 
     def writing(self, name: str, job: Future) -> None:
         """`job` reads the named buffer and returns it when done (`TrialStorage.write_tensors`)."""

@@ -306,15 +306,17 @@ class Reports:
             self.snapshots.writing(name, job)
             return job
 
+        def full_state() -> dict:  # built only when used (the fp16 scale reads the GPU)
+            return {"folds": [state.to_dict() for state in training]}
+
         jobs = [write(name, self.storage.path(name), tree) for name, tree in weights.items()]
         state_name = None
-        full_state = {"folds": [state.to_dict() for state in training]}
         if epoch % self.every == 0 and epoch < self.epochs:
             state_name = self.storage.state_name(epoch)
-            jobs.append(write(STATE_FOLDER, self.storage.path(state_name), full_state))
-        elif self.every < self.epochs:
+            jobs.append(write(STATE_FOLDER, self.storage.path(state_name), full_state()))
+        elif self.every < self.epochs and not self.snapshots.has(STATE_FOLDER):
             # The optimiser's state exists from the first step on: make its buffer now.
-            self.snapshots.prepare(STATE_FOLDER, full_state, self.writer)
+            self.snapshots.prepare(STATE_FOLDER, full_state(), self.writer)
         self.queue.append((metrics, jobs, state_name, epoch))
         self._send(wait=epoch >= self.epochs)
 
