@@ -272,11 +272,11 @@ class Reports:
     """Reports every epoch to Tune, in order, each once what it announces is on storage.
 
     Snapshots (the selected weights on improvement, the full state every `every` epochs)
-    are copied while the next epoch starts, and written by one writer thread while
-    training goes on; an epoch's report waits in a queue
-    until its writes are done, so Tune (and a scheduler that stops the trial after it)
-    never sees an epoch whose files are not there. A full state's report carries a Tune
-    checkpoint holding only a pointer to it; older states are then deleted."""
+    are copied while the next epoch starts and written by one writer thread while
+    training goes on; an epoch's report waits in a queue until its writes are done, so
+    Tune (and a scheduler that stops the trial after it) never sees an epoch whose files
+    are not there. A full state's report carries a Tune checkpoint holding only a pointer
+    to it; older states are then deleted."""
 
     def __init__(self, storage: TrialStorage, every: int, epochs: int) -> None:
         self.storage, self.every, self.epochs = storage, every, epochs
