@@ -11,8 +11,10 @@ checkpointing blocks and writes, by --policy:
 - before: the full state (--checkpoint-gb) written twice every epoch (torch.save into a
   temporary folder, then Tune's copy to storage), both blocking the training;
 - after (trainable/checkpointing.py): the full state every --checkpoint-every epochs and
-  the selected weights (--weights-gb) on each improving epoch (--improving), each first
-  copied to host memory (the only blocking part, at --d2h-gbps) and written by a thread.
+  the selected weights (--weights-gb) on each improving epoch (--improving), each copied
+  to host memory (at --d2h-gbps) while the next epoch's first step computes, whose
+  optimiser step waits for what the copy has left (the only blocking part), and written
+  by a thread.
 
 A sweep takes at least the longest of: its GPU compute spread over the GPUs; the trials'
 own serial work (start-up + epochs x (c + blocked)) spread over the trials running at
@@ -53,7 +55,15 @@ def estimate(args: argparse.Namespace, gpus: int, per_gpu: int) -> dict[str, Any
         io = trial_epochs * args.checkpoint_gb * (1 / (nodes * args.disk_gbps) + 1 / storage)
     else:
         written = args.checkpoint_gb / args.checkpoint_every + args.weights_gb * args.improving
-        checkpoint = written / args.d2h_gbps  # blocked for the host copies only
+        step = compute / STEPS_PER_EPOCH  # what a copy overlaps before the step waits
+
+        def wait(gb: float) -> float:
+            return max(0.0, gb / args.d2h_gbps - step)
+
+        checkpoint = (
+            wait(args.checkpoint_gb) / args.checkpoint_every
+            + wait(args.weights_gb) * args.improving
+        )
         io = trial_epochs * written / storage
     starts = args.trials * args.trial_start_s / running
     bounds = {
