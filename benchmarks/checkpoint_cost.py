@@ -141,7 +141,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     optimizer.step()
     snapshots = Snapshots()
     with ThreadPoolExecutor(max_workers=1) as writer:
-        snapshots.prepare("state", full_state(model, optimizer), writer)
+        snapshots.prepare("state", lambda: full_state(model, optimizer), writer)
     weights_steps = [
         overlapped_step(snapshots, "model.pt", model.state_dict(), model, optimizer, images)
         for _ in range(args.repeats + 1)  # the first allocates the weights' buffer

@@ -108,7 +108,7 @@ def test_snapshot_buffers_are_made_once_and_reused_after_their_write():
     model, optimizer = small_training()
     snapshots = Snapshots()
     with ThreadPoolExecutor(max_workers=1) as writer:
-        snapshots.prepare("state", model.state_dict(), writer)  # allocated on the thread
+        snapshots.prepare("state", model.state_dict, writer)  # allocated on the thread
         first = snapshots.take("state", model.state_dict(), [optimizer], model.buffers())
         snapshots.writing("state", writer.submit(lambda: first.result()))  # a write's result
         train_step(model, optimizer)

@@ -16,7 +16,7 @@ import errno
 import io
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -135,13 +135,11 @@ class Snapshots:
         self._buffers: dict[str, Future] = {}
         self._barriers: dict[torch.optim.Optimizer, _StepBarrier] = {}
 
-    def has(self, name: str) -> bool:
-        return name in self._buffers
-
-    def prepare(self, name: str, tree: Any, executor: Executor) -> None:
-        """Allocate the named buffer on `executor`'s thread, once."""
+    def prepare(self, name: str, tree: Callable[[], Any], executor: Executor) -> None:
+        """Allocate the named buffer on `executor`'s thread, shaped as what `tree()`
+        builds (called only if the buffer does not exist yet)."""
         if name not in self._buffers:
-            self._buffers[name] = executor.submit(allocate, tree)
+            self._buffers[name] = executor.submit(allocate, tree())
 
     def take(
         self,

@@ -295,13 +295,11 @@ class Reports:
         """`weights`: file name -> the selected model's state dict, for files to rewrite;
         `training`: the states being trained (one per fold), the full state's source."""
 
+        optimizers = [state.optimizer for state in training]
+        changing = [buffer for state in training for buffer in state.model.buffers()]
+
         def write(name: str, path: str, tree: dict) -> Future:
-            copy = self.snapshots.take(
-                name,
-                tree,
-                optimizers=[state.optimizer for state in training],
-                changing=[buffer for state in training for buffer in state.model.buffers()],
-            )
+            copy = self.snapshots.take(name, tree, optimizers, changing)
             job = self.writer.submit(lambda: self.storage.write_tensors(path, copy.result()))
             self.snapshots.writing(name, job)
             return job
@@ -314,9 +312,9 @@ class Reports:
         if epoch % self.every == 0 and epoch < self.epochs:
             state_name = self.storage.state_name(epoch)
             jobs.append(write(STATE_FOLDER, self.storage.path(state_name), full_state()))
-        elif self.every < self.epochs and not self.snapshots.has(STATE_FOLDER):
+        elif self.every < self.epochs:
             # The optimiser's state exists from the first step on: make its buffer now.
-            self.snapshots.prepare(STATE_FOLDER, full_state(), self.writer)
+            self.snapshots.prepare(STATE_FOLDER, full_state, self.writer)
         self.queue.append((metrics, jobs, state_name, epoch))
         self._send(wait=epoch >= self.epochs)
 
