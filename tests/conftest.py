@@ -143,6 +143,24 @@ def twin_sweeps(tmp_path_factory, twin_base):
 
 
 @pytest.fixture
+def short_dir():
+    """Folders at short paths for Ray's temporary files (its socket paths must fit in 107
+    bytes), removed afterwards."""
+    import shutil
+    import tempfile
+
+    made = []
+
+    def make() -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix="bt-", dir="/tmp")))
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def s3_storage():
     """An S3 API on localhost (moto's server, in its own process so that it never competes
     with a driver in this one for the GIL) with one empty bucket; yields its URI. The

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -226,15 +225,14 @@ def test_reused_workers_start_trials_with_identical_results(bench):
 
 
 @pytest.mark.slow
-def test_startup_parts_are_timed_in_a_fresh_process(synth_root, cache_dir, tmp_path):
+def test_startup_parts_are_timed_in_a_fresh_process(synth_root, cache_dir, tmp_path, short_dir):
     out = tmp_path / "parts.json"
     command = [sys.executable, "-m", "benchmarks.startup_parts", "--encoder", "resnet18"]
     command += ["--image-size", "32", "--workers", "1", "--data", str(synth_root)]
     command += ["--cache-dir", str(cache_dir), "--json", str(out)]
-    ray_tmp = tempfile.mkdtemp(dir="/tmp")  # Ray's socket paths must stay short
     done = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "RAY_TMPDIR": ray_tmp},
+        env={**os.environ, "RAY_TMPDIR": str(short_dir())},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())

@@ -87,20 +87,20 @@ def test_a_snapshot_is_the_state_it_was_taken_of_while_training_goes_on():
     snapshots.close()
 
 
-def test_cross_validation_folds_each_wait_for_the_snapshot_of_all():
+def test_every_folds_next_step_waits_for_the_snapshot_of_all_folds():
     folds = [small_training() for _ in range(2)]
-    state = {"folds": [model.state_dict() for model, _ in folds]}
-    expected = copy.deepcopy(state)
-    snapshots = Snapshots()
-    held_back(snapshots, "state")
     optimizers = [optimizer for _, optimizer in folds]
     buffers = [buffer for model, _ in folds for buffer in model.buffers()]
-    copied = snapshots.take("state", state, optimizers, buffers)
-    for model, optimizer in reversed(folds):  # whichever fold steps first waits
-        train_step(model, optimizer)
-        assert copied.done()
-    for fold, fold_expected in zip(copied.result()["folds"], expected["folds"], strict=True):
-        assert all(torch.equal(fold[name], value) for name, value in fold_expected.items())
+    snapshots = Snapshots()
+    for stepping in reversed(range(2)):  # fold 1 steps first, then fold 0 alone
+        state = {"folds": [model.state_dict() for model, _ in folds]}
+        expected = copy.deepcopy(state)
+        held_back(snapshots, "state")
+        copied = snapshots.take("state", state, optimizers, buffers)
+        train_step(*folds[stepping])
+        assert copied.done()  # this fold's step waited
+        for fold, fold_expected in zip(copied.result()["folds"], expected["folds"], strict=True):
+            assert all(torch.equal(fold[name], value) for name, value in fold_expected.items())
     snapshots.close()
 
 

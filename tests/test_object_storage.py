@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ TINY = TrainConfig.reference().replace(
 
 def _cli(args: list[str], cwd: Path, cache: Path, ray_tmp: Path) -> subprocess.Popen:
     """`python -m tuner …` as a separate driver: its own cache, its own Ray folders (at a
-    short path: Ray's socket paths must fit in 107 bytes, see `_short_dir`)."""
+    short path: Ray's socket paths must fit in 107 bytes, see conftest's `short_dir`)."""
     cwd.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BUSI_TUNE_CACHE": str(cache), "RAY_TMPDIR": str(ray_tmp)}
     return subprocess.Popen(
@@ -47,20 +46,6 @@ def _cli(args: list[str], cwd: Path, cache: Path, ray_tmp: Path) -> subprocess.P
         text=True,
         start_new_session=True,  # its Ray processes can be killed with it, as a group
     )
-
-
-@pytest.fixture
-def short_dir():
-    """Folders at short paths for Ray's temporary files, removed afterwards."""
-    made = []
-
-    def make() -> Path:
-        made.append(Path(tempfile.mkdtemp(prefix="bt-", dir="/tmp")))
-        return made[-1]
-
-    yield make
-    for folder in made:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _remote_study(location: str, name: str, into: Path) -> optuna.Study | None:
@@ -138,7 +123,7 @@ def test_a_sweep_on_s3_survives_a_killed_driver_and_is_read_from_anywhere(
     assert "trials: 2 — 2 finished" in output, output
     assert storage.is_file(storage.join(location, "report", "report.md"))
     evaluate = _cli(
-        ["evaluate", location, "--json"], tmp_path / "d", tmp_path / "cache-d", tmp_path / "ray-d"
+        ["evaluate", location, "--json"], tmp_path / "d", tmp_path / "cache-d", short_dir()
     )
     output, _ = evaluate.communicate(timeout=300)
     assert evaluate.returncode == 0, output[-3000:]
