@@ -8,12 +8,15 @@ results, metrics, the study), with weights fetched on demand (`fetch`). No Ray, 
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,6 +26,7 @@ from trainable.errors import UserError
 # Never mirrored: resume states (gigabytes), Tune's checkpoints, weights (fetched when a
 # command needs them) and TensorBoard's event files.
 NOT_MIRRORED = ("state", "checkpoint_*", "*.pt", "events.out.tfevents.*", "*.partial")
+FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: a full disk
 
 
 def is_remote(location: str | Path) -> bool:
@@ -91,32 +95,52 @@ def exists(location: str | Path) -> bool:
     return _info(location).type != pafs.FileType.NotFound
 
 
+def read_whole(fs: pafs.FileSystem, path: str) -> bytes:
+    """The whole file in one read: pyarrow's input *stream* reads an object store in small
+    pieces (170 MB from moto's S3: 64 s against 0.3 s this way)."""
+    with fs.open_input_file(path) as file:
+        return file.read()
+
+
+def write_whole(fs: pafs.FileSystem, path: str, write: Callable[[BinaryIO], object]) -> None:
+    """`write(stream)` into `path`, seen whole or not at all. An object store shows an
+    upload only once complete (a rename there would be a second full copy, and S3 cannot
+    copy an object over 5 GB in one request; its "folders" need no creating). Locally:
+    write-then-rename, nothing left behind by a failed write, and a full disk said as
+    such (torch's writer reports it as "unexpected pos")."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as stream:
+            write(stream)
+        return
+    fs.create_dir(parent(path))
+    partial = f"{path}.partial"
+    try:
+        with fs.open_output_stream(partial) as stream:
+            write(stream)
+        fs.move(partial, path)
+    except Exception as error:
+        if shutil.disk_usage(Path(partial).parent).free < FULL_DISK_BYTES:
+            raise OSError(errno.ENOSPC, f"No space left on device writing {path}") from error
+        raise
+    finally:
+        if fs.get_file_info(partial).type != pafs.FileType.NotFound:
+            fs.delete_file(partial)
+
+
 def read_bytes(location: str | Path) -> bytes | None:
     """The file's bytes, None when there is no such file."""
     fs, path = resolve(location)
     try:
-        # One read of the whole file: pyarrow's input stream reads an object store in
-        # small pieces (170 MB from moto's S3: 64 s against 0.3 s).
-        with _errors(str(location)), fs.open_input_file(path) as file:
-            return file.read()
+        with _errors(str(location)):
+            return read_whole(fs, path)
     except (FileNotFoundError, IsADirectoryError):
         return None
 
 
 def write_bytes(location: str | Path, data: bytes) -> None:
-    """Locally write-then-rename (a reader never sees half a file); an object store
-    shows an upload only once it is complete."""
     fs, path = resolve(location)
     with _errors(str(location)):
-        fs.create_dir(path.rsplit("/", 1)[0])
-        if isinstance(fs, pafs.LocalFileSystem):
-            partial = f"{path}.partial"
-            with fs.open_output_stream(partial) as stream:
-                stream.write(data)
-            fs.move(partial, path)
-        else:
-            with fs.open_output_stream(path) as stream:
-                stream.write(data)
+        write_whole(fs, path, lambda stream: stream.write(data))
 
 
 def delete_dir(location: str | Path) -> None:

@@ -12,21 +12,17 @@ there directly too. Nothing here imports Ray.
 
 from __future__ import annotations
 
-import errno
 import io
 import json
-import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
 import torch
 
+from results import storage
 from results.layout import STATE_FOLDER
-
-FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: a full disk
 
 
 def snapshot(tree: Any, into: Any = None) -> Any:
@@ -199,39 +195,14 @@ class TrialStorage:
         return self.path(self.state_name(epoch))
 
     def _write(self, path: str, write) -> None:
-        self.fs.create_dir(path.rsplit("/", 1)[0])
-        if not isinstance(self.fs, pyarrow.fs.LocalFileSystem):
-            # An object store shows an upload only once complete; a rename there is a
-            # second full copy (and S3 cannot copy an object over 5 GB in one request).
-            with self.fs.open_output_stream(path) as stream:
-                write(stream)
-            return
-        partial = f"{path}.partial"
-        try:
-            with self.fs.open_output_stream(partial) as stream:
-                write(stream)
-            self.fs.move(partial, path)
-        except Exception as error:
-            # torch's writer reports a full disk as "unexpected pos": say what it is.
-            if shutil.disk_usage(Path(partial).parent).free < FULL_DISK_BYTES:
-                raise OSError(errno.ENOSPC, f"No space left on device writing {path}") from error
-            raise
-        finally:
-            if self.fs.get_file_info(partial).type != pyarrow.fs.FileType.NotFound:
-                self.fs.delete_file(partial)
+        storage.write_whole(self.fs, path, write)
 
     def write_text(self, name: str, text: str) -> None:
         self._write(self.path(name), lambda stream: stream.write(text.encode()))
 
-    def read_bytes(self, path: str) -> bytes:
-        """The whole file in one read: through pyarrow's input *stream*, a 170 MB state
-        took 64 s from an S3-compatible server (moto) against 0.3 s this way."""
-        with self.fs.open_input_file(path) as file:
-            return file.read()
-
     def read_text(self, name: str) -> str | None:
         try:
-            return self.read_bytes(self.path(name)).decode()
+            return storage.read_whole(self.fs, self.path(name)).decode()
         except FileNotFoundError:
             return None
 
@@ -246,7 +217,7 @@ class TrialStorage:
 
     def read_tensors(self, path: str, device: torch.device) -> Any:
         """Tensors and plain values only (`weights_only`: no code from the file runs)."""
-        data = self.read_bytes(path)
+        data = storage.read_whole(self.fs, path)
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
     def keep_only_states(self, names: list[str]) -> None:
