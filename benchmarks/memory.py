@@ -135,7 +135,7 @@ def measure(settings: RunSettings, data, trials: int, seconds: float, interval: 
     os.environ.update(OWN_RAY)  # a Ray of our own: its processes are our descendants
     sweep.init_ray(settings)
     tuner = tune.Tuner(
-        sweep.build_trainable(settings, data, pretrained={}),  # encoder_weights none
+        sweep.build_trainable(settings, data, weights={}),  # encoder_weights none
         param_space={},
         tune_config=tune.TuneConfig(
             num_samples=trials,

@@ -32,7 +32,7 @@ from results.layout import (
     open_study,
     optuna_states,
 )
-from results.settings import RunSettings
+from results.settings import RunSettings, study_file_name
 from search_spaces import get_space
 from trainable import keys
 from trainable.config import TrainConfig
@@ -183,8 +183,8 @@ class Experiment:
     best: Trial | None  # best objective on the held-out part; never chosen on test
     reference: Trial | None  # the in-sweep reference trial (the base config)
     study_path: Path | None  # the Optuna study, None for a --reference run
+    location: str  # where it lives: its folder, or a URI whose mirror `path` is
     provenance: dict[str, Any] | None = None  # data.json: path, content hash, synthetic
-    location: str = ""  # where it lives: its folder, or a URI whose mirror `path` is
 
     @property
     def is_sweep(self) -> bool:
@@ -317,7 +317,7 @@ def _load_local(directory: Path, location: str) -> Experiment:
             "that `python -m tuner run` made, <storage>/<name>"
         )
     settings = load_settings(directory / SETTINGS_FILE)
-    study_path = None if settings.reference_only else directory / f"{settings.name}.sqlite"
+    study_path = None if settings.reference_only else directory / study_file_name(settings.name)
     states = optuna_states(open_study(study_path, settings.name))
     trial_dirs = sorted(p for p in directory.glob("trial_*_*") if p.is_dir())
     trials = tuple(

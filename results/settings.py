@@ -96,7 +96,7 @@ class RunSettings:
 
     @property
     def storage_is_local(self) -> bool:
-        return "://" not in self.storage
+        return not storage.is_remote(self.storage)
 
     @property
     def storage_path(self) -> str:
@@ -105,7 +105,12 @@ class RunSettings:
 
     @property
     def experiment_dir(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+        return storage.join(self.storage_path, self.name)
+
+    @property
+    def study_location(self) -> str:
+        """The Optuna study in the experiment (on remote storage: the uploaded copy)."""
+        return study_location(self.experiment_dir, self.name)
 
     @property
     def study_path(self) -> Path:
@@ -117,10 +122,14 @@ def study_file_name(name: str) -> str:
     return f"{name}.sqlite"
 
 
+def study_location(experiment_dir: str, name: str) -> str:
+    return storage.join(experiment_dir, study_file_name(name))
+
+
 def driver_study_path(experiment_dir: str, name: str) -> Path:
     """The SQLite study the driver writes: in the experiment when its storage is local;
     else a local file (SQLite needs one) that the searcher copies into the experiment with
     every snapshot of Tune's own state (tuner.searcher)."""
     if not storage.is_remote(experiment_dir):
-        return Path(experiment_dir) / study_file_name(name)
+        return Path(study_location(experiment_dir, name))
     return storage.local_copy_dir(experiment_dir, "studies") / study_file_name(name)

@@ -89,14 +89,14 @@ class _WideSpace:
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         base = self.base
-        encoders = wide_encoders(base)
+        weights = wide_encoder_weights(base)
         _around_reference(trial, base)
         trial.suggest_categorical("loss", ["dice", "dice_bce", "dice_focal"])
         trial.suggest_categorical("lr_schedule", ["constant", "cosine"])
         trial.suggest_categorical("image_size", list(wide_image_sizes(base)))
-        encoder = trial.suggest_categorical("encoder", list(encoders))
+        encoder = trial.suggest_categorical("encoder", list(weights))
         # Constants returned by a define-by-run function join the trial's config.
-        return {"encoder_weights": wide_encoder_weights(base)[encoder]}
+        return {"encoder_weights": weights[encoder]}
 
 
 def wide_encoder_weights(base: TrainConfig) -> dict[str, str]:

@@ -110,7 +110,7 @@ def test_a_worker_without_the_hub_trains_from_the_drivers_weights(
     with pytest.raises(WeightsError, match="cannot get resnet18/imagenet"):
         build_model(config)
     torch.manual_seed(0)
-    shipped = build_model(config, pretrained).state_dict()
+    shipped = build_model(config, pretrained[("resnet18", "imagenet")]).state_dict()
     assert shipped.keys() == from_hub.keys()
     assert all(torch.equal(shipped[k], from_hub[k]) for k in from_hub)
     first_conv = from_hub["encoder.conv1.weight"]

@@ -31,7 +31,7 @@ from torch import nn
 from trainable.augment import build_augmentation, normalise
 from trainable.config import LrSchedule, Optimizer, TrainConfig
 from trainable.metrics import PixelStats
-from trainable.model import PretrainedEncoders, build_loss, build_model
+from trainable.model import EncoderState, build_loss, build_model
 from trainable.preprocess import BusiArrays
 from trainable.splits import Split
 
@@ -361,7 +361,7 @@ class Trainer:
         num_workers: int = 0,
         resume_from: dict[str, Any] | None = None,
         keep_test_probabilities: bool = False,
-        pretrained: PretrainedEncoders | None = None,
+        encoder_state: EncoderState | None = None,
         compiled: bool = False,
     ) -> None:
         torch.manual_seed(config.seed)
@@ -375,7 +375,7 @@ class Trainer:
         self.heldout = split.test if select_on_test else split.validation
         if len(self.heldout) == 0:
             raise ValueError("the split has no validation part; make it with_validation=True")
-        model = build_model(config, pretrained).to(device)
+        model = build_model(config, encoder_state).to(device)
         self.precision = Precision.for_device(device, config)
         if self.precision.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -477,7 +477,7 @@ def fit(
     num_workers: int = 0,
     resume_from: dict[str, Any] | None = None,
     on_epoch_end: Callable[[EpochReport, TrainingState], None] | None = None,
-    pretrained: PretrainedEncoders | None = None,
+    encoder_state: EncoderState | None = None,
     compiled: bool = False,
 ) -> TrainingState:
     """Train `config.epochs` epochs on `data` (at `config.image_size`); see `Trainer`.
@@ -492,7 +492,7 @@ def fit(
         select_on_test=select_on_test,
         num_workers=num_workers,
         resume_from=resume_from,
-        pretrained=pretrained,
+        encoder_state=encoder_state,
         compiled=compiled,
     )
     while not trainer.done:
@@ -552,7 +552,7 @@ def fit_folds(
     num_workers: int = 0,
     resume_from: Sequence[dict[str, Any]] | None = None,
     on_epoch_end: Callable[[EpochReport, list[TrainingState]], None] | None = None,
-    pretrained: PretrainedEncoders | None = None,
+    encoder_state: EncoderState | None = None,
     compiled: bool = False,
 ) -> list[TrainingState]:
     """K-fold cross-validation in lockstep: every epoch trains each fold's model one epoch,
@@ -567,7 +567,7 @@ def fit_folds(
             num_workers=num_workers,
             resume_from=resume_from[i] if resume_from else None,
             keep_test_probabilities=True,
-            pretrained=pretrained,
+            encoder_state=encoder_state,
             compiled=compiled,
         )
         for i, split in enumerate(folds)

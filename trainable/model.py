@@ -24,22 +24,27 @@ from trainable.errors import WeightsError
 
 NO_WEIGHTS = "none"
 
-# (encoder, weights name or file) -> the encoder's 3-channel state dict, as arrays (which
-# Ray's object store hands to trials without a copy).
-PretrainedEncoders = Mapping[tuple[str, str], Mapping[str, np.ndarray]]
+# An encoder's 3-channel state dict as arrays (which Ray's object store hands to trials
+# without a copy).
+EncoderState = Mapping[str, np.ndarray]
 
 
-def build_model(config: TrainConfig, pretrained: PretrainedEncoders | None = None) -> nn.Module:
+def shippable(encoder: str, weights: str) -> bool:
+    """Whether the driver resolves these weights for the trials (timm's `tu-` encoders
+    fetch their own; "none" needs none)."""
+    return weights.lower() != NO_WEIGHTS and not encoder.startswith("tu-")
+
+
+def build_model(config: TrainConfig, encoder_state: EncoderState | None = None) -> nn.Module:
     """`smp.Unet(encoder, weights, in_channels=1, classes=1)`, raw logits out; the
-    encoder's weights from `pretrained` when it has them."""
+    encoder's weights from `encoder_state` when given (the driver's copy of them)."""
     weights = config.encoder_weights
     if weights.lower() == NO_WEIGHTS:
         return _unet(config.encoder, None, in_channels=1)
-    if pretrained and (config.encoder, weights) in pretrained:
-        state = pretrained[(config.encoder, weights)]
+    if encoder_state is not None:
         with warnings.catch_warnings():  # read-only arrays: load_state_dict copies them
             warnings.simplefilter("ignore", UserWarning)
-            tensors = {name: torch.from_numpy(array) for name, array in state.items()}
+            tensors = {name: torch.from_numpy(array) for name, array in encoder_state.items()}
         return _unet_from_state(config.encoder, tensors, weights)
     if is_weights_file(weights):
         return _unet_from_file(config.encoder, Path(weights))
@@ -47,7 +52,9 @@ def build_model(config: TrainConfig, pretrained: PretrainedEncoders | None = Non
     return _unet(config.encoder, weights, in_channels=1)
 
 
-def pretrained_encoders(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+def pretrained_encoders(
+    pairs: Iterable[tuple[str, str]],
+) -> dict[tuple[str, str], EncoderState]:
     """On the driver: each (encoder, weights) pair's 3-channel encoder state, from smp's
     hub cache or a file, checked (one clear line if it cannot be had). "none" needs none.
     A model built from it equals one built from the hub or the file directly, random
@@ -55,8 +62,8 @@ def pretrained_encoders(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str
     found = {}
     for encoder, weights in dict.fromkeys(pairs):
         check_weights(TrainConfig(encoder=encoder, encoder_weights=weights))
-        if weights.lower() == NO_WEIGHTS or encoder.startswith("tu-"):
-            continue  # timm's encoders fetch their own weights, in the trial
+        if not shippable(encoder, weights):
+            continue
         if is_weights_file(weights):
             module = smp.encoders.get_encoder(encoder, in_channels=3, weights=None)
             _load_encoder(module, _read_weights_file(Path(weights)), encoder, weights)

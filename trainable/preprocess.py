@@ -48,10 +48,6 @@ class BusiArrays:
         return int(self.images.shape[-1])
 
 
-def default_cache_dir() -> Path:
-    return storage.cache_root()
-
-
 def dataset_fingerprint(samples: list[Sample], root: Path) -> str:
     """A hash of every file's relative path and bytes: the dataset's content."""
     digest = hashlib.blake2b(digest_size=16)
@@ -84,7 +80,7 @@ def load_busi(
     root = Path(root).resolve()
     samples = discover(root)
     key = f"{dataset_fingerprint(samples, root)}-{image_size}px-v{_PREPROCESS_VERSION}"
-    cache_path = (cache_dir or default_cache_dir()) / f"busi-{key}.npz"
+    cache_path = (cache_dir or storage.cache_root()) / f"busi-{key}.npz"
     if cache_path.is_file():
         log.info("dataset cache hit: %s", cache_path)
         return read_cache(cache_path)

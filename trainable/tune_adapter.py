@@ -50,7 +50,7 @@ from trainable.engine import (
     pick_device,
 )
 from trainable.keys import METRIC_KEYS
-from trainable.model import PretrainedEncoders
+from trainable.model import EncoderState, shippable
 from trainable.preprocess import SizedData
 from trainable.splits import Split, SplitPolicy, experiment_splits, manifest_of
 from trainable.tensorboard import TrialWriter
@@ -229,13 +229,13 @@ def _record_failure(storage: TrialStorage, error: BaseException) -> None:
 
 def shipped_weights(
     config: TrainConfig, weights: dict[tuple[str, str], ray.ObjectRef]
-) -> PretrainedEncoders | None:
+) -> EncoderState | None:
     """This trial's encoder weights from the object store (None: random init, or weights
     the driver did not resolve, which the model then loads itself, with a warning)."""
     key = (config.encoder, config.encoder_weights)
     if key in weights:
-        return {key: ray.get(weights[key])}
-    if config.encoder_weights.lower() != "none" and not config.encoder.startswith("tu-"):
+        return ray.get(weights[key])
+    if shippable(*key):
         log.warning("%s/%s weights not sent by the driver: loaded on this node", *key)
     return None
 
@@ -386,7 +386,7 @@ def _train(
     # results already say where they are.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = resolve_config(setup, tune_config)
-    pretrained = shipped_weights(config, weights)
+    encoder_state = shipped_weights(config, weights)
     data, truth = sized.at(config.image_size), sized.evaluation
     device = pick_device()
     # A GPU trial's CPUs feed it: DataLoader workers (one thread each) and the trainer's
@@ -438,7 +438,7 @@ def _train(
         "device": device,
         "truth": truth,
         "num_workers": workers,
-        "pretrained": pretrained,
+        "encoder_state": encoder_state,
         "compiled": setup.compiled,
     }
     try:

@@ -30,6 +30,7 @@ from tuner.sweep import (
     load_data,
     resolve_cpus,
     resolve_pretrained,
+    ship,
 )
 
 SUFFIX = "-confirm"
@@ -94,10 +95,12 @@ def run(
     init_ray(settings)
     settings = resolve_cpus(settings)
     check_resources(settings)
+    weights = ship(pretrained)
+    del pretrained  # the object store holds them now
     create_experiment(settings, data)
     points = [dict(c.point) for c in candidates]
     tuner = tune.Tuner(
-        build_trainable(settings, data, pretrained),
+        build_trainable(settings, data, weights),
         param_space=pair_grid(candidates, seeds),
         tune_config=tune.TuneConfig(
             num_samples=len(points),  # one sample per point, each expanded by the seed grid

@@ -42,7 +42,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from results import storage
 from results.layout import TUNE_TRIAL_ID
-from results.settings import driver_study_path, study_file_name
+from results.settings import driver_study_path, study_location
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         if isinstance(study, StudyStorage) and storage.is_remote(study.experiment_dir):
             # A storage error ends the run (one line naming the storage): the bucket's
             # study must not fall behind Tune's state, or the run could not resume.
-            target = storage.join(study.experiment_dir, study_file_name(study.study_name))
+            target = study_location(study.experiment_dir, study.study_name)
             storage.write_bytes(target, study_bytes(study.file))
         super().save_to_dir(checkpoint_dir, session_str)
 

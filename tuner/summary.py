@@ -16,7 +16,7 @@ from results.experiment import (
     STOPPED,
 )
 from results.layout import METRICS_FILE
-from results.settings import RunSettings, study_file_name
+from results.settings import RunSettings
 from trainable import keys
 from tuner.sweep import trial_states
 
@@ -73,8 +73,7 @@ def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
             details = storage.join(settings.experiment_dir, Path(best.path).name, METRICS_FILE)
             lines.append(f"details: {details}")
     if not settings.reference_only:
-        study = storage.join(settings.experiment_dir, study_file_name(settings.name))
-        lines.append(f"optuna study: {study}")
+        lines.append(f"optuna study: {settings.study_location}")
     # Printed commands are shell-quoted, so they can be pasted whatever the name holds.
     where = shlex.quote(settings.experiment_dir)
     lines.append(f"report:      python -m tuner report {where}")

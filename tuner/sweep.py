@@ -35,12 +35,12 @@ from results.layout import (
     optuna_states,
     save_settings,
 )
-from results.settings import RunSettings, Scheduler, study_file_name
+from results.settings import RunSettings, Scheduler
 from search_spaces import get_space
 from trainable.config import TrainConfig
 from trainable.dataset import discover
 from trainable.errors import UserError
-from trainable.model import PretrainedEncoders, pretrained_encoders
+from trainable.model import EncoderState, pretrained_encoders
 from trainable.preprocess import SizedData, dataset_fingerprint, load_sized
 from trainable.synth import SYNTHETIC_MARKER
 from trainable.tune_adapter import TrialSetup, train_busi
@@ -188,7 +188,7 @@ def check_resumable(settings: RunSettings) -> None:
     if settings.reference_only:
         return
     if not settings.storage_is_local:
-        snapshot = storage.join(location, study_file_name(settings.name))
+        snapshot = settings.study_location
         if not storage.is_file(snapshot):
             raise UserError(
                 f"{snapshot}: the sweep's study is missing, so the run cannot continue; "
@@ -297,9 +297,12 @@ def gpus_per_trial(settings: RunSettings) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def resolve_pretrained(settings: RunSettings, configs: list[TrainConfig] | None = None):
+def resolve_pretrained(
+    settings: RunSettings, configs: list[TrainConfig] | None = None
+) -> dict[tuple[str, str], EncoderState]:
     """Every encoder's pretrained weights a trial can ask for (the space's, or those of
-    `configs`), read once here: hub cache or file. One clear line when they cannot be had."""
+    `configs`), read once here, before Ray starts: hub cache or file, one clear line when
+    they cannot be had."""
     if configs is not None:
         pairs = [(c.encoder, c.encoder_weights) for c in configs]
     elif settings.reference_only:
@@ -309,7 +312,15 @@ def resolve_pretrained(settings: RunSettings, configs: list[TrainConfig] | None 
     return pretrained_encoders(pairs)
 
 
-def build_trainable(settings: RunSettings, data: SizedData, pretrained: PretrainedEncoders):
+def ship(pretrained: dict[tuple[str, str], EncoderState]) -> dict[tuple[str, str], ray.ObjectRef]:
+    """Each (encoder, weights) an object of its own in Ray's object store, which only the
+    trials training from it fetch: a worker node needs no hub cache or weights file."""
+    return {key: ray.put(state) for key, state in pretrained.items()}
+
+
+def build_trainable(
+    settings: RunSettings, data: SizedData, weights: dict[tuple[str, str], ray.ObjectRef]
+):
     setup = TrialSetup(
         base=settings.base,
         split_policy=settings.split,
@@ -324,10 +335,8 @@ def build_trainable(settings: RunSettings, data: SizedData, pretrained: Pretrain
         num_workers=settings.cpus_per_trial - 1,
     )
     resources = {"cpu": settings.cpus_per_trial, "gpu": gpus_per_trial(settings)}
-    # with_parameters puts the arrays in Ray's object store once for every trial, and each
-    # encoder's weights are an object of their own, which only the trials training from
-    # them fetch: a worker node needs no copy of the data, the hub cache or a weights file.
-    weights = {key: ray.put(state) for key, state in pretrained.items()}
+    # with_parameters puts the arrays in Ray's object store once for every trial: a worker
+    # node needs no copy of the data.
     trainable = tune.with_parameters(train_busi, data=data, setup=setup, weights=weights)
     return tune.with_resources(trainable, resources)
 
@@ -415,24 +424,26 @@ def run(
             get_space(settings.space)  # an unknown name fails before anything starts
         except KeyError as error:
             raise UserError(f"run: {error.args[0]}") from None
-    pretrained = resolve_pretrained(settings)
     lock = None  # held from here until the run and its pruning are over
     try:
         if settings.resume:
             if settings.storage_is_local:
                 lock = lock_experiment(Path(settings.experiment_dir))
             check_resumable(settings)
+        pretrained = resolve_pretrained(settings)
         data = load_data(settings)  # bad data fails here, before anything is written
         for warning in data.evaluation.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         init_ray(settings)
         settings = resolve_cpus(settings)
         check_resources(settings)
+        weights = ship(pretrained)
+        del pretrained  # up to a GB of arrays: the object store holds them now
         if not settings.resume:
             create_experiment(settings, data)
             if settings.storage_is_local:
                 lock = lock_experiment(Path(settings.experiment_dir))
-        results = fit_tuner(settings, data, pretrained, write)
+        results = fit_tuner(settings, data, weights, write)
         if any(result.error is not None and disk_full(result.error) for result in results):
             raise disk_full_error(settings)
         prune_checkpoints(settings, results)
@@ -445,12 +456,12 @@ def run(
 def fit_tuner(
     settings: RunSettings,
     data: SizedData,
-    pretrained: PretrainedEncoders,
+    weights: dict[tuple[str, str], ray.ObjectRef],
     write: Callable[[str], None] | None,
 ):
     """Tune's run (new or restored); a full disk, wherever Tune or SQLite met it, is one
     line with the command that continues."""
-    trainable = build_trainable(settings, data, pretrained)
+    trainable = build_trainable(settings, data, weights)
     try:
         with restoring(settings.experiment_dir):  # the study where the experiment is now
             return _fit(settings, trainable, write)
