@@ -843,7 +843,9 @@ def write_report(experiment: Experiment) -> ReportPaths:
     markdown.write_text(render_markdown(experiment, reference, plots, directory))
     trials_csv = directory / TRIALS_FILE
     write_trials_csv(experiment, reference, trials_csv)
+    paths = ReportPaths(directory, markdown, trials_csv, tuple(p.path for p in plots if p.path))
     if experiment.is_remote:  # written on the mirror, kept with the experiment
-        storage.upload_folder(directory, storage.join(experiment.location, REPORT_DIR))
+        for path in (markdown, trials_csv, *paths.plots):
+            storage.upload(path, storage.join(experiment.location, REPORT_DIR, path.name))
     log.info("report written to %s", directory)
-    return ReportPaths(directory, markdown, trials_csv, tuple(p.path for p in plots if p.path))
+    return paths

@@ -237,7 +237,16 @@ def fetch(location: str, local_root: Path, relative: str) -> Path:
     return target
 
 
+def upload(local: Path, location: str) -> None:
+    """`local` written to `location`, then stamped with the remote modification time, so
+    that a mirror holding it does not read it back (see `stale`)."""
+    write_bytes(location, local.read_bytes())
+    info = _info(location)
+    if info.mtime_ns is not None:
+        os.utime(local, ns=(info.mtime_ns, info.mtime_ns))
+
+
 def upload_folder(local: Path, location: str) -> None:
     """Every file below `local` to the same relative paths below `location`."""
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        write_bytes(join(location, path.relative_to(local).as_posix()), path.read_bytes())
+        upload(path, join(location, path.relative_to(local).as_posix()))

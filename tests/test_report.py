@@ -345,6 +345,12 @@ def test_an_experiment_in_a_bucket_reads_reports_and_confirms_as_a_local_one(
     assert f"copied:  {location}/report/" in capsys.readouterr().out
     assert storage.is_file(storage.join(location, "report", "report.md"))
     assert storage.is_file(storage.join(location, "report", "trials.csv"))
+    # The uploaded files are the mirror's own: the next command reads none of them back.
+    mirrored = storage.list_files(storage.join(location, "report"))
+    assert {"report.md", "trials.csv"} <= set(mirrored)
+    assert not any(
+        storage.stale(info, remote.path / "report" / name) for name, info in mirrored.items()
+    )
 
     settings = confirm_settings(
         remote, runs=4, address=None, cpus_per_trial=None, gpus_per_trial=None

@@ -598,7 +598,7 @@ def _confirm(args: argparse.Namespace) -> int:
     path = confirm.save_confirmation(result, experiment.path / REPORT_DIR)
     if experiment.is_remote:  # kept with the experiment
         remote = storage.join(experiment.location, REPORT_DIR, path.name)
-        storage.write_bytes(remote, path.read_bytes())
+        storage.upload(path, remote)
         path = remote
     print("\n".join(confirm.confirmation_lines(result)))
     print(f"\nsaved: {path}")
