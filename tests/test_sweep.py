@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -55,10 +56,11 @@ def _study(settings: RunSettings) -> optuna.Study:
     return optuna.load_study(study_name=settings.name, storage=f"sqlite:///{settings.study_path}")
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tuner", *args],
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -66,13 +68,16 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 def test_demo_sweep_end_to_end(tmp_path):
-    """The README's first command, shrunk: the reference first, TensorBoard for every trial."""
+    """The README's first command, shrunk: the reference first, TensorBoard for every trial.
+    With every worker line shown (RAY_DEDUP_LOGS=0), Ray patches print at once: the start
+    must survive it (it failed every time when Tune was handed `print`)."""
     process = _cli(
         *shlex.split(
             f"run --demo --trials 4 --epochs 2 --storage '{tmp_path / 'runs'}' --name demo "
             f"--cache-dir '{tmp_path / 'cache'}'"
         ),
         cwd=tmp_path,
+        env={"RAY_DEDUP_LOGS": "0"},
     )
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import functools
 import logging
 import re
 import shlex
@@ -509,8 +508,9 @@ def _run(args: argparse.Namespace) -> int:
 
         count = write_synthetic_busi(settings.data, **DEMO_SYNTH)
         print(f"wrote a synthetic BUSI set of {count} images to {settings.data}")
-    quiet = None if args.verbose else functools.partial(print, flush=True)
-    settings, results = sweep.run(settings, quiet)
+    from tuner.progress import ConsoleLines
+
+    settings, results = sweep.run(settings, None if args.verbose else ConsoleLines())
     print(summary.summarise(settings, results))
     if args.demo:
         print("(synthetic data: the comparison shows the pipeline working, not a BUSI result)")
@@ -577,6 +577,7 @@ def _confirm(args: argparse.Namespace) -> int:
     from results.experiment import load_experiment
     from results.report import REPORT_DIR
     from tuner import confirm as retrain
+    from tuner.progress import ConsoleLines
 
     if args.seeds < 2 or args.top < 1:
         raise UserError(
@@ -592,7 +593,7 @@ def _confirm(args: argparse.Namespace) -> int:
         address=args.address,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
-        write=None if args.verbose else functools.partial(print, flush=True),
+        write=None if args.verbose else ConsoleLines(),
     )
     result = confirm.confirmation(experiment, candidates, load_experiment(confirm_dir))
     path = confirm.save_confirmation(result, experiment.path / REPORT_DIR)

@@ -26,6 +26,7 @@ from tuner.sweep import (
     build_trainable,
     check_resources,
     create_experiment,
+    freed_if_no_trial_starts,
     init_ray,
     load_data,
     resolve_cpus,
@@ -99,15 +100,16 @@ def run(
     del pretrained  # the object store holds them now
     create_experiment(settings, data)
     points = [dict(c.point) for c in candidates]
-    tuner = tune.Tuner(
-        build_trainable(settings, data, weights),
-        param_space=pair_grid(candidates, seeds),
-        tune_config=tune.TuneConfig(
-            num_samples=len(points),  # one sample per point, each expanded by the seed grid
-            search_alg=BasicVariantGenerator(points_to_evaluate=points),
-            trial_dirname_creator=TrialNamer(sweep=True),
-        ),
-        run_config=build_run_config(settings, write),
-    )
-    tuner.fit()
+    with freed_if_no_trial_starts(settings):
+        tuner = tune.Tuner(
+            build_trainable(settings, data, weights),
+            param_space=pair_grid(candidates, seeds),
+            tune_config=tune.TuneConfig(
+                num_samples=len(points),  # one sample per point, each expanded by the seed grid
+                search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                trial_dirname_creator=TrialNamer(sweep=True),
+            ),
+            run_config=build_run_config(settings, write),
+        )
+        tuner.fit()
     return directory

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,18 @@ def quiet_ray() -> None:
     os.environ[NEW_OUTPUT_ENV] = "0"
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class ConsoleLines:
+    """Where quiet progress lines go: the `sys.stdout` of the moment, flushed per line.
+    Tune pickles its run config with the line writer inside; an object of ours pickles by
+    reference to its class, whereas `print`, or a partial of it, stops pickling once Ray
+    swaps `builtins.print` for its own (ray.experimental.tqdm_ray, on the first worker
+    line the driver prints: a race at start-up, lost every time with RAY_DEDUP_LOGS=0)."""
+
+    def __call__(self, line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class TrialLines(tune.Callback):

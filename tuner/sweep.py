@@ -15,7 +15,7 @@ import shlex
 import shutil
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.fs
@@ -146,16 +146,42 @@ def create_experiment(settings: RunSettings, data: SizedData) -> None:
         text = json.dumps(provenance, indent=2) + "\n"
         storage.write_bytes(storage.join(location, DATA_FILE), text.encode())
     except (OSError, UserError) as error:  # UserError: remote storage's, one line already
-        if settings.storage_is_local:
-            shutil.rmtree(location, ignore_errors=True)
-        else:
-            with contextlib.suppress(UserError, OSError):
-                storage.delete_dir(location)
+        remove_experiment(settings)
         if isinstance(error, UserError):
             raise
         raise UserError(
             f"{location}: could not be written ({error.strerror}); nothing was kept"
         ) from None
+
+
+def remove_experiment(settings: RunSettings) -> None:
+    """Delete a new experiment that never ran a trial, so that its name is free again."""
+    location = settings.experiment_dir
+    if settings.storage_is_local:
+        shutil.rmtree(location, ignore_errors=True)
+    else:
+        with contextlib.suppress(UserError, OSError):
+            storage.delete_dir(location)
+        settings.study_path.unlink(missing_ok=True)
+
+
+def trial_started(location: str) -> bool:
+    """Whether any trial of the experiment has started (its folder holds a file)."""
+    with contextlib.suppress(UserError, OSError):
+        return any(name.startswith("trial_") for name in storage.list_files(location))
+    return True  # storage unreadable: keep what is there
+
+
+@contextlib.contextmanager
+def freed_if_no_trial_starts(settings: RunSettings) -> Iterator[None]:
+    """A new experiment whose start fails, for whatever reason, before its first trial
+    (Ray, Tune, Ctrl-C) is removed: its name stays free for the same command again."""
+    try:
+        yield
+    except BaseException:
+        if not settings.resume and not trial_started(settings.experiment_dir):
+            remove_experiment(settings)
+        raise
 
 
 def check_resumable(settings: RunSettings) -> None:
@@ -441,9 +467,10 @@ def run(
         del pretrained  # up to a GB of arrays: the object store holds them now
         if not settings.resume:
             create_experiment(settings, data)
-            if settings.storage_is_local:
+        with freed_if_no_trial_starts(settings):
+            if not settings.resume and settings.storage_is_local:
                 lock = lock_experiment(Path(settings.experiment_dir))
-        results = fit_tuner(settings, data, weights, write)
+            results = fit_tuner(settings, data, weights, write)
         if any(result.error is not None and disk_full(result.error) for result in results):
             raise disk_full_error(settings)
         prune_checkpoints(settings, results)
