@@ -28,6 +28,35 @@ def test_a_snapshot_does_not_move_with_training():
     assert copy["epoch"] == 4 and copy["optimizer"]["state"][0]["step"] == 1
 
 
+def test_pruning_never_deletes_a_state_being_written(tmp_path):
+    """With a state every epoch and a writer slower than an epoch, epoch 4's state is
+    still being written when epoch 3's report prunes: it must come through whole (it was
+    deleted mid-write, and the trial errored renaming its .partial)."""
+    from results.storage import write_whole
+
+    storage = TrialStorage(pyarrow.fs.LocalFileSystem(), str(tmp_path / "trial"))
+    for epoch in (1, 2, 3):
+        storage.write_tensors(storage.state_path(epoch), {"epoch": epoch})
+    halfway, finish = threading.Event(), threading.Event()
+
+    def slow_write(stream) -> None:
+        stream.write(b"first half ")
+        halfway.set()
+        finish.wait(timeout=30)
+        stream.write(b"second half")
+
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        job = writer.submit(write_whole, storage.fs, storage.state_path(4), slow_write)
+        assert halfway.wait(timeout=30)
+        storage.keep_only_states([storage.state_name(2), storage.state_name(3)])
+        finish.set()
+        job.result()  # raised FileNotFoundError when the .partial was pruned
+    state_dir = tmp_path / "trial" / "state"
+    names = sorted(p.name for p in state_dir.iterdir())
+    assert names == ["epoch_0002.pt", "epoch_0003.pt", "epoch_0004.pt"]
+    assert (state_dir / "epoch_0004.pt").read_bytes() == b"first half second half"
+
+
 def test_trial_storage_writes_whole_files_and_keeps_the_latest_state(tmp_path):
     storage = TrialStorage(pyarrow.fs.LocalFileSystem(), str(tmp_path / "trial"))
     for epoch in (2, 4):

@@ -9,6 +9,7 @@ import builtins
 import json
 import pickletools
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -40,15 +41,25 @@ def undo_ray_print_patch(monkeypatch):
     monkeypatch.delenv("RAY_TQDM_PATCH_PRINT", raising=False)
 
 
+@ray.remote
+def _worker_line() -> None:
+    print("a worker's line")
+
+
 @pytest.fixture
 def patch_after_ray_starts(undo_ray_print_patch, monkeypatch):
     """Ray patches print as soon as a worker's line reaches the driver, which can happen
-    any time after ray.init: here it happens at once, before the Tuner is built."""
+    any time after ray.init: here a worker prints right after it, and the start waits for
+    the line (and so the patch) before it builds the Tuner."""
     started = sweep.init_ray
 
     def init_ray_then_a_worker_line(settings):
         started(settings)
-        _force_ray_print_patch()
+        ray.get(_worker_line.remote())
+        deadline = time.monotonic() + 60
+        while builtins.print is not tqdm_ray.safe_print:
+            assert time.monotonic() < deadline, "the worker's line never reached the driver"
+            time.sleep(0.05)
 
     monkeypatch.setattr(sweep, "init_ray", init_ray_then_a_worker_line)
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
@@ -23,6 +25,8 @@ import torch
 
 from results import storage
 from results.layout import STATE_FOLDER
+
+STATE_NAME = re.compile(r"epoch_(\d+)\.pt(?:\.partial)?")
 
 
 def snapshot(tree: Any, into: Any = None) -> Any:
@@ -221,12 +225,22 @@ class TrialStorage:
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
     def keep_only_states(self, names: list[str]) -> None:
-        """Delete every full state but those `names` (see `state_name`)."""
-        kept = {self.path(name) for name in names}
+        """Delete the full states older than the oldest of `names` (see `state_name`),
+        whole or partial. A newer one may be being written by the writer thread (a 2.4 GB
+        state can take longer than an epoch): it is never touched."""
+        oldest = min(_state_epoch(name) for name in names)
         selector = pyarrow.fs.FileSelector(self.path(STATE_FOLDER), allow_not_found=True)
         for info in self.fs.get_file_info(selector):
-            if info.path not in kept and info.type == pyarrow.fs.FileType.File:
+            epoch = _state_epoch(info.base_name)
+            if info.type == pyarrow.fs.FileType.File and epoch is not None and epoch < oldest:
                 self.fs.delete_file(info.path)
+
+
+def _state_epoch(name: str) -> int | None:
+    """The epoch of a state's file name (`epoch_0004.pt`, or its `.partial` while it is
+    written); None for any other file."""
+    found = STATE_NAME.fullmatch(Path(name).name)
+    return int(found[1]) if found else None
 
 
 def pointer(name: str, epoch: int) -> str:
