@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from results import escape
 from results.compare import COMPARED
 from results.experiment import Experiment, Trial
+from results.layout import own_folder
 from trainable.errors import UserError
 from trainable.keys import DICE, DICE_PER_IMAGE, NORMAL_FP_RATE
 
@@ -272,8 +274,8 @@ def confirmation(
 
 
 def save_confirmation(result: dict[str, Any], directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CONFIRM_FILE
+    path = own_folder(directory) / CONFIRM_FILE
+    path.unlink(missing_ok=True)  # written anew, never through a link in its place
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
@@ -300,15 +302,18 @@ def in_words(label: str, outcome: str, measure: str) -> str:
 
 def confirmation_lines(result: dict[str, Any]) -> list[str]:
     """Markdown for confirm.json (readable as plain text too): per config mean and interval,
-    then each difference from the reference with its verdict in words."""
+    then each difference from the reference with its verdict in words. Every string of the
+    file is escaped: an experiment, its report folder included, can come from elsewhere."""
+    text = escape.text
     protocol = result["protocol"]
     level = f"{result['confidence']:.0%}"
     counts = ", ".join(f"{n} {part}" for part, n in protocol["counts"].items())
     lines = [
-        f"Retrained for the full budget ({protocol['epochs']} epochs, {protocol['scheduler']}) "
-        f"with training seeds {result['seeds']}; split {protocol['split']} (seed "
-        f"{protocol['split_seed']}; {counts}); selection on the "
-        f"{protocol['selection']}. Mean and {level} t-interval over seeds:",
+        f"Retrained for the full budget ({text(protocol['epochs'])} epochs, "
+        f"{text(protocol['scheduler'])}) with training seeds {text(result['seeds'])}; split "
+        f"{text(protocol['split'])} (seed {text(protocol['split_seed'])}; {text(counts)}); "
+        f"selection on the {text(protocol['selection'])}. Mean and {level} t-interval over "
+        "seeds:",
         "",
         "| config | from trial (rank in sweep) | " + " | ".join(METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
@@ -317,11 +322,12 @@ def confirmation_lines(result: dict[str, Any]) -> list[str]:
         summary = result["summary"][candidate["label"]]
         cells = " | ".join(_interval_text(summary[m], signed=False) for m in METRICS)
         lines.append(
-            f"| {candidate['label']} | {candidate['trial']} ({candidate['rank']}) | {cells} |"
+            f"| {text(candidate['label'])} | {text(candidate['trial'])} "
+            f"({text(candidate['rank'])}) | {cells} |"
         )
     for comparison in result["comparisons"]:
-        label = comparison["label"]
-        pooled = comparison["per_seed"][DICE]["verdict"]
+        label = text(comparison["label"])
+        pooled = text(comparison["per_seed"][DICE]["verdict"])
         image = comparison["per_image_dice"]
         lines += [
             "",
@@ -331,16 +337,16 @@ def confirmation_lines(result: dict[str, Any]) -> list[str]:
             "| metric | difference | verdict |",
             "|---|---|---|",
             *(
-                f"| {m} | {_interval_text(raw, signed=True)} | {raw['verdict']} |"
+                f"| {text(m)} | {_interval_text(raw, signed=True)} | {text(raw['verdict'])} |"
                 for m, raw in comparison["per_seed"].items()
             ),
             "",
-            f"Per test image: Dice of the {image['n']} test images with a lesion, paired by "
-            f"image and seed, {image['resamples']} bootstrap resamples of the images (seed "
-            f"{image['bootstrap_seed']}): {_interval_text(image, signed=True)}.",
+            f"Per test image: Dice of the {text(image['n'])} test images with a lesion, paired "
+            f"by image and seed, {text(image['resamples'])} bootstrap resamples of the images "
+            f"(seed {text(image['bootstrap_seed'])}): {_interval_text(image, signed=True)}.",
             "",
             f"**Verdict** on the test part: "
             f"{in_words(label, pooled, 'pooled Dice over seeds')}; "
-            f"{in_words(label, image['verdict'], 'per-image Dice')}.",
+            f"{in_words(label, text(image['verdict']), 'per-image Dice')}.",
         ]
     return lines

@@ -7,10 +7,12 @@ storage (s3://…) is read from a local mirror of its small files (results.stora
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,13 @@ import numpy as np
 import optuna
 
 from results import storage
+from results.compare import COMPARED
 from results.layout import (
     CONFIG_FILE,
     DATA_FILE,
     ERROR_FILE,
     METRICS_FILE,
+    OUTCOME_FILE,
     PARAMS_FILE,
     PLACEMENT_FILE,
     RESULT_FILE,
@@ -31,6 +35,7 @@ from results.layout import (
     load_settings,
     open_study,
     optuna_states,
+    type_problem,
 )
 from results.settings import RunSettings, study_file_name
 from search_spaces import get_space
@@ -76,8 +81,9 @@ class Selected:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Selected:
+        """Raises KeyError, TypeError or ValueError for a file that is not one."""
         protocol = raw["protocol"]
-        return cls(
+        selected = cls(
             epoch=raw["selected_epoch"],
             selection=protocol["selection"],
             split=protocol["split"],
@@ -86,9 +92,65 @@ class Selected:
             combined_loss=raw[keys.COMBINED_LOSS],
             test={"loss": raw[keys.TEST_LOSS], **raw["test"]},
             folds=raw.get("objective"),
-            models=tuple(raw.get("models", ())),
+            models=tuple(_list(raw.get("models", []))),
             heldout=raw.get("heldout"),
         )
+        if problem := selected.problem():
+            raise ValueError(problem)
+        return selected
+
+    def problem(self) -> str | None:
+        """What is not of the type the reader relies on, or None: a file from elsewhere can
+        hold anything, and a model's name must not lead out of its trial folder."""
+        checks = {
+            "selected_epoch": _integer(self.epoch),
+            "protocol": all(isinstance(v, str) for v in (self.selection, self.split))
+            and _integer(self.split_seed)
+            and _mapping(self.counts, _integer),
+            "combined_loss": _number(self.combined_loss),
+            "test": _mapping(self.test, _number) and all(m in self.test for m in COMPARED),
+            "objective": self.folds is None
+            or (
+                isinstance(self.folds, dict)
+                and _number(self.folds.get("std"))
+                and isinstance(self.folds.get("per_fold"), list)
+                and all(_number(v) for v in self.folds["per_fold"])
+            ),
+            "models": all(_file_name(name) for name in self.models),
+            "heldout": self.heldout is None or _mapping(self.heldout, _number),
+        }
+        wrong = [key for key, ok in checks.items() if not ok]
+        return f"{', '.join(wrong)} not as written by a trial" if wrong else None
+
+
+def _list(value: Any) -> list:
+    if not isinstance(value, list):
+        raise TypeError("models is not a list")
+    return value
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _mapping(value: Any, check) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and check(v) for k, v in value.items()
+    )
+
+
+def _file_name(name: Any) -> bool:
+    """A plain file name in its folder: no path, no parent."""
+    separators = ("/", "\\", "\0")
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in separators)
+    )
 
 
 @dataclass(frozen=True)
@@ -103,16 +165,34 @@ class SelectionArrays:
     curves: dict[str, np.ndarray]  # fpr, tpr, precision, recall, thresholds
 
 
-def read_selection(path: Path, image_size: int) -> SelectionArrays:
-    with np.load(path) as raw:
-        return SelectionArrays(
+def read_selection(path: Path) -> SelectionArrays:
+    """Raises ValueError (or the error NumPy's reader gives) for a file that is not one.
+    The predictions are square, at the evaluation size, whatever size the trial trained
+    at: their rows give the width their bits were packed from."""
+    with np.load(path) as raw:  # allow_pickle is off: arrays only
+        packed = raw["predictions"]
+        if packed.ndim != 3 or packed.shape[2] != -(-packed.shape[1] // 8):
+            raise ValueError("its predictions are not square masks")
+        arrays = SelectionArrays(
             epoch=int(raw["epoch"]),
             names=tuple(str(n) for n in raw["names"]),
-            per_image_dice=raw["per_image_dice"],
+            per_image_dice=raw["per_image_dice"].astype(float),
             per_image_counts=raw.get("per_image_counts"),
-            predictions=np.unpackbits(raw["predictions"], axis=-1, count=image_size).astype(bool),
+            predictions=np.unpackbits(packed, axis=-1, count=packed.shape[1]).astype(bool),
             curves={k: raw[k] for k in ("fpr", "tpr", "precision", "recall", "thresholds")},
         )
+    n, curves, counts = len(arrays.names), arrays.curves, arrays.per_image_counts
+    if (
+        arrays.per_image_dice.shape != (n,)
+        or len(arrays.predictions) != n
+        or (counts is not None and (counts.shape != (n, 3) or counts.dtype.kind not in "iu"))
+        or curves["fpr"].ndim != 1
+        or curves["fpr"].shape != curves["tpr"].shape
+        or curves["precision"].ndim != 1
+        or curves["precision"].shape != curves["recall"].shape
+    ):
+        raise ValueError("its arrays do not match one another")
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -128,6 +208,8 @@ class Trial:
     selected: Selected | None  # None for a trial that errored before its first epoch
     error: str | None  # the last line of error.txt
     optuna_state: str | None  # COMPLETE / PRUNED / FAIL / RUNNING, None without a study
+    # selection.npz once read (the report asks for the best trial's several times).
+    _read: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def epochs_run(self) -> int:
@@ -142,12 +224,18 @@ class Trial:
         """Run time times what the trial held: GPU-seconds on CUDA (`gpus` per trial, or
         the GPU ids it was given), CPU-seconds otherwise; "—" before its first epoch."""
         placement = self.path / PLACEMENT_FILE
-        starts = placement.read_text().splitlines() if placement.is_file() else []
+        starts = placement.read_text(errors="replace").splitlines() if placement.is_file() else []
         if self.run_seconds is None or not starts:
             return "—"
-        last = json.loads(starts[-1])
-        if last["device"].startswith("cuda"):
-            return f"{self.run_seconds * (gpus or len(last['gpu_ids']) or 1):.0f} GPU·s"
+        try:
+            last = json.loads(starts[-1])
+            cuda = last["device"].startswith("cuda")
+            gpu_ids = len(last["gpu_ids"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            log.warning("%s: damaged (its last line is not a start); ignored", placement)
+            return "—"
+        if cuda:
+            return f"{self.run_seconds * (gpus or gpu_ids or 1):.0f} GPU·s"
         return f"{self.run_seconds * (cpus or 1):.0f} CPU·s"
 
     @property
@@ -167,12 +255,25 @@ class Trial:
 
     @property
     def has_selection(self) -> bool:
-        return (self.path / SELECTION_FILE).is_file()
+        """selection.npz is there and readable."""
+        return self.selection() is not None
 
-    def selection(self) -> SelectionArrays:
-        """Read on demand: the arrays are only needed for the best trial's plots."""
-        assert self.config is not None
-        return read_selection(self.path / SELECTION_FILE, self.config.image_size)
+    def selection(self) -> SelectionArrays | None:
+        """Read on demand (the arrays are only needed for the best trial's plots); None
+        without a selection.npz, or with a damaged one (and a warning)."""
+        if "selection" not in self._read:
+            self._read["selection"] = self._read_selection()
+        return self._read["selection"]
+
+    def _read_selection(self) -> SelectionArrays | None:
+        path = self.path / SELECTION_FILE
+        if not path.is_file():
+            return None
+        try:
+            return read_selection(path)
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+            log.warning("%s: damaged (%s); ignored", path, _first_line(error))
+            return None
 
 
 @dataclass(frozen=True)
@@ -228,6 +329,11 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def read_rows(trial_dir: Path) -> tuple[dict[str, Any], ...]:
     """Per-epoch results; after a retry from a checkpoint an epoch can appear twice, and
     the later report wins."""
@@ -239,44 +345,100 @@ def read_rows(trial_dir: Path) -> tuple[dict[str, Any], ...]:
         try:
             row = json.loads(line) if line.strip() else {}
         except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not _integer(row.get(keys.EPOCH, 0)):
             log.warning("%s: a damaged line (cut short, e.g. by a full disk); skipped", path)
             continue
         if keys.EPOCH in row:
-            by_epoch[int(row[keys.EPOCH])] = row
+            by_epoch[row[keys.EPOCH]] = row
     return tuple(by_epoch[e] for e in sorted(by_epoch))
 
 
 def _last_error_line(path: Path) -> str | None:
     if not path.is_file():
         return None
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
     return lines[-1] if lines else "(empty error.txt)"
 
 
 def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+    return float(value) if _number(value) and math.isfinite(value) else None
+
+
+def _params(trial_dir: Path) -> dict[str, Any]:
+    """The searched values: TrainConfig fields of their types, or {} (with a warning)."""
+    path = trial_dir / PARAMS_FILE
+    params = _read_json(path)
+    if params is None:
+        return {}
+    if problem := type_problem(TrainConfig, params):
+        log.warning("%s: damaged (%s); ignored", path, problem)
+        return {}
+    return params
 
 
 def _config(trial_dir: Path, base: TrainConfig, params: dict[str, Any]) -> TrainConfig | None:
-    saved = _read_json(trial_dir / CONFIG_FILE)
+    """config.json's TrainConfig; when it is absent, damaged or not a valid config, the
+    one the trial was built from (the base config and the searched values), with a
+    warning; None when neither makes one."""
+    path = trial_dir / CONFIG_FILE
+    saved = _read_json(path)
+    if saved is not None:
+        try:
+            if problem := type_problem(TrainConfig, saved):
+                raise ValueError(problem)
+            return TrainConfig.from_flat(saved)
+        except ValueError as error:
+            log.warning(
+                "%s: not a valid config (%s); ignored, the trial's config rebuilt from the "
+                "base config and its %s",
+                path,
+                _first_line(error),
+                PARAMS_FILE,
+            )
     try:
-        return TrainConfig.from_flat(saved if saved else {**base.to_flat(), **params})
+        return TrainConfig.from_flat({**base.to_flat(), **params})
     except ValueError as error:
-        log.warning("%s: no usable config (%s)", trial_dir.name, error)
+        log.warning("%s: no usable config (%s)", trial_dir.name, _first_line(error))
         return None
+
+
+def _selected(trial_dir: Path) -> Selected | None:
+    path = trial_dir / METRICS_FILE
+    metrics = _read_json(path)
+    if metrics is None:
+        return None
+    try:
+        return Selected.from_json(metrics)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        reason = f"no {error}" if isinstance(error, KeyError) else _first_line(error)
+        log.warning("%s: damaged (%s); ignored", path, reason)
+        return None
+
+
+def _errored(trial_dir: Path) -> bool:
+    """Whether the trial's last attempt errored, as the driver recorded when it ended;
+    error.txt also keeps the failed attempts of a trial that a retry or --resume finished.
+    Without the record (an older experiment, a driver killed first): error.txt."""
+    outcome = _read_json(trial_dir / OUTCOME_FILE)
+    if isinstance(outcome, dict) and isinstance(outcome.get("errored"), bool):
+        return outcome["errored"]
+    return (trial_dir / ERROR_FILE).is_file()
 
 
 def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, str]) -> Trial:
     _, number, tune_id = trial_dir.name.split("_", 2)
-    params = _read_json(trial_dir / PARAMS_FILE) or {}
+    params = _params(trial_dir)
     rows = read_rows(trial_dir)
-    error = _last_error_line(trial_dir / ERROR_FILE)
+    error = None
+    if _errored(trial_dir):
+        error = _last_error_line(trial_dir / ERROR_FILE) or f"(no {ERROR_FILE})"
     optuna_state = optuna_states.get(tune_id)
-    epochs_run = int(rows[-1][keys.EPOCH]) if rows else 0
+    epochs_run = rows[-1][keys.EPOCH] if rows else 0
     # A --reference run has no scheduler to stop it early, and a sweep's trial that the
     # study still holds RUNNING was cut off by an interruption.
     ended = not settings.reference_only and optuna_state != "RUNNING"
-    metrics = _read_json(trial_dir / METRICS_FILE)
     return Trial(
         name=trial_dir.name,
         number=int(number),
@@ -286,7 +448,7 @@ def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, 
         config=_config(trial_dir, settings.base, params),
         rows=rows,
         objective=_finite(rows[-1].get(settings.metric)) if rows else None,
-        selected=Selected.from_json(metrics) if metrics else None,
+        selected=_selected(trial_dir),
         error=error,
         optuna_state=optuna_state,
     )
@@ -316,10 +478,12 @@ def _load_local(directory: Path, location: str) -> Experiment:
             f"{directory}: not an experiment folder (no {SETTINGS_FILE}); give the folder "
             "that `python -m tuner run` made, <storage>/<name>"
         )
-    settings = load_settings(directory / SETTINGS_FILE)
+    # The reader's own cache ($BUSI_TUNE_CACHE), never a folder the experiment names: the
+    # settings may come from elsewhere, and a reader writes only where its user said.
+    settings = dataclasses.replace(load_settings(directory / SETTINGS_FILE), cache_dir=None)
     study_path = None if settings.reference_only else directory / study_file_name(settings.name)
     states = optuna_states(open_study(study_path, settings.name))
-    trial_dirs = sorted(p for p in directory.glob("trial_*_*") if p.is_dir())
+    trial_dirs = sorted(p for p in directory.glob("trial_*_*") if _is_trial_dir(p))
     trials = tuple(
         sorted((read_trial(p, settings, states) for p in trial_dirs), key=lambda t: t.number)
     )
@@ -331,6 +495,30 @@ def _load_local(directory: Path, location: str) -> Experiment:
         best=ranked[0] if ranked else None,
         reference=next((t for t in trials if is_base_config(t.config, settings)), None),
         study_path=study_path if study_path and study_path.is_file() else None,
-        provenance=_read_json(directory / DATA_FILE),
+        provenance=_provenance(directory / DATA_FILE),
         location=location,
     )
+
+
+def _is_trial_dir(path: Path) -> bool:
+    """trial_<number>_<id>/: a folder named otherwise is not a trial's (warned about)."""
+    if not path.is_dir():
+        return False
+    if path.name.split("_", 2)[1].isdecimal():
+        return True
+    log.warning("%s: not a trial's folder (trial_<number>_<id>); skipped", path)
+    return False
+
+
+def _provenance(path: Path) -> dict[str, Any] | None:
+    """data.json: where the data was, its content hash, its size, whether synthetic."""
+    data = _read_json(path)
+    if data is None:
+        return None
+    types = {"path": str, "content_hash": str, "images": int, "synthetic": bool}
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(key), kind) for key, kind in types.items()
+    ):
+        log.warning("%s: damaged (not the data's provenance); ignored", path)
+        return None
+    return data

@@ -14,6 +14,7 @@ import logging
 import math
 import shlex
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from results import storage
+from results import escape, storage
 from results.compare import COMPARED, deltas
 from results.confirm import CONFIRM_FILE, Interval, confirmation_lines, pooled_dice_interval
 from results.experiment import ERRORED, FINISHED, Experiment, Trial
+from results.layout import own_folder
 from results.reference import PublishedReference, load_reference
 from search_spaces import describe_params
 from trainable import keys
@@ -88,7 +90,7 @@ class Plot:
 
     title: str
     path: Path | None
-    note: str  # a caption, or the reason the plot is absent
+    note: str  # a caption, or the reason the plot is absent: plain text, escaped when shown
 
 
 # --- words shared by the terminal table and the markdown ------------------------------
@@ -118,8 +120,11 @@ def _counts(experiment: Experiment) -> str:
     return ", ".join(f"{n} {part}" for part, n in selected.counts.items())
 
 
-def protocol_lines(experiment: Experiment, reference: PublishedReference) -> list[str]:
-    """How every number was obtained, in sentences."""
+def protocol_lines(
+    experiment: Experiment, reference: PublishedReference, quote: Callable[[str], str] = str
+) -> list[str]:
+    """How every number was obtained, in sentences; `quote` renders what was read from
+    the experiment's files (escape.text for Markdown)."""
     settings = experiment.settings
     if settings.reference_only:
         selection = (
@@ -155,7 +160,7 @@ def protocol_lines(experiment: Experiment, reference: PublishedReference) -> lis
     }[settings.split.value]
     return [
         f"split: {settings.split.value}, {split_words} (seed {settings.seed}; "
-        f"{_counts(experiment)})",
+        f"{quote(_counts(experiment))})",
         f"selection: {selection}; the epoch rule is the reference's, lowest "
         f"{settings.base.selection_train_weight:g} × train loss + "
         f"{1 - settings.base.selection_train_weight:g} × held-out loss",
@@ -287,7 +292,7 @@ def write_trials_csv(experiment: Experiment, reference: PublishedReference, path
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: escape.csv_cell(v) for k, v in row.items()} for row in rows)
 
 
 # --- plots ---------------------------------------------------------------------------
@@ -374,7 +379,7 @@ def plot_learning_curves(experiment: Experiment, path: Path) -> Plot:
         epochs = [row[keys.EPOCH] for row in trial.rows]
         style = STATE_STYLE[_state_key(trial.state)][0]
         for axis, key, _ in panels:
-            values = [row[key] for row in trial.rows]
+            values = [_plotted(row.get(key)) for row in trial.rows]
             axis.plot(epochs, values, style, marker="o", ms=3, color=colour, lw=width)
             axis.annotate(
                 f"{trial.number:03d}", (epochs[-1], values[-1]), xytext=(3, 0),
@@ -408,6 +413,12 @@ def plot_learning_curves(experiment: Experiment, path: Path) -> Plot:
     if errored:
         note += f" Errored: {', '.join(errored)}."
     return Plot(title, _save(figure, path), note)
+
+
+def _plotted(value: object) -> float:
+    """A recorded number, NaN (a gap in the line) for anything else."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if number else math.nan
 
 
 def plot_roc_pr(experiment: Experiment, path: Path) -> Plot:
@@ -530,8 +541,8 @@ def plot_parallel(experiment: Experiment, path: Path) -> Plot:
     figure.savefig(path, dpi=DPI, bbox_inches="tight")
     matplotlib.pyplot.close(figure)
     note = (
-        f"One line per COMPLETE trial ({len(complete)}), coloured by "
-        f"`{experiment.settings.metric}`; parameters a trial did not sample (conditional "
+        f"One line per COMPLETE trial ({len(complete)}), coloured by the objective "
+        f"{experiment.settings.metric}; parameters a trial did not sample (conditional "
         "ones) show as None on its line."
     )
     return Plot(title, path, note)
@@ -573,8 +584,8 @@ def plot_examples(experiment: Experiment, path: Path) -> Plot:
     settings = experiment.settings
     if not settings.data.is_dir():
         return Plot(title, None, f"absent: the data folder {settings.data} is gone")
-    try:
-        data = load_busi(settings.data, settings.base.image_size, settings.cache_dir, False)
+    try:  # cached in the reader's cache ($BUSI_TUNE_CACHE), never where the settings say
+        data = load_busi(settings.data, settings.base.image_size, None, False)
     except UserError as error:
         return Plot(title, None, f"absent: the data could not be read ({error})")
     selection = best.selection()
@@ -642,7 +653,7 @@ def reference_section(reference: PublishedReference) -> list[str]:
 
 def comparison_section(experiment: Experiment, reference: PublishedReference) -> list[str]:
     columns = headline(experiment)
-    header = ["metric", *(f"{role}: {t.name}" for role, t in columns), "published"]
+    header = ["metric", *(f"{role}: {escape.text(t.name)}" for role, t in columns), "published"]
     header += [f"Δ {role}" for role, _ in columns]
     rows = []
     for m in COMPARED:
@@ -674,14 +685,14 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
     overview = [
         [
             marks(t, experiment),
-            t.name,
+            escape.text(t.name),
             t.state,
             str(t.selected.epoch) if t.selected else "—",
             _value(t.objective),
             _interval(dice_interval(t)),
             f"{t.run_seconds:.0f} s" if t.run_seconds is not None else "—",
             t.device_time(settings.cpus_per_trial, settings.gpus_per_trial),
-            _details(t),
+            escape.text(_details(t)),
         ]
         for t in experiment.trials
     ]
@@ -690,7 +701,7 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
         test = _test(t)
         difference = deltas(test, reference) if test else {}
         cells = [_with_delta(test.get(m) if test else None, difference.get(m)) for m in COMPARED]
-        metrics.append([marks(t, experiment), t.name, *cells])
+        metrics.append([marks(t, experiment), escape.text(t.name), *cells])
     warning = fold_warning(experiment)
     return [
         "## Trials",
@@ -721,22 +732,21 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
 
 def plot_section(plot: Plot, directory: Path) -> list[str]:
     if plot.path is None:
-        return [f"### {plot.title}", "", f"_{plot.note}_", ""]
+        return [f"### {plot.title}", "", f"_{escape.text(plot.note)}_", ""]
     return [
         f"### {plot.title}",
         "",
         f"![{plot.title}]({plot.path.relative_to(directory).as_posix()})",
         "",
-        plot.note,
+        escape.text(plot.note),
         "",
     ]
 
 
 def dice_interval(trial: Trial) -> Interval | None:
     """The trial's pooled test Dice with a bootstrap 95 % interval over its test images."""
-    if trial.config is None or not trial.has_selection:
-        return None
-    counts = trial.selection().per_image_counts
+    selection = trial.selection()
+    counts = selection.per_image_counts if selection else None
     return pooled_dice_interval(counts) if counts is not None and len(counts) else None
 
 
@@ -747,14 +757,17 @@ def _interval(interval: Interval | None) -> str:
 def provenance_line(experiment: Experiment) -> str:
     data = experiment.provenance
     if data is None:
-        return f"data: `{experiment.settings.data}`"
+        return f"data: {escape.code(experiment.settings.data)}"
     if data["synthetic"]:
         return (
             f"**data: synthetic** ({data['images']} images written by `data synth` at "
-            f"`{data['path']}`): not ultrasound, not BUSI; the comparison with the published "
-            "numbers shows the pipeline working, not a result"
+            f"{escape.code(data['path'])}): not ultrasound, not BUSI; the comparison with the "
+            "published numbers shows the pipeline working, not a result"
         )
-    return f"data: `{data['path']}`, {data['images']} images, content hash `{data['content_hash']}`"
+    return (
+        f"data: {escape.code(data['path'])}, {data['images']} images, content hash "
+        f"{escape.code(data['content_hash'])}"
+    )
 
 
 def where_section(experiment: Experiment) -> list[str]:
@@ -765,11 +778,13 @@ def where_section(experiment: Experiment) -> list[str]:
         models = experiment.best.selected.models if experiment.best.selected else ()
         for name in models:
             path = storage.join(where, experiment.best.name, name)
-            lines.append(f"- best trial's selected weights: `{path}`")
+            lines.append(f"- best trial's selected weights: {escape.code(path)}")
     if experiment.study_path is not None:
         study = storage.join(where, experiment.study_path.name)
-        lines.append(f"- Optuna study: `{study}` (study `{experiment.settings.name}`)")
-    lines.append(f"- TensorBoard: `tensorboard --logdir {shlex.quote(where)}`")
+        name = escape.code(experiment.settings.name)
+        lines.append(f"- Optuna study: {escape.code(study)} (study {name})")
+    tensorboard = f"tensorboard --logdir {shlex.quote(where)}"
+    lines.append(f"- TensorBoard: {escape.code(tensorboard)}")
     if experiment.is_remote:
         lines.append("  (TensorBoard reads s3:// with boto3 installed; endpoint in S3_ENDPOINT)")
     return [*lines, ""]
@@ -788,16 +803,17 @@ def render_markdown(
     )
     base = settings.base
     lines = [
-        f"# Report: {settings.name}",
+        f"# Report: {escape.text(settings.name)}",
         "",
-        f"`{experiment.location}`: {kind}; base config {base.encoder} ({base.encoder_weights} "
-        f"weights), {base.image_size} px, {base.epochs} epochs.",
+        f"{escape.code(experiment.location)}: {kind}; base config {escape.text(base.encoder)} "
+        f"({escape.text(base.encoder_weights)} weights), {base.image_size} px, "
+        f"{base.epochs} epochs.",
         "",
         provenance_line(experiment) + ".",
         "",
         "## How to read the numbers",
         "",
-        *(f"- {line}" for line in protocol_lines(experiment, reference)),
+        *(f"- {line}" for line in protocol_lines(experiment, reference, escape.text)),
         "",
         "## Against the published reference",
         "",
@@ -812,36 +828,46 @@ def render_markdown(
         lines += plot_section(plot, directory)
     confirm_path = directory / CONFIRM_FILE
     if confirm_path.is_file():
-        lines += [
-            "## Confirmation over seeds",
-            "",
-            *confirmation_lines(json.loads(confirm_path.read_text())),
-            "",
-        ]
+        lines += ["## Confirmation over seeds", "", *_confirmation(confirm_path), ""]
     lines += reference_section(reference)
     return "\n".join(lines) + "\n"
+
+
+def _confirmation(path: Path) -> list[str]:
+    """confirm.json in words; a damaged one is said so (with a warning), not a crash."""
+    try:
+        return confirmation_lines(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSON's are ValueErrors
+        log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
+        return [f"_{CONFIRM_FILE} is damaged: run `confirm` again to remake it._"]
 
 
 def write_report(experiment: Experiment) -> ReportPaths:
     """Write EXPERIMENT_DIR/report/ and say where everything went (for a remote
     experiment: written on its local mirror, then uploaded beside its trials)."""
     reference = load_reference()
-    directory = experiment.path / REPORT_DIR
-    directory.mkdir(exist_ok=True)
+    directory = own_folder(experiment.path / REPORT_DIR)
+    # A plot absent now must not linger; and every file is written anew, never through a
+    # link that an experiment from elsewhere may hold in its place.
     for name in PLOT_FILES:
-        (directory / name).unlink(missing_ok=True)  # a plot absent now must not linger
-    plots = [
-        plot_comparison(experiment, reference, directory / COMPARISON_PLOT),
-        plot_learning_curves(experiment, directory / CURVES_PLOT),
-        plot_roc_pr(experiment, directory / ROC_PR_PLOT),
-        plot_history(experiment, directory / HISTORY_PLOT),
-        plot_importance(experiment, directory / IMPORTANCE_PLOT),
-        plot_parallel(experiment, directory / PARALLEL_PLOT),
-        plot_examples(experiment, directory / EXAMPLES_PLOT),
-    ]
+        (directory / name).unlink(missing_ok=True)
+    # Names from the experiment's files are shown as they are, never read as mathtext.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        plots = [
+            plot_comparison(experiment, reference, directory / COMPARISON_PLOT),
+            plot_learning_curves(experiment, directory / CURVES_PLOT),
+            plot_roc_pr(experiment, directory / ROC_PR_PLOT),
+            plot_history(experiment, directory / HISTORY_PLOT),
+            plot_importance(experiment, directory / IMPORTANCE_PLOT),
+            plot_parallel(experiment, directory / PARALLEL_PLOT),
+            plot_examples(experiment, directory / EXAMPLES_PLOT),
+        ]
     markdown = directory / MARKDOWN_FILE
-    markdown.write_text(render_markdown(experiment, reference, plots, directory))
+    text = render_markdown(experiment, reference, plots, directory)
+    markdown.unlink(missing_ok=True)
+    markdown.write_text(text)
     trials_csv = directory / TRIALS_FILE
+    trials_csv.unlink(missing_ok=True)
     write_trials_csv(experiment, reference, trials_csv)
     paths = ReportPaths(directory, markdown, trials_csv, tuple(p.path for p in plots if p.path))
     if experiment.is_remote:  # written on the mirror, kept with the experiment

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import pyarrow.fs as pafs
 
 from trainable.errors import UserError
 
+log = logging.getLogger(__name__)
 # Never mirrored: resume states (gigabytes), Tune's checkpoints, weights (fetched when a
 # command needs them) and TensorBoard's event files.
 NOT_MIRRORED = ("state", "checkpoint_*", "*.pt", "events.out.tfevents.*", "*.partial")
@@ -168,6 +170,12 @@ def list_files(location: str | Path, recursive: bool = True) -> dict[str, pafs.F
     }
 
 
+def inside(relative: str) -> bool:
+    """Whether a relative path stays inside its folder: an object store's keys may hold
+    `..` (a crafted bucket's), and a copy must never be written outside the mirror."""
+    return all(part not in ("", ".", "..") for part in relative.split("/"))
+
+
 def mirrored(relative: str) -> bool:
     parts = relative.split("/")
     return not any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in NOT_MIRRORED)
@@ -213,7 +221,9 @@ def mirror(location: str, required: str) -> Path:
     local = local_copy_dir(location, "experiments") / location.rsplit("/", 1)[-1]
     everything = list_files(location)
     for relative, info in everything.items():
-        if mirrored(relative) and stale(info, local / relative):
+        if not inside(relative):
+            log.warning("%s: leads out of the experiment; not copied", join(location, relative))
+        elif mirrored(relative) and stale(info, local / relative):
             download(join(location, relative), local / relative, info)
     for target in sorted(local.rglob("*"), reverse=True):  # files before their folders
         relative = target.relative_to(local).as_posix()
@@ -227,6 +237,8 @@ def mirror(location: str, required: str) -> Path:
 def fetch(location: str, local_root: Path, relative: str) -> Path:
     """A file of a remote experiment that the mirror leaves out (weights), copied into the
     mirror `local_root` when missing or changed; where it would be when there is none."""
+    if not inside(relative):
+        raise UserError(f"{join(location, relative)}: leads out of the experiment; not read")
     target = local_root / relative
     info = _info(join(location, relative))
     if info.type != pafs.FileType.File:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from PIL import Image
 
 from trainable.metrics import METRIC_KEYS
@@ -182,6 +183,20 @@ def test_an_argument_error_comes_back_before_ray_or_torch_load(tmp_path):
     assert done.stdout.split() == ["False", "False"], done.stderr
 
 
+def test_the_printed_resume_command_works_from_any_folder(tmp_path, monkeypatch):
+    from results.settings import RunSettings
+    from trainable.config import TrainConfig
+    from tuner.sweep import resume_command
+
+    monkeypatch.chdir(tmp_path)
+    settings = RunSettings(
+        data=Path("busi data"), base=TrainConfig.reference(), storage="runs", name="s"
+    )
+    command = shlex.split(resume_command(settings))
+    assert command[command.index("--data") + 1] == str(tmp_path / "busi data")
+    assert command[command.index("--storage") + 1] == str(tmp_path / "runs")
+
+
 def test_printed_commands_survive_the_shell(tmp_path):
     from results.settings import RunSettings
     from trainable.config import TrainConfig
@@ -222,6 +237,46 @@ def test_an_objective_on_the_test_part_is_refused_and_nothing_is_written(
         assert error.count("\n") == 1 and f"--metric {metric}: not an objective" in error
         assert "selected_heldout_dice" in error and "best_combined_loss" in error
     assert not storage.exists()
+
+
+@pytest.mark.parametrize("folds", [8, 50])
+def test_folds_the_data_cannot_hold_are_refused_before_ray_with_the_largest_that_works(
+    folds, tmp_path, capsys
+):
+    """16 images: 12 in the training part, 4 without a lesion; at most 6 folds each hold
+    a lesion image."""
+    from trainable.synth import write_synthetic_busi
+
+    write_synthetic_busi(tmp_path / "small", n_benign=8, n_malignant=4, n_normal=4)
+    args = shlex.split(
+        f"run --data '{tmp_path / 'small'}' --encoder resnet18 --encoder-weights none "
+        f"--image-size 32 --folds {folds} --storage '{tmp_path / 'runs'}' --name cv "
+        f"--cache-dir '{tmp_path / 'cache'}'"
+    )
+    assert main(args) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        f"error: --folds {folds}: the training part of this data cannot make {folds} "
+        "validation folds that each hold a lesion image (groups stay whole, classes "
+        "stratified); the most that do is 6"
+    )
+    assert not (tmp_path / "runs").exists() and not ray.is_initialized()
+
+
+def test_a_cache_dir_that_cannot_be_written_is_one_line(synth_root, tmp_path, capsys):
+    """A path under a file: refused for root too (chmod would not stop root)."""
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "cache"
+    args = shlex.split(
+        f"run --data '{synth_root}' --encoder resnet18 --encoder-weights none --image-size 32 "
+        f"--storage '{tmp_path / 'runs'}' --name c --cache-dir '{cache}'"
+    )
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {cache}: the preprocessed-data cache cannot be written there (Not a "
+        "directory); give a writable --cache-dir, or set BUSI_TUNE_CACHE"
+    )
+    assert not (tmp_path / "runs").exists()
 
 
 def test_help_states_every_default(capsys):

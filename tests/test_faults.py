@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pyarrow.fs
 import pytest
 import ray
@@ -28,6 +29,7 @@ from PIL import Image
 from ray import tune
 
 from results import layout
+from results.experiment import load_experiment
 from results.settings import RunSettings
 from trainable.checkpointing import TrialStorage, pointer
 from trainable.config import TrainConfig
@@ -35,7 +37,7 @@ from trainable.dataset import DataError, discover, load_sample, read_grey
 from trainable.integrity import check_dataset, format_report
 from trainable.preprocess import load_busi
 from trainable.tune_adapter import load_checkpoint
-from tuner import sweep
+from tuner import origin, sweep
 from tuner.cli import main
 from tuner.lock import lock_experiment
 
@@ -230,6 +232,7 @@ def _stopped_experiment(synth_root: Path, storage: Path) -> Path:
     layout.save_settings(settings, experiment / layout.SETTINGS_FILE)
     (experiment / sweep.TUNE_STATE_FILE).write_bytes(b"pickled by Tune")
     (experiment / "experiment_state-2026-11-29_10-00-00.json").write_text("{}")
+    origin.write_origin(str(experiment))
     return experiment
 
 
@@ -247,6 +250,33 @@ def test_a_second_process_on_one_experiment_is_refused(synth_root, tmp_path, cap
     error = capsys.readouterr().err
     assert f"{experiment}: in use by another run (pid {os.getpid()}" in error
     assert error.count("\n") == 1
+
+
+@pytest.mark.parametrize("made", ["elsewhere", "with a forged stamp", "with no stamp"])
+def test_resuming_an_experiment_this_machine_did_not_create_warns_first(
+    synth_root, tmp_path, capsys, monkeypatch, made
+):
+    """Resume unpickles Ray's files from the folder: one warning before anything runs
+    (here the run then stops at the lock another process holds)."""
+    monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "other-machine"))
+    experiment = _stopped_experiment(synth_root, tmp_path / "runs")
+    monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "this-machine"))
+    stamp = experiment / layout.ORIGIN_FILE
+    if made == "with a forged stamp":
+        origin.write_origin(str(experiment))  # a valid stamp here, with another id
+        record = json.loads(stamp.read_text())
+        stamp.write_text(json.dumps({**record, "id": "0" * 32}))
+    elif made == "with no stamp":
+        stamp.unlink()
+    held = lock_experiment(experiment)
+    try:
+        assert main(_resume(tmp_path / "runs")) == 2
+    finally:
+        held.close()
+    warning, error = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {experiment} was not created here")
+    assert "unpickles Ray's state files" in warning and "in use by another run" in error
+    assert origin.created_here(str(experiment)) is False
 
 
 @pytest.mark.parametrize("damage", ["state cut short", "no tuner.pkl", "settings empty"])
@@ -385,6 +415,16 @@ def test_a_full_disk_during_a_run_is_one_line_and_never_starts_over(
         assert "run state is missing or damaged" in line and "start a new experiment" in line
     report = _cli("report", str(small_disk / "full"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
+    if resumed.returncode == 0:
+        # The trial errored once, then finished: the summary, the report and the study
+        # agree (the first attempt's error.txt stays, the study keeps it as a retry).
+        assert "1 finished, 0 stopped early, 0 errored" in resumed.stdout
+        (trial,) = load_experiment(small_disk / "full").trials
+        assert (trial.state, trial.error) == ("finished", None)
+        study = optuna.load_study(
+            study_name="full", storage=f"sqlite:///{small_disk}/full/full.sqlite"
+        )
+        assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
 
 
 @pytest.mark.slow

@@ -212,6 +212,23 @@ def test_an_interrupted_trial_is_never_the_best(handmade):
     assert "trial_005_eeee" not in [t.name for t in experiment.ranked()]
 
 
+def test_a_trial_that_a_retry_finished_is_not_errored(handmade):
+    """Tune keeps the failed attempt's error.txt; the driver's outcome.json says how the
+    trial's last attempt ended, and the report follows it (as the run summary does)."""
+    best = handmade / "trial_002_bbbb"
+    (best / "error.txt").write_text("Failure # 1\nOSError: [Errno 28] No space left\n")
+    (best / "outcome.json").write_text('{"format": 1, "errored": false, "epochs": 3}\n')
+    failed = handmade / "trial_004_dddd" / "outcome.json"
+    failed.write_text('{"format": 1, "errored": true, "epochs": 0}\n')
+    experiment = load_experiment(handmade)
+    trials = {t.name: t for t in experiment.trials}
+    assert trials["trial_002_bbbb"].state == "finished"
+    assert trials["trial_002_bbbb"].error is None
+    assert experiment.best.name == "trial_002_bbbb"
+    assert trials["trial_004_dddd"].state == "errored"
+    assert trials["trial_004_dddd"].error.startswith("NonFiniteLossError")
+
+
 def test_damaged_files_do_not_stop_a_report(handmade, caplog):
     """What a full disk leaves: empty and cut-short files."""
     (handmade / "trial_003_cccc" / "params.json").write_text("")

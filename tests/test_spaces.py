@@ -190,6 +190,40 @@ def test_searcher_survives_a_study_ahead_of_the_restored_snapshot(tmp_path):
     assert trial.state is TrialState.COMPLETE and trial.value == 0.5
 
 
+def test_a_failed_trial_that_resume_reruns_to_its_end_is_recorded_as_a_retry(tmp_path):
+    """A disk-full run: t1 errors and the study holds it FAIL; --resume re-runs it (Tune's
+    resume_errored) from a restored searcher, and it finishes. The study's last trial of
+    t1 says so, as Optuna's RetryFailedTrialCallback would record it; t2 still failed."""
+    from results.layout import optuna_states
+
+    searcher = _searcher(tmp_path)
+    searcher.suggest("t1")
+    searcher.suggest("t2")
+    searcher.on_trial_result("t1", {"best_combined_loss": 0.7, "training_iteration": 1})
+    searcher.on_trial_complete("t1", {"best_combined_loss": 0.7, "training_iteration": 1}, True)
+    searcher.on_trial_complete("t2", None, error=True)
+    searcher.save(str(tmp_path / "snapshot.pkl"))
+    restored = _searcher(tmp_path)
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    for epoch in (1, 2, 3, 4):
+        restored.on_trial_result("t1", {"best_combined_loss": 0.5, "training_iteration": epoch})
+    last = {"best_combined_loss": 0.4, "training_iteration": 4}
+    restored.on_trial_complete("t1", last)
+    restored.on_trial_complete("t1", last)  # told twice: recorded once
+    restored.on_trial_complete("t2", None, error=True)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.sqlite")
+    # (_searcher enqueues the reference point again: a WAITING trial Tune's own restore,
+    # which unpickles the searcher, does not make.)
+    failed, failed_too, retry = [t for t in study.trials if t.state.is_finished()]
+    assert [failed.state, failed_too.state] == [TrialState.FAIL, TrialState.FAIL]
+    assert retry.state is TrialState.COMPLETE and retry.value == 0.4
+    assert retry.params == failed.params
+    assert retry.user_attrs == {**failed.user_attrs, "epochs_run": 4}
+    assert retry.system_attrs == {"failed_trial": 0, "retry_history": [0]}
+    assert retry.intermediate_values == {1: 0.7, 4: 0.4}
+    assert optuna_states(study) == {"t1": "COMPLETE", "t2": "FAIL"}
+
+
 def test_every_epoch_reaches_the_study_and_a_stopped_trial_keeps_its_value(tmp_path):
     """Tune sends a trial's last result only to on_trial_complete: it must still become an
     intermediate value, once, and a trial stopped at its first rung must show its value."""

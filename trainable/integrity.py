@@ -168,7 +168,10 @@ def check_dataset(root: Path, progress: bool = False) -> IntegrityReport:
     modes: Counter[str] = Counter()
     sizes: list[tuple[int, int]] = []
     problems: list[str] = []
-    for sample in tqdm(samples, desc="checking BUSI", unit="image", disable=not progress):
+    # disable=None: a bar only on a terminal, never drawn into a log file.
+    for sample in tqdm(
+        samples, desc="checking BUSI", unit="image", disable=None if progress else True
+    ):
         try:
             content = read_sample(sample)
             sample_modes = mask_modes(sample)

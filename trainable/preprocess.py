@@ -7,6 +7,7 @@ served stale. Trials receive these arrays (through Ray's object store), not file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from results import storage
 from trainable.dataset import BusiClass, Sample, data_warnings, discover, read_sample
+from trainable.errors import UserError
 from trainable.integrity import analysis_image, near_duplicate_groups
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,10 @@ def _decode(samples: list[Sample], size: int, progress: bool) -> BusiArrays:
     images = np.empty((len(samples), size, size), dtype=np.uint8)
     masks = np.empty((len(samples), size, size), dtype=np.uint8)
     analysed, contents = [], []
-    for i, sample in enumerate(tqdm(samples, desc="decoding BUSI", disable=not progress)):
+    # disable=None: a bar only on a terminal, never drawn into a log file.
+    for i, sample in enumerate(
+        tqdm(samples, desc="decoding BUSI", disable=None if progress else True)
+    ):
         content = read_sample(sample)
         images[i], masks[i] = resize_pair(content.image, content.mask, size)
         analysed.append(analysis_image(content.image))
@@ -110,19 +115,27 @@ def _decode(samples: list[Sample], size: int, progress: bool) -> BusiArrays:
 
 
 def _write_cache(arrays: BusiArrays, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename: a concurrent reader never sees a half-written file.
     partial = path.with_suffix(f".{os.getpid()}.partial.npz")
-    np.savez(
-        partial,
-        names=np.array(arrays.names),
-        labels=np.array([label.value for label in arrays.labels]),
-        images=arrays.images,
-        masks=arrays.masks,
-        groups=arrays.groups,
-        warnings=np.array(arrays.warnings, dtype=str),
-    )
-    partial.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            partial,
+            names=np.array(arrays.names),
+            labels=np.array([label.value for label in arrays.labels]),
+            images=arrays.images,
+            masks=arrays.masks,
+            groups=arrays.groups,
+            warnings=np.array(arrays.warnings, dtype=str),
+        )
+        partial.replace(path)
+    except OSError as error:
+        with contextlib.suppress(OSError):  # a parent that is a file, say
+            partial.unlink(missing_ok=True)
+        raise UserError(
+            f"{path.parent}: the preprocessed-data cache cannot be written there "
+            f"({error.strerror or error}); give a writable --cache-dir, or set BUSI_TUNE_CACHE"
+        ) from None
 
 
 def read_cache(path: Path) -> BusiArrays:

@@ -148,6 +148,25 @@ def make_folds(data: BusiArrays, policy: SplitPolicy, seed: int, k: int) -> list
     ]
 
 
+def folds_problem(data: BusiArrays, policy: SplitPolicy, seed: int, k: int) -> str | None:
+    """Why `k` folds of this data cannot rank a config, or None: every fold must be a
+    validation part that holds a lesion image (a Dice over no lesion is undefined)."""
+
+    def workable(j: int) -> bool:
+        return all(
+            data.masks[split.validation].any() for split in make_folds(data, policy, seed, j)
+        )
+
+    if workable(k):
+        return None
+    largest = next((j for j in range(min(k, len(data)), 1, -1) if workable(j)), None)
+    fit = f"the most that do is {largest}" if largest else "no K of 2 or more does; use --folds 1"
+    return (
+        f"--folds {k}: the training part of this data cannot make {k} validation folds that "
+        f"each hold a lesion image (groups stay whole, classes stratified); {fit}"
+    )
+
+
 def folds_manifest(folds: list[Split], names: tuple[str, ...]) -> dict:
     """split.json of a cross-validated trial: the test part and each validation fold."""
     sides = {

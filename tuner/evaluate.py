@@ -80,9 +80,22 @@ def load_selected_models(
     models = []
     for path in paths:
         model = build_model(trial.config.replace(encoder_weights="none"))
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        try:
+            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+            raise UserError(
+                f"{path}: unreadable as this trial's weights ({reason(error)}); the file is "
+                "damaged (cut short or overwritten): restore it from a copy, or choose another "
+                "--trial"
+            ) from None
         models.append(model.to(device))
     return models
+
+
+def reason(error: Exception) -> str:
+    """An exception's first sentence, short enough for one line (torch's run long)."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first.split(". ")[0][:120]
 
 
 def _recorded(trial: Trial, part: Part, reference_only: bool) -> dict[str, float] | None:
@@ -93,6 +106,20 @@ def _recorded(trial: Trial, part: Part, reference_only: bool) -> dict[str, float
     if part is Part.TEST:
         return trial.selected.test
     return None if reference_only else trial.selected.heldout
+
+
+def _saved_split(path: Path) -> str:
+    """The split's hash the trial recorded in split.json; one line when it cannot."""
+    try:
+        saved = json.loads(path.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as error:  # JSON's errors are ValueErrors
+        raise UserError(
+            f"{path}: missing or damaged ({type(error).__name__}); the trial's split cannot be "
+            "checked: restore the file from a copy, or evaluate another --trial"
+        ) from None
+    if not isinstance(saved, str):
+        raise UserError(f"{path}: damaged (its sha256 is not a string); restore it from a copy")
+    return saved
 
 
 def evaluate_trial(
@@ -109,9 +136,9 @@ def evaluate_trial(
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     eval_size = settings.base.image_size
-    sized = load_sized(
-        data_dir or settings.data, (config.image_size,), eval_size, settings.cache_dir, False
-    )
+    # Cached in the reader's cache ($BUSI_TUNE_CACHE), never in a folder the experiment's
+    # settings name: they may come from elsewhere.
+    sized = load_sized(data_dir or settings.data, (config.image_size,), eval_size, None, False)
     inputs = sized.at(config.image_size)
     folds = settings.folds
     if data_dir is None:
@@ -123,7 +150,7 @@ def evaluate_trial(
         splits = experiment_splits(
             inputs, settings.split, settings.seed, folds, not settings.reference_only
         )
-        saved = json.loads((trial.path / SPLIT_FILE).read_text())["sha256"]
+        saved = _saved_split(trial.path / SPLIT_FILE)
         if manifest_of(splits, inputs.names)["sha256"] != saved:
             raise UserError(
                 f"{settings.data}: gives another split than {trial.path / SPLIT_FILE}; "

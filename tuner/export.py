@@ -87,10 +87,16 @@ def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> di
 
 def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = "torchscript") -> Path:
     """Write the model to `out` and its card beside it; returns the card's path. Refuses
-    to overwrite either."""
+    to overwrite either, or an --out that the card would overwrite."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: not supported; valid: {', '.join(FORMATS)}")
     card_file = card_path(out)
+    # card.JSON too: one file with card.json where names ignore case (macOS, Windows).
+    if out.suffix.lower() == card_file.suffix:
+        raise UserError(
+            f"--out {out}: the model card is written to <out>.json, so the model would be "
+            f"lost under it; name the model e.g. {out.with_suffix('.pt')}"
+        )
     for path in (out, card_file):
         if path.exists():
             raise UserError(f"{path}: exists; choose another --out (nothing is overwritten)")
@@ -112,7 +118,23 @@ def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = "torchscr
         # libtorch (C++) and older torch releases load; the tests check it still works.
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    traced.save(str(out))
-    card_file.write_text(json.dumps(model_card(experiment, trial, out, fmt), indent=2) + "\n")
+    card = json.dumps(model_card(experiment, trial, out, fmt), indent=2) + "\n"
+    written: list[Path] = []
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # "x": a file that appeared since the check above is still not overwritten.
+        with open(out, "xb") as handle, warnings.catch_warnings():
+            written.append(out)
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's, as above
+            torch.jit.save(traced, handle)
+        with open(card_file, "x") as handle:
+            written.append(card_file)
+            handle.write(card)
+    except OSError as error:
+        for path in written:  # ours and incomplete: a retry must not find them in its way
+            path.unlink(missing_ok=True)
+        raise UserError(
+            f"--out {out}: cannot write {error.filename or out} ({error.strerror or error}); "
+            "choose an --out in a folder you can write"
+        ) from None
     return card_file

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from results import escape
 from trainable.dataset import DataError, read_grey
 from trainable.errors import UserError
 from tuner.segmenter import Segmenter
@@ -73,13 +75,27 @@ def find_images(folder: Path) -> list[Path]:
 
 
 def prepare_output(out: Path, images: Path, overwrite: bool) -> None:
-    """Refuse an output folder inside the input folder, or one that holds files."""
+    """Refuse an output folder inside the input folder, a file, one that holds files, or
+    one that cannot be written (before any image is segmented)."""
     out, images = out.resolve(), images.resolve()
     if out == images or images in out.parents:
         raise UserError(f"--out {out}: inside --images; nothing is written into the input folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out}: not empty; choose a new folder or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder (it is kept); choose a folder")
+    try:
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise UserError(f"--out {out}: not empty; choose a new folder or pass --overwrite")
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()  # a read-only folder fails here
+    except OSError as error:
+        raise _cannot_write(out, error) from None
+
+
+def _cannot_write(out: Path, error: OSError) -> UserError:
+    return UserError(
+        f"--out {out}: cannot write {error.filename or out} ({error.strerror or error}); "
+        "choose another --out, or free space and clear the way at that path"
+    )
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -113,19 +129,32 @@ def predict_folder(
     paths = find_images(images)
     predictions: list[Prediction] = []
     skipped: list[str] = []
-    readable = _readable(paths, skipped)
-    with tqdm(total=len(paths), desc="predicting", unit="image", disable=not progress) as bar:
-        while batch := [item for _, item in zip(range(batch_size), readable, strict=False)]:
-            probs = segmenter.probabilities([image for _, image in batch])
-            for (path, image), prob in zip(batch, probs, strict=True):
-                predictions.append(_write(path, image, prob, out, segmenter.threshold))
-            bar.update(len(batch))
-        bar.update(len(paths) - bar.n)
-    with open(out / CSV_FILE, "w", newline="") as handle:
+    readable = _readable(paths, skipped)  # reading errors are DataErrors: skipped images
+    try:  # so an OSError here is a write (a full disk, a folder in a file's place)
+        # disable=None: a bar only on a terminal, never drawn into a log file.
+        with tqdm(
+            total=len(paths), desc="predicting", unit="image", disable=None if progress else True
+        ) as bar:
+            while batch := [item for _, item in zip(range(batch_size), readable, strict=False)]:
+                probs = segmenter.probabilities([image for _, image in batch])
+                for (path, image), prob in zip(batch, probs, strict=True):
+                    predictions.append(_write(path, image, prob, out, segmenter.threshold))
+                bar.update(len(batch))
+            bar.update(len(paths) - bar.n)
+        write_csv(out / CSV_FILE, predictions)
+    except OSError as error:
+        raise _cannot_write(out, error) from None
+    return predictions, skipped
+
+
+def write_csv(path: Path, predictions: list[Prediction]) -> None:
+    """One row per image: CSV_COLUMNS. Every text cell goes through escape.csv_cell, so a
+    cell that starts with = + - @ tab or carriage return (e.g. the name of `=cmd.png`) is
+    written with a leading single quote: a spreadsheet shows it as text, never runs it."""
+    with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
-        writer.writerows(p.row() for p in predictions)
-    return predictions, skipped
+        writer.writerows([escape.csv_cell(cell) for cell in p.row()] for p in predictions)
 
 
 def _write(path: Path, image: np.ndarray, probs: np.ndarray, out: Path, threshold: float):

@@ -4,6 +4,7 @@ study), instead of Ray's live table and its repeated warnings (`-v` brings those
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import optuna
 from ray import tune
 
+from results.layout import OUTCOME_FILE
 from search_spaces import describe_params
 from trainable import keys
 from trainable.tensorboard import write_hparams
@@ -112,6 +114,26 @@ class TrialLines(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._line(trial, "errored", None)
+
+
+class TrialOutcome(tune.Callback):
+    """When a trial ends, whether its last attempt errored, into its folder (through the
+    driver's staging copy, as TrialHParams). Tune's error.txt keeps every failed attempt,
+    also of a trial that a retry or --resume then finished: this record says how it
+    ended."""
+
+    def _write(self, trial, errored: bool) -> None:
+        epochs = int((trial.last_result or {}).get("training_iteration", 0))
+        record = {"format": 1, "errored": errored, "epochs": epochs}
+        staging = Path(trial.storage.trial_driver_staging_path)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / OUTCOME_FILE).write_text(json.dumps(record) + "\n")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._write(trial, errored=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._write(trial, errored=True)
 
 
 class TrialHParams(tune.Callback):

@@ -74,6 +74,10 @@ def completion_state(value: float | None, epochs_run: int, budget: int, error: b
 class BudgetAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that knows the epoch budget of a full trial."""
 
+    # Tune ids whose recovery is recorded (see _record_retry); a class default, so that a
+    # searcher pickled before this attribute existed restores too.
+    _retried: frozenset[str] = frozenset()
+
     def __init__(self, *args, budget_epochs: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._budget_epochs = budget_epochs
@@ -118,20 +122,52 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._record_intermediate(trial_id, value, int(result["training_iteration"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id not in self._ot_trials or trial_id in self._retried:
+            return
+        value = result.get(self.metric) if result else None
+        epochs_run = int(result.get("training_iteration", 0)) if result else 0
+        state = completion_state(value, epochs_run, self._budget_epochs, error)
+        failed_before = self._stored(trial_id).state is TrialState.FAIL
+        if failed_before and state is not TrialState.FAIL:  # rerun by --resume: it recovered
+            self._retried = self._retried | {trial_id}
+            self._record_retry(trial_id, value, epochs_run, state)
+            return
+        if trial_id in self._completed_trials:
             return
         self._completed_trials.add(trial_id)
         if self._is_finished_in_study(trial_id):
             log.info("trial %s is already finished in the study; not told again", trial_id)
             return
         ot_trial = self._ot_trials[trial_id]
-        value = result.get(self.metric) if result else None
-        epochs_run = int(result.get("training_iteration", 0)) if result else 0
         ot_trial.set_user_attr(EPOCHS_RUN, epochs_run)
         if value is not None and math.isfinite(value) and epochs_run > 0:
             self._record_intermediate(trial_id, value, epochs_run)
-        state = completion_state(value, epochs_run, self._budget_epochs, error)
         self._ot_study.tell(ot_trial, value if state is TrialState.COMPLETE else None, state=state)
+
+    def _record_retry(
+        self, trial_id: str, value: float | None, epochs_run: int, state: TrialState
+    ) -> None:
+        """A trial the study holds FAIL that Tune ran again (--resume re-runs errored
+        trials) and that ended well: a finished Optuna trial cannot change state, so its
+        outcome is a new trial with the same parameters, Tune id and name, as Optuna's
+        own RetryFailedTrialCallback records a retry (`failed_trial`, `retry_history`).
+        The study's last trial of a Tune id is its outcome."""
+        failed = self._stored(trial_id)
+        intermediate = dict(failed.intermediate_values)
+        if value is not None and math.isfinite(value) and epochs_run > 0:
+            intermediate[epochs_run] = value
+        history = [*failed.system_attrs.get("retry_history", []), failed.number]
+        self._ot_study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value if state is TrialState.COMPLETE else None,
+                params=failed.params,
+                distributions=failed.distributions,
+                user_attrs={**failed.user_attrs, EPOCHS_RUN: epochs_run},
+                system_attrs={"failed_trial": history[0], "retry_history": history},
+                intermediate_values=intermediate,
+            )
+        )
 
 
 _RESTORING: list[str] = []  # the experiment Tune is restoring, while it does

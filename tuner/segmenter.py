@@ -23,7 +23,7 @@ from results.experiment import Experiment
 from trainable.engine import Precision, pick_device, predict_probabilities, resize_probabilities
 from trainable.errors import UserError
 from trainable.preprocess import resize_image
-from tuner.evaluate import load_selected_models, pick_trial
+from tuner.evaluate import load_selected_models, pick_trial, reason
 
 # Uint8 images (N, S, S) at a member's input size -> probabilities (N, E, E).
 Run = Callable[[np.ndarray], torch.Tensor]
@@ -123,22 +123,34 @@ def from_export(
     """An exported TorchScript file and the model card beside it."""
     device = device or pick_device()
     card_file = card_path(path)
+    if card_file == path:
+        raise UserError(
+            f"{path}: a model card, not an exported model; give the model file beside it "
+            "(or export again with an --out that ends in .pt)"
+        )
     if not card_file.is_file():
         raise UserError(f"{path}: no model card {card_file.name} beside it; export it again")
-    card = json.loads(card_file.read_text())
+    try:
+        card = json.loads(card_file.read_text())
+        size, eval_size = card["input"]["size"], card["evaluation_size"]
+        threshold = threshold or card["threshold"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"{card_file}: damaged model card ({reason(error)}); export the model again"
+        ) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
             module = torch.jit.load(str(path), map_location=device).eval()
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise UserError(f"{path}: not a TorchScript export ({first}); export it again") from None
-    eval_size = card["evaluation_size"]
+    except (RuntimeError, OSError) as error:
+        raise UserError(
+            f"{path}: not a TorchScript export ({reason(error)}); export it again"
+        ) from None
 
     @torch.no_grad()
     def run(images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(images).to(device).float().unsqueeze(1)
         return resize_probabilities(module(x), eval_size)
 
-    member = Member(card["trial"], card["input"]["size"], run)
-    return Segmenter((member,), eval_size, threshold or card["threshold"], flip)
+    member = Member(card.get("trial", path.name), size, run)
+    return Segmenter((member,), eval_size, threshold, flip)

@@ -42,11 +42,12 @@ from trainable.dataset import discover
 from trainable.errors import UserError
 from trainable.model import EncoderState, pretrained_encoders
 from trainable.preprocess import SizedData, dataset_fingerprint, load_sized
+from trainable.splits import folds_problem
 from trainable.synth import SYNTHETIC_MARKER
 from trainable.tune_adapter import TrialSetup, train_busi
-from tuner import interrupts
+from tuner import interrupts, origin
 from tuner.lock import lock_experiment
-from tuner.progress import TrialHParams, TrialLines, TrialNamer, quiet_ray
+from tuner.progress import TrialHParams, TrialLines, TrialNamer, TrialOutcome, quiet_ray
 from tuner.searcher import BudgetAwareOptunaSearch, StudyStorage, restoring, tpe_sampler
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def create_experiment(settings: RunSettings, data: SizedData) -> None:
         provenance = {**data_provenance(settings.data), "warnings": list(data.evaluation.warnings)}
         text = json.dumps(provenance, indent=2) + "\n"
         storage.write_bytes(storage.join(location, DATA_FILE), text.encode())
+        origin.write_origin(location)
     except (OSError, UserError) as error:  # UserError: remote storage's, one line already
         remove_experiment(settings)
         if isinstance(error, UserError):
@@ -413,7 +415,12 @@ def build_run_config(
     # Tune adds its default loggers unless told not to; the two the reporter reads are
     # added here instead.
     os.environ[NO_AUTO_LOGGERS_ENV] = "1"
-    callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), TrialHParams(settings.base.epochs)]
+    callbacks = [
+        CSVLoggerCallback(),
+        JsonLoggerCallback(),
+        TrialHParams(settings.base.epochs),
+        TrialOutcome(),
+    ]
     if write is not None:
         namer = TrialNamer(sweep=not settings.reference_only)
         trials = 1 if settings.reference_only else settings.trials
@@ -453,11 +460,17 @@ def run(
     lock = None  # held from here until the run and its pruning are over
     try:
         if settings.resume:
+            if not origin.created_here(settings.experiment_dir):
+                print(origin.foreign_warning(settings.experiment_dir), file=sys.stderr)
             if settings.storage_is_local:
                 lock = lock_experiment(Path(settings.experiment_dir))
             check_resumable(settings)
         pretrained = resolve_pretrained(settings)
         data = load_data(settings)  # bad data fails here, before anything is written
+        if settings.folds > 1 and (
+            problem := folds_problem(data.evaluation, settings.split, settings.seed, settings.folds)
+        ):
+            raise UserError(problem)
         for warning in data.evaluation.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         init_ray(settings)
@@ -558,9 +571,10 @@ def all_ended(settings: RunSettings, results: tune.ResultGrid) -> bool:
 
 
 def resume_command(settings: RunSettings) -> str:
-    """The command that continues this experiment, shell-quoted."""
+    """The command that continues this experiment, shell-quoted, with absolute paths: it
+    works from any folder."""
     words = ["python", "-m", "tuner", "run", "--resume", "--name", settings.name]
-    where = ["--storage", settings.storage_path, "--data", str(settings.data)]
+    where = ["--storage", settings.storage_path, "--data", str(Path(settings.data).resolve())]
     return shlex.join([*words, *where])
 
 
