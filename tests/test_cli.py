@@ -183,6 +183,39 @@ def test_an_argument_error_comes_back_before_ray_or_torch_load(tmp_path):
     assert done.stdout.split() == ["False", "False"], done.stderr
 
 
+@pytest.mark.parametrize("problem", ["no such folder", "no class folders"])
+def test_a_wrong_data_path_is_one_line_before_weights_ray_or_torch(tmp_path, problem):
+    """With default flags (pretrained weights, which a connected machine would download
+    first): the path is named at once, and nothing heavy is imported."""
+    data = tmp_path / "busi"
+    if problem == "no class folders":
+        data.mkdir()
+    probe = (
+        "import sys, tuner.cli as c; code = c.main(['run', '--data', sys.argv[1]]); "
+        "print(code, 'torch' in sys.modules, 'ray' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(data)], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
+    assert done.stderr.startswith(f"error: {data}: {problem}") and done.stderr.count("\n") == 1
+
+
+def test_a_flag_of_another_command_says_which_and_demo_refuses_data(capsys):
+    for argv, hint in (
+        (["run", "--demo", "--json"], "--json is an option of `evaluate`, not of this command"),
+        (["report", "x", "--trials", "3"], "--trials is an option of `run`, not of this command"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert capsys.readouterr().err.strip().endswith(hint), argv
+    assert main(["run", "--demo", "--data", "elsewhere"]) == 2
+    assert capsys.readouterr().err == (
+        "error: run: --demo writes and uses its own synthetic data, so --data elsewhere would "
+        "be ignored; drop --demo to run on that folder\n"
+    )
+
+
 def test_the_printed_resume_command_works_from_any_folder(tmp_path, monkeypatch):
     from results.settings import RunSettings
     from trainable.config import TrainConfig

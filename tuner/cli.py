@@ -45,24 +45,34 @@ class _Parser(argparse.ArgumentParser):
         super().error(message + suggestion(message, self))
 
 
-def _known_words(parser: argparse.ArgumentParser) -> list[str]:
-    """Every option string and command name of a parser and its subcommands."""
-    words = []
+def _known_words(parser: argparse.ArgumentParser, command: str = "") -> dict[str, list[str]]:
+    """Every option string and command name of a parser and its subcommands, with the
+    commands that have it ("" for the top level)."""
+    words: dict[str, list[str]] = {}
     for action in parser._actions:
-        words += action.option_strings
+        for option in action.option_strings:
+            words.setdefault(option, []).append(command)
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                words += [name, *_known_words(sub)]
+                words.setdefault(name, []).append(command)
+                full = f"{command} {name}".strip()
+                for word, owners in _known_words(sub, full).items():
+                    words.setdefault(word, []).extend(owners)
     return words
 
 
 def suggestion(message: str, parser: argparse.ArgumentParser) -> str:
-    """ "; did you mean --trials?" for the first mistyped word that has a close match."""
+    """ "; did you mean --trials?" for the first mistyped word that has a close match, or
+    "; --json is an option of `evaluate`" for a flag given to a command that lacks it."""
     unknown = re.findall(r"unrecognized arguments: (.*)", message)
     unknown = unknown[0].split() if unknown else re.findall(r"invalid choice: '([^']*)'", message)
     known = _known_words(parser)
     for word in unknown:
-        close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+        flag = word.split("=")[0]
+        if flag in known:  # right flag, wrong command
+            owners = ", ".join(f"`{owner}`" for owner in known[flag] if owner)
+            return f"; {flag} is an option of {owners}, not of this command"
+        close = difflib.get_close_matches(flag, list(known), n=1, cutoff=0.6)
         if close:
             return f"; did you mean {close[0]}?"
     return ""
@@ -457,6 +467,11 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         for name in (*TRAINING_FLAGS, "trials")
     }
     if args.demo and not args.resume:  # beside the runs, or in the cache for s3://…
+        if args.data is not None:
+            raise UserError(
+                f"run: --demo writes and uses its own synthetic data, so --data {args.data} "
+                "would be ignored; drop --demo to run on that folder"
+            )
         local = storage.cache_root() if storage.is_remote(args.storage) else Path(args.storage)
         args.data = local / DEMO_DATA_DIR
     if args.resume and not args.name:
@@ -499,6 +514,10 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
 
 def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)  # bad flags fail here, before Ray and torch load
+    if settings.data is not None and not args.demo:
+        from trainable.dataset import discover
+
+        discover(settings.data)  # a wrong path or layout: one line, before weights or Ray
     from tuner import interrupts, summary, sweep
 
     interrupts.stop_on_sigterm()
