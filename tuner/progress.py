@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 from ray import tune
+from ray.tune.experiment import Trial
 
 from results.layout import OUTCOME_FILE
 from search_spaces import describe_params
@@ -26,6 +27,12 @@ from trainable.tensorboard import write_hparams
 SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
 NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+# Tune's own words on Ctrl-C and resume: "Stop signal received", a resume instruction of its
+# own (Tuner.restore(...), not ours) and "Trials did not complete"; the summary and the
+# printed resume command say it. And "Failed to fetch metrics … FileNotFoundError" for
+# trials that had not reported yet when the run stopped, which looks like damage.
+TUNE_RUN_LOGGER = "ray.tune.tune"
+TUNE_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,8 @@ def quiet_ray() -> None:
     # reporter it falls back to prints nothing at verbose=0.
     os.environ[NEW_OUTPUT_ENV] = "0"
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
+    logging.getLogger(TUNE_RUN_LOGGER).setLevel(logging.CRITICAL)
+    logging.getLogger(TUNE_ANALYSIS_LOGGER).setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -65,7 +74,8 @@ class ConsoleLines:
 
 
 class TrialLines(tune.Callback):
-    """One line per ended trial: name, state, objective, best so far, config, ETA."""
+    """One line per ended trial: name, state, objective, best so far, config, ETA. The
+    count goes on from where a resumed run was, and the ETA comes from measured epochs."""
 
     def __init__(
         self,
@@ -78,32 +88,44 @@ class TrialLines(tune.Callback):
     ) -> None:
         self.write, self.namer, self.metric, self.mode = write, namer, metric, mode
         self.trials, self.budget = trials, budget
-        self.started = time.monotonic()
-        self.ended = 0
+        self.eta = EpochClock(trials, budget)
+        self.ended: int | None = None  # counted from Tune's trials at the first step
         self.best: tuple[float, str] | None = None
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self.ended is None:  # a resumed run: trials ended before the interruption
+            done = [t for t in trials if t.status in (Trial.TERMINATED, Trial.ERROR)]
+            self.ended = len(done)
+            self.eta.ended = [_epochs(t) for t in done]
+
+    def get_state(self) -> dict | None:
+        """The best so far, kept across --resume (in Tune's snapshots)."""
+        return {"best": self.best} if self.best else None
+
+    def set_state(self, state: dict) -> None:
+        self.best = state["best"]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        running = sum(t.status == Trial.RUNNING for t in trials)
+        self.eta.epoch(trial.trial_id, time.monotonic(), running)
 
     def _better(self, value: float) -> bool:
         if self.best is None:
             return True
         return value < self.best[0] if self.mode == "min" else value > self.best[0]
 
-    def _eta(self) -> str:
-        left = self.trials - self.ended
-        if left <= 0:
-            return "done"
-        seconds = (time.monotonic() - self.started) / self.ended * left
-        return f"ETA {seconds / 60:.0f} min" if seconds >= 90 else f"ETA {seconds:.0f} s"
-
     def _line(self, trial, state: str, value: float | None) -> None:
-        self.ended += 1
+        self.ended = (self.ended or 0) + 1
+        self.eta.trial_ended(trial.trial_id, _epochs(trial))
         name = self.namer(trial)
         if value is not None and self._better(value):
             self.best = (value, name)
         shown = f"{self.metric} {value:.4f}" if value is not None else "no value"
         best = f"best {self.best[0]:.4f} ({self.best[1][:9]})" if self.best else "no best yet"
+        left = "done" if self.ended >= self.trials else self.eta.describe()
         self.write(
             f"[{self.ended}/{self.trials}] {name}  {state}  {shown}  {best}  "
-            f"{describe_params(trial.config)}  {self._eta()}"
+            f"{describe_params(trial.config)}  {left}".rstrip()
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -114,6 +136,53 @@ class TrialLines(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._line(trial, "errored", None)
+
+
+def _epochs(trial) -> int:
+    return int((trial.last_result or {}).get("training_iteration", 0))
+
+
+class EpochClock:
+    """The time left, from measured epochs only: the seconds an epoch took (between a
+    trial's results; a trial's first epoch, which holds its start-up, is not counted), the
+    epochs a trial runs (the mean of ended trials, which ASHA's stops shorten; the budget
+    until one has ended) and the trials that run at once. Nothing until an epoch is
+    measured."""
+
+    def __init__(self, trials: int, budget: int) -> None:
+        self.trials, self.budget = trials, budget
+        self.last: dict[str, float] = {}  # trial id -> when its last result came
+        self.done: dict[str, int] = {}  # trial id -> epochs reported, while it runs
+        self.seconds: list[float] = []  # measured epoch durations
+        self.ended: list[int] = []  # epochs of each ended trial
+        self.parallel = 1
+
+    def epoch(self, trial_id: str, now: float, running: int) -> None:
+        if trial_id in self.last:
+            self.seconds.append(now - self.last[trial_id])
+        self.last[trial_id] = now
+        self.done[trial_id] = self.done.get(trial_id, 0) + 1
+        self.parallel = max(self.parallel, running)
+
+    def trial_ended(self, trial_id: str, epochs: int) -> None:
+        self.ended.append(epochs)
+        self.done.pop(trial_id, None)
+        self.last.pop(trial_id, None)
+
+    def seconds_left(self) -> float | None:
+        if not self.seconds:
+            return None
+        per_trial = sum(self.ended) / len(self.ended) if self.ended else self.budget
+        waiting = max(0, self.trials - len(self.ended) - len(self.done))
+        running = sum(max(0.0, per_trial - done) for done in self.done.values())
+        epoch = sum(self.seconds[-50:]) / len(self.seconds[-50:])
+        return (waiting * per_trial + running) * epoch / self.parallel
+
+    def describe(self) -> str:
+        left = self.seconds_left()
+        if left is None:
+            return ""
+        return f"ETA {left / 60:.0f} min" if left >= 90 else f"ETA {left:.0f} s"
 
 
 class TrialOutcome(tune.Callback):

@@ -22,7 +22,7 @@ import pyarrow.fs
 import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import TrialScheduler
 
 from results import storage
 from results.experiment import INTERRUPTED, trial_state
@@ -35,7 +35,7 @@ from results.layout import (
     optuna_states,
     save_settings,
 )
-from results.settings import RunSettings, Scheduler
+from results.settings import RunSettings
 from search_spaces import get_space
 from trainable.config import TrainConfig
 from trainable.dataset import discover
@@ -48,6 +48,7 @@ from trainable.tune_adapter import TrialSetup, train_busi
 from tuner import interrupts, origin
 from tuner.lock import lock_experiment
 from tuner.progress import TrialHParams, TrialLines, TrialNamer, TrialOutcome, quiet_ray
+from tuner.scheduling import SchedulerState, build_scheduler
 from tuner.searcher import BudgetAwareOptunaSearch, StudyStorage, restoring, tpe_sampler
 
 log = logging.getLogger(__name__)
@@ -369,7 +370,9 @@ def build_trainable(
     return tune.with_resources(trainable, resources)
 
 
-def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
+def build_tune_config(
+    settings: RunSettings, scheduler: TrialScheduler | None = None
+) -> tune.TuneConfig:
     if settings.reference_only:
         return tune.TuneConfig(num_samples=1, trial_dirname_creator=TrialNamer(sweep=False))
     space = get_space(settings.space)
@@ -383,22 +386,11 @@ def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
         storage=StudyStorage(settings.experiment_dir, settings.name),
         budget_epochs=settings.base.epochs,
     )
-    epochs = settings.base.epochs
-    scheduler = (
-        ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=epochs,
-            grace_period=max(1, epochs // 5),
-            reduction_factor=3,
-        )
-        if settings.scheduler is Scheduler.ASHA
-        else FIFOScheduler()
-    )
     return tune.TuneConfig(
         metric=settings.metric,
         mode=settings.mode,
         search_alg=searcher,
-        scheduler=scheduler,
+        scheduler=scheduler or build_scheduler(settings),
         num_samples=settings.trials,
         max_concurrent_trials=settings.max_concurrent,
         reuse_actors=settings.reuse_actors,
@@ -407,10 +399,13 @@ def build_tune_config(settings: RunSettings) -> tune.TuneConfig:
 
 
 def build_run_config(
-    settings: RunSettings, write: Callable[[str], None] | None = None
+    settings: RunSettings,
+    write: Callable[[str], None] | None = None,
+    scheduler: TrialScheduler | None = None,
 ) -> tune.RunConfig:
     """With `write`, quiet: Ray's live table and notices give way to one line per ended
-    trial; without, Ray's own output (`-v`)."""
+    trial; without, Ray's own output (`-v`). With the sweep's `scheduler`, its state
+    goes with Tune's snapshots (SchedulerState)."""
     # One TensorBoard run per trial, the trial's own: Ray's logger would add a second.
     # Tune adds its default loggers unless told not to; the two the reporter reads are
     # added here instead.
@@ -421,6 +416,8 @@ def build_run_config(
         TrialHParams(settings.base.epochs),
         TrialOutcome(),
     ]
+    if scheduler is not None:
+        callbacks.append(SchedulerState(scheduler))
     if write is not None:
         namer = TrialNamer(sweep=not settings.reference_only)
         trials = 1 if settings.reference_only else settings.trials
@@ -517,11 +514,12 @@ def _fit(settings: RunSettings, trainable, write: Callable[[str], None] | None):
         # deterministic failure ends at once on its failure.json.
         tuner = tune.Tuner.restore(settings.experiment_dir, trainable, resume_errored=True)
     else:
+        scheduler = build_scheduler(settings)
         tuner = tune.Tuner(
             trainable,
             param_space={},
-            tune_config=build_tune_config(settings),
-            run_config=build_run_config(settings, write),
+            tune_config=build_tune_config(settings, scheduler),
+            run_config=build_run_config(settings, write, scheduler),
         )
     return tuner.fit()
 

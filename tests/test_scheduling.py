@@ -1,0 +1,57 @@
+"""ASHA's decisions survive --resume: its rungs travel in Tune's snapshots."""
+
+from __future__ import annotations
+
+from ray.tune.callback import CallbackList
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from results.settings import RunSettings, Scheduler
+from trainable.config import TrainConfig
+from tuner.scheduling import SchedulerState, build_scheduler
+
+BASE = TrainConfig.reference().replace(epochs=10)  # rungs at epochs 2, 6
+
+
+def _asha(tmp_path):
+    settings = RunSettings(data=tmp_path, base=BASE, storage=str(tmp_path), name="s")
+    scheduler = build_scheduler(settings)
+    scheduler.set_search_properties("selected_heldout_dice", "max")
+    return scheduler
+
+
+def _decision(scheduler, trial_id: str, dice: float, epoch: int = 2) -> str:
+    trial = Trial("train_busi", trial_id=trial_id, stub=True)
+    scheduler.on_trial_add(None, trial)
+    result = {"training_iteration": epoch, "selected_heldout_dice": dice}
+    return scheduler.on_trial_result(None, trial, result)
+
+
+def test_a_resumed_asha_stops_what_the_uninterrupted_one_stops(tmp_path):
+    before = _asha(tmp_path)
+    decisions = [_decision(before, f"t{n}", dice) for n, dice in enumerate((0.6, 0.7, 0.8))]
+    assert decisions == [TrialScheduler.CONTINUE] * 3  # each the best at its rung so far
+    # Tune's own save and restore of callback states, as at a snapshot and a --resume.
+    CallbackList([SchedulerState(before)]).save_to_dir(str(tmp_path), "snapshot")
+    restored = _asha(tmp_path)
+    callbacks = CallbackList([SchedulerState(restored)])
+    assert callbacks.can_restore(str(tmp_path))
+    callbacks.restore_from_dir(str(tmp_path))
+    # A trial below the rung's top third is stopped after the resume as it would have
+    # been before it; a fresh ASHA, knowing no earlier trial, lets it go on.
+    assert _decision(before, "t3", 0.1) == TrialScheduler.STOP
+    assert _decision(restored, "t3", 0.1) == TrialScheduler.STOP
+    assert _decision(_asha(tmp_path), "t3", 0.1) == TrialScheduler.CONTINUE
+
+
+def test_fifo_and_reference_runs_carry_no_scheduler_state(tmp_path):
+    fifo = RunSettings(
+        data=tmp_path, base=BASE, storage=str(tmp_path), name="f", scheduler=Scheduler.FIFO
+    )
+    reference = RunSettings(
+        data=tmp_path, base=BASE, storage=str(tmp_path), name="r", reference_only=True
+    )
+    for settings in (fifo, reference):
+        scheduler = build_scheduler(settings)
+        assert isinstance(scheduler, FIFOScheduler)
+        assert SchedulerState(scheduler).get_state() is None

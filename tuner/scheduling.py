@@ -1,0 +1,50 @@
+"""The sweep's trial scheduler, and its state carried across --resume.
+
+Tune saves its searcher's state with every snapshot of the experiment, but not the
+scheduler's: a restored ASHA starts with empty rungs, so trials it would have stopped run
+on (a resumed demo trained 4 trials to the end instead of 3). `SchedulerState` is a Tune
+callback, whose state Tune does save and restore, holding ASHA's rungs: a resumed sweep
+compares its trials with the same records as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from results.settings import RunSettings, Scheduler
+
+REDUCTION_FACTOR = 3
+
+
+def build_scheduler(settings: RunSettings) -> TrialScheduler:
+    """ASHA with its first rung at a fifth of the budget, or FIFO (a --reference run's
+    one trial always runs to its end)."""
+    if settings.reference_only or settings.scheduler is not Scheduler.ASHA:
+        return FIFOScheduler()
+    epochs = settings.base.epochs
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=epochs,
+        grace_period=max(1, epochs // 5),
+        reduction_factor=REDUCTION_FACTOR,
+    )
+
+
+class SchedulerState(tune.Callback):
+    """The scheduler's state (ASHA's rungs: each trial's value at each milestone) in Tune's
+    snapshots of the experiment. Tune pickles the run and tune configs together, so after a
+    restore this callback still holds the very scheduler Tune runs with."""
+
+    def __init__(self, scheduler: TrialScheduler) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict[str, Any] | None:
+        if type(self.scheduler) is FIFOScheduler:  # (ASHA is a FIFOScheduler subclass)
+            return None  # nothing to carry
+        return {"scheduler": dict(vars(self.scheduler))}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        vars(self.scheduler).update(state["scheduler"])
