@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from trainable.config import TrainConfig
 
@@ -124,10 +130,49 @@ class SearchSpace:
     def define(self, base: TrainConfig) -> DefineByRun:
         return self.build(base)
 
+    def parameters(self, base: TrainConfig) -> dict[str, BaseDistribution]:
+        """Every parameter the space can sample, conditional ones included, with its
+        distribution: the define-by-run function is walked once per choice index, each
+        categorical answering its i-th choice (the last when it has fewer), so every branch
+        that opens on a choice is seen (Adam/AdamW, an augmentation off/on)."""
+        found: dict[str, BaseDistribution] = {}
+        define = self.define(base)
+        widest = 1
+        index = 0
+        while index < widest:
+            walker = _Walker(index)
+            define(walker)
+            found.update(walker.seen)
+            widest = max(widest, walker.widest)
+            index += 1
+        return found
+
     def reference_point(self, base: TrainConfig) -> dict[str, Any]:
         """The base config as a point of this space: the first trial of every sweep."""
         flat = base.to_flat()
         return {key: flat[key] for key in self.keys}
+
+
+class _Walker:
+    """Stands in for an optuna.Trial: records what is suggested and answers each
+    categorical with its `index`-th choice, each number with its low end."""
+
+    def __init__(self, index: int) -> None:
+        self.index, self.widest = index, 1
+        self.seen: dict[str, BaseDistribution] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        self.seen[name] = FloatDistribution(low, high, log=log)
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int:
+        self.seen[name] = IntDistribution(low, high, log=log)
+        return low
+
+    def suggest_categorical(self, name: str, choices):
+        self.seen[name] = CategoricalDistribution(choices)
+        self.widest = max(self.widest, len(choices))
+        return choices[min(self.index, len(choices) - 1)]
 
 
 _REFERENCE_KEYS = ("lr", "batch_size", "optimizer", *AUGMENTATION_STRENGTHS)

@@ -74,6 +74,25 @@ def test_wide_space_searches_loss_schedule_encoder_and_size():
     assert wide.image_sizes(TrainConfig.reference()) == (192, 256, 320)
 
 
+@pytest.mark.parametrize("space_name", sorted(SPACES))
+def test_parameters_lists_every_parameter_a_trial_can_sample(space_name):
+    """What TensorBoard's HParams columns are made of: every parameter any trial samples,
+    with the distribution Optuna records, conditional ones included."""
+    space = get_space(space_name)
+    listed = space.parameters(CPU_BASE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    define = space.define(CPU_BASE)
+
+    def objective(trial: optuna.Trial) -> float:
+        define(trial)
+        return 0.0
+
+    study.optimize(objective, n_trials=60)
+    sampled = {k: v for t in study.trials for k, v in t.distributions.items()}
+    assert sampled == listed
+    assert {"weight_decay", "aug_elastic_alpha"} <= set(listed)
+
+
 def test_unknown_space_lists_valid_names():
     with pytest.raises(KeyError, match="valid: reference, wide"):
         get_space("narrow")

@@ -117,6 +117,17 @@ def test_demo_sweep_end_to_end(tmp_path):
     assert "**data: synthetic**" in report
     assert re.search(r"\| dice, bootstrap 95 % \| \d\.\d{3}–\d\.\d{3} \|", report)
     assert (experiment / "report" / "parallel_coordinates.png").is_file()
+    # HParams: one experiment at the root, with a column for every parameter the space can
+    # sample (the conditional ones too), and in each trial only its own session.
+    root = EventAccumulator(str(experiment))
+    root.Reload()
+    columns = {h.name for h in _experiment_summary(root).hparam_infos}
+    space = search_spaces.get_space("reference").parameters(TINY)
+    assert columns == {*space, "state"} and len(space) == 22
+    # Tune's own name of each trial (its tables, errors, ExperimentAnalysis) is its folder's.
+    state = json.loads(next(experiment.glob("experiment_state-*.json")).read_text())
+    tune_names = [json.loads(t[0]) for t in state["trial_data"]]
+    assert sorted(t["custom_trial_name"] for t in tune_names) == names
     # HParams: the searched values, the true state and the selected epoch's metrics.
     for trial in trials:
         hparams = _hparams(trial)
@@ -128,6 +139,13 @@ def test_demo_sweep_end_to_end(tmp_path):
         ran = len(rows)
         state = "finished" if ran == 2 else f"stopped early at epoch {ran}"
         assert hparams["state"] == state and "lr" in hparams["values"]
+
+
+def _experiment_summary(events):
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    content = events.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    return HParamsPluginData.FromString(content).experiment
 
 
 def _hparams(trial: Path) -> dict:
@@ -146,6 +164,7 @@ def _hparams(trial: Path) -> dict:
         for tag in events.Tags()["scalars"]
         if tag.startswith("hparams/")
     }
+    assert "_hparams_/experiment" not in events.summary_metadata  # the root's, not its own
     return {"values": values, "state": values["state"], "metrics": metrics}
 
 

@@ -107,13 +107,67 @@ def write_hparams(
     values = {k: v for k, v in params.items() if isinstance(v, int | float | str | bool)}
     values["state"] = state
     shown = {f"{HPARAMS_PREFIX}{k}": v for k, v in metrics.items()}
-    experiment, start, _ = hparams(values, shown)
+    # Not the experiment summary torch makes with it: TensorBoard shows one experiment's
+    # columns, and a trial's lists only the parameters that trial sampled (the driver
+    # writes the sweep's, `write_hparams_experiment`).
+    _, start, _ = hparams(values, shown)
     end = _session_end(SESSION_STATUS.get(state, api_pb2.Status.STATUS_UNKNOWN))
     with SummaryWriter(log_dir=str(directory)) as writer:
-        for summary in (experiment, start, end):
+        for summary in (start, end):
             writer.file_writer.add_summary(summary)
         for tag, value in shown.items():
             writer.add_scalar(tag, value, step)
+
+
+Interval = tuple[float, float]
+
+
+def write_hparams_experiment(
+    directory: Path, parameters: dict[str, list | Interval], metrics: list[str]
+) -> None:
+    """The sweep's HParams experiment, in the experiment folder (TensorBoard's run "."):
+    a column for every parameter the space can sample, conditional ones included (a list
+    of choices, or a (low, high) interval), for the trial's state, and for each of
+    `metrics` (written by `write_hparams` under hparams/)."""
+    infos = [_hparam_info(name, domain) for name, domain in sorted(parameters.items())]
+    infos.append(api_pb2.HParamInfo(name="state", type=api_pb2.DATA_TYPE_STRING))
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos,
+        metric_infos=[
+            api_pb2.MetricInfo(name=api_pb2.MetricName(tag=f"{HPARAMS_PREFIX}{m}")) for m in metrics
+        ],
+    )
+    content = HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
+    with SummaryWriter(log_dir=str(directory)) as writer:
+        writer.file_writer.add_summary(_plugin_summary(metadata.EXPERIMENT_TAG, content))
+
+
+def _hparam_info(name: str, domain: list | Interval) -> api_pb2.HParamInfo:
+    if isinstance(domain, tuple):
+        low, high = domain
+        return api_pb2.HParamInfo(
+            name=name,
+            type=api_pb2.DATA_TYPE_FLOAT64,
+            domain_interval=api_pb2.Interval(min_value=low, max_value=high),
+        )
+    info = api_pb2.HParamInfo(name=name)
+    if all(isinstance(v, str) for v in domain):
+        info.type = api_pb2.DATA_TYPE_STRING
+        info.domain_discrete.extend(domain)
+    elif all(isinstance(v, bool) for v in domain):
+        info.type = api_pb2.DATA_TYPE_BOOL
+        info.domain_discrete.extend(domain)
+    else:
+        info.type = api_pb2.DATA_TYPE_FLOAT64
+        info.domain_discrete.extend(float(v) for v in domain)
+    return info
+
+
+def _plugin_summary(tag: str, content: HParamsPluginData) -> Summary:
+    plugin = SummaryMetadata.PluginData(
+        plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString()
+    )
+    return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
 
 
 def _session_end(status: int) -> Summary:
@@ -122,13 +176,4 @@ def _session_end(status: int) -> Summary:
         session_end_info=SessionEndInfo(status=status),
         version=metadata.PLUGIN_DATA_VERSION,
     )
-    plugin = SummaryMetadata.PluginData(
-        plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString()
-    )
-    return Summary(
-        value=[
-            Summary.Value(
-                tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin)
-            )
-        ]
-    )
+    return _plugin_summary(metadata.SESSION_END_INFO_TAG, content)

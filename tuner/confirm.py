@@ -107,6 +107,7 @@ def run(
             tune_config=tune.TuneConfig(
                 num_samples=len(points),  # one sample per point, each expanded by the seed grid
                 search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                trial_name_creator=TrialNamer(sweep=True),
                 trial_dirname_creator=TrialNamer(sweep=True),
             ),
             run_config=build_run_config(settings, write),

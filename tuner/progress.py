@@ -8,19 +8,23 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 from ray import tune
 from ray.tune.experiment import Trial
 
+from results import storage
 from results.layout import OUTCOME_FILE
-from search_spaces import describe_params
+from search_spaces import SearchSpace, describe_params
 from trainable import keys
-from trainable.tensorboard import write_hparams
+from trainable.config import TrainConfig
+from trainable.tensorboard import write_hparams, write_hparams_experiment
 
 # Ray warns at every forced experiment snapshot; CheckpointConfig(num_to_keep) forces one
 # per checkpoint by design, so the warning says nothing a user can act on.
@@ -203,6 +207,25 @@ class TrialOutcome(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._write(trial, errored=True)
+
+
+def write_sweep_hparams(experiment_dir: str, space: SearchSpace, base: TrainConfig) -> None:
+    """The sweep's HParams experiment at the experiment's root: one column per parameter
+    the space can sample (conditional ones too), the state, and the metrics TrialHParams
+    writes. Each trial writes only its own session."""
+    domains = {}
+    for name, distribution in space.parameters(base).items():
+        if isinstance(distribution, CategoricalDistribution):
+            domains[name] = list(distribution.choices)
+        else:
+            domains[name] = (float(distribution.low), float(distribution.high))
+    metrics = [keys.SELECTED_LOSS, *keys.SELECTED_METRICS, keys.TEST_LOSS, *keys.TEST_METRICS]
+    if not storage.is_remote(experiment_dir):
+        write_hparams_experiment(Path(experiment_dir), domains, metrics)
+        return
+    with tempfile.TemporaryDirectory() as local:
+        write_hparams_experiment(Path(local), domains, metrics)
+        storage.upload_folder(Path(local), experiment_dir)
 
 
 class TrialHParams(tune.Callback):

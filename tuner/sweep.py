@@ -47,7 +47,14 @@ from trainable.synth import SYNTHETIC_MARKER
 from trainable.tune_adapter import TrialSetup, train_busi
 from tuner import interrupts, origin
 from tuner.lock import lock_experiment
-from tuner.progress import TrialHParams, TrialLines, TrialNamer, TrialOutcome, quiet_ray
+from tuner.progress import (
+    TrialHParams,
+    TrialLines,
+    TrialNamer,
+    TrialOutcome,
+    quiet_ray,
+    write_sweep_hparams,
+)
 from tuner.scheduling import SchedulerState, build_scheduler
 from tuner.searcher import BudgetAwareOptunaSearch, StudyStorage, restoring, tpe_sampler
 
@@ -148,6 +155,8 @@ def create_experiment(settings: RunSettings, data: SizedData) -> None:
         text = json.dumps(provenance, indent=2) + "\n"
         storage.write_bytes(storage.join(location, DATA_FILE), text.encode())
         origin.write_origin(location)
+        if not settings.reference_only:
+            write_sweep_hparams(location, get_space(settings.space), settings.base)
     except (OSError, UserError) as error:  # UserError: remote storage's, one line already
         remove_experiment(settings)
         if isinstance(error, UserError):
@@ -374,7 +383,8 @@ def build_tune_config(
     settings: RunSettings, scheduler: TrialScheduler | None = None
 ) -> tune.TuneConfig:
     if settings.reference_only:
-        return tune.TuneConfig(num_samples=1, trial_dirname_creator=TrialNamer(sweep=False))
+        namer = TrialNamer(sweep=False)
+        return tune.TuneConfig(num_samples=1, trial_name_creator=namer, trial_dirname_creator=namer)
     space = get_space(settings.space)
     searcher = BudgetAwareOptunaSearch(
         space=space.define(settings.base),
@@ -394,6 +404,8 @@ def build_tune_config(
         num_samples=settings.trials,
         max_concurrent_trials=settings.max_concurrent,
         reuse_actors=settings.reuse_actors,
+        # One name everywhere: Tune's own (its tables, errors, ExperimentAnalysis) as well.
+        trial_name_creator=TrialNamer(sweep=True),
         trial_dirname_creator=TrialNamer(sweep=True),
     )
 
