@@ -159,6 +159,7 @@ class _Walker:
 
     def __init__(self, index: int) -> None:
         self.index, self.widest = index, 1
+        self.number = index  # what a space may read of the trial besides its suggestions
         self.seen: dict[str, BaseDistribution] = {}
 
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:

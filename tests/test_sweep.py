@@ -225,6 +225,18 @@ def test_asha_stops_bad_trials_and_a_nan_trial_errors(synth_root, tmp_path, forc
             ran = trial.user_attrs["epochs_run"]
             assert sorted(trial.intermediate_values) == list(range(1, ran + 1))
             assert trial.value == trial.intermediate_values[ran]
+    # Every record of a trial describes the model Tune and the study ranked, also when ASHA
+    # stopped it (it used to record the epoch it trained past the decision).
+    values = {t.number: t.value for t in _study(settings).trials}
+    for number, ran in epochs.items():
+        trial = Path(by_number[number].path)
+        metrics = json.loads((trial / METRICS_FILE).read_text())
+        assert metrics["selected_epoch"] <= ran
+        assert metrics["heldout"]["dice"] == pytest.approx(values[number])
+        assert int(np.load(trial / SELECTION_FILE)["epoch"]) == metrics["selected_epoch"]
+        events = EventAccumulator(str(trial))
+        events.Reload()
+        assert [e.step for e in events.Scalars("loss/combined")][-1] == ran, number
     # A diverging trial trains once: Tune's retries end at once instead of repeating it.
     nan_dir = Path(nan_trial.path)
     assert len((nan_dir / PLACEMENT_FILE).read_text().splitlines()) == 1

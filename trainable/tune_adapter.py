@@ -275,8 +275,9 @@ class Reports:
     are copied while the next epoch starts and written by one writer thread while
     training goes on; an epoch's report waits in a queue until its writes are done, so
     Tune (and a scheduler that stops the trial after it) never sees an epoch whose files
-    are not there. A full state's report carries a Tune checkpoint holding only a pointer
-    to it; older states are then deleted."""
+    are not there. It is sent at the latest when the next epoch ends, before anything of
+    that epoch is recorded (`send_pending`). A full state's report carries a Tune
+    checkpoint holding only a pointer to it; older states are then deleted."""
 
     def __init__(self, storage: TrialStorage, every: int, epochs: int) -> None:
         self.storage, self.every, self.epochs = storage, every, epochs
@@ -316,7 +317,12 @@ class Reports:
             # The optimiser's state exists from the first step on: make its buffer now.
             self.snapshots.prepare(STATE_FOLDER, full_state, self.writer)
         self.queue.append((metrics, jobs, state_name, epoch))
-        self._send(wait=epoch >= self.epochs)
+        self._send(wait=epoch >= self.epochs)  # now if nothing is left to write
+
+    def send_pending(self) -> None:
+        """Report every queued epoch, each once its writes are done (they ran while the
+        next epoch trained). Tune may stop the trial in here."""
+        self._send(wait=True)
 
     def close(self) -> None:
         """Send what is left (the last epoch's report waits for its writes)."""
@@ -415,6 +421,11 @@ def _train(
     reports = Reports(storage, setup.checkpoint_every, config.epochs)
 
     def on_epoch_end(report: EpochReport, states: list[TrainingState]) -> None:
+        # Tune decides on an epoch (ASHA's stop) when its report is sent, which waits for
+        # that epoch's writes: send the earlier ones first, so that a stop lands before
+        # anything of this epoch is recorded, and every record of a stopped trial
+        # (model.pt, metrics.json, TensorBoard) describes the epoch Tune ranked.
+        reports.send_pending()
         writer.epoch(report)
         if writer.wants_images(report.epoch, config.epochs):
             writer.images(
