@@ -208,7 +208,7 @@ class Trial:
     selected: Selected | None  # None for a trial that errored before its first epoch
     error: str | None  # the last line of error.txt
     optuna_state: str | None  # COMPLETE / PRUNED / FAIL / RUNNING, None without a study
-    # selection.npz once read (the report asks for the best trial's several times).
+    # selection.npz and placement.jsonl once read (the report asks several times).
     _read: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -220,22 +220,41 @@ class Trial:
         """Wall time the trial trained (Tune's time_total_s at its last epoch)."""
         return _finite(self.rows[-1].get("time_total_s")) if self.rows else None
 
+    def last_start(self) -> dict[str, Any] | None:
+        """The last line of placement.jsonl (node, GPU ids and device of the trial's last
+        start); None without one, or with a damaged one (warned about once)."""
+        if "start" not in self._read:
+            self._read["start"] = self._read_start()
+        return self._read["start"]
+
+    def _read_start(self) -> dict[str, Any] | None:
+        placement = self.path / PLACEMENT_FILE
+        starts = placement.read_text(errors="replace").splitlines() if placement.is_file() else []
+        if not starts:
+            return None
+        try:
+            last = json.loads(starts[-1])
+            if isinstance(last["device"], str) and isinstance(last["gpu_ids"], list):
+                return last
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+        log.warning("%s: damaged (its last line is not a start); ignored", placement)
+        return None
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether its last start trained on a CUDA device."""
+        start = self.last_start()
+        return start is not None and start["device"].startswith("cuda")
+
     def device_time(self, cpus: int | None, gpus: float | None) -> str:
         """Run time times what the trial held: GPU-seconds on CUDA (`gpus` per trial, or
         the GPU ids it was given), CPU-seconds otherwise; "—" before its first epoch."""
-        placement = self.path / PLACEMENT_FILE
-        starts = placement.read_text(errors="replace").splitlines() if placement.is_file() else []
-        if self.run_seconds is None or not starts:
+        start = self.last_start()
+        if self.run_seconds is None or start is None:
             return "—"
-        try:
-            last = json.loads(starts[-1])
-            cuda = last["device"].startswith("cuda")
-            gpu_ids = len(last["gpu_ids"])
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            log.warning("%s: damaged (its last line is not a start); ignored", placement)
-            return "—"
-        if cuda:
-            return f"{self.run_seconds * (gpus or gpu_ids or 1):.0f} GPU·s"
+        if self.on_gpu:
+            return f"{self.run_seconds * (gpus or len(start['gpu_ids']) or 1):.0f} GPU·s"
         return f"{self.run_seconds * (cpus or 1):.0f} CPU·s"
 
     @property

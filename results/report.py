@@ -17,14 +17,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
-import matplotlib.pyplot
+import matplotlib
 import numpy as np
 import optuna
 from matplotlib import colormaps
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial
 
 from results import escape, storage
 from results.compare import COMPARED, deltas
@@ -72,7 +76,7 @@ UNPUBLISHED = (AVERAGE_PRECISION, DICE_PER_IMAGE, NORMAL_FP_RATE)
 PARAM_PREFIX = "param_"
 LOWER_IS_BETTER = ("loss",)
 MAX_IMPORTANCES = 15
-RELIABLE_IMPORTANCE_TRIALS = 10  # fewer complete trials: the figure says so
+MIN_IMPORTANCE_TRIALS = 8  # and two per varied parameter: see importance_needs
 DPI = 120
 
 
@@ -357,12 +361,43 @@ def _state_key(state: str) -> str:
     return state.split()[0]
 
 
+# Colour and width of the emphasised curves by their marks, and their legend entry.
+ROLE_STYLE = {
+    "B": ("tab:red", 2.5, "best trial (B)"),
+    "BR": ("tab:red", 2.5, "best = reference trial (BR)"),
+    "R": ("tab:blue", 2.0, "reference trial (R)"),
+}
+
+
+def drawn_curves(experiment: Experiment) -> list[Trial]:
+    """The trials with a learning curve: those that reported at least one epoch."""
+    return [t for t in experiment.trials if t.rows]
+
+
+def curve_legend(experiment: Experiment) -> dict[str, dict]:
+    """The legend of the learning curves, label → line style, from the curves drawn
+    alone: a best or reference trial without a row, or a state no drawn trial is in, is
+    not named."""
+    curves = drawn_curves(experiment)
+    drawn = {marks(t, experiment) for t in curves}
+    legend = {
+        label: {"color": colour, "lw": width}
+        for mark, (colour, width, label) in ROLE_STYLE.items()
+        if mark in drawn
+    }
+    present = {_state_key(t.state) for t in curves}
+    for key, (style, text) in STATE_STYLE.items():
+        if key in present:
+            legend[text] = {"color": "grey", "ls": style}
+    return legend
+
+
 def plot_learning_curves(experiment: Experiment, path: Path) -> Plot:
     """(2) Per epoch, every trial: the combined loss that selects its epoch, and the
     held-out Dice its objective is read from. Every curve carries its trial number at its
     end; a trial stopped after one epoch is a dot, not an empty line."""
     title = "Learning curves"
-    curves = [t for t in experiment.trials if t.rows]
+    curves = drawn_curves(experiment)
     if not curves:
         return Plot(title, None, "absent: no trial finished an epoch")
     figure = _figure(11, 4.8)
@@ -374,8 +409,7 @@ def plot_learning_curves(experiment: Experiment, path: Path) -> Plot:
         (dice_axis, keys.on_heldout(DICE), f"{heldout} Dice of the epoch's model"),
     )
     for trial, shade in zip(curves, palette, strict=True):
-        emphasis = {"B": ("tab:red", 2.5), "R": ("tab:blue", 2.0)}.get(marks(trial, experiment)[:1])
-        colour, width = emphasis or (shade, 1.0)
+        colour, width, _ = ROLE_STYLE.get(marks(trial, experiment), (shade, 1.0, ""))
         epochs = [row[keys.EPOCH] for row in trial.rows]
         style = STATE_STYLE[_state_key(trial.state)][0]
         for axis, key, _ in panels:
@@ -388,22 +422,15 @@ def plot_learning_curves(experiment: Experiment, path: Path) -> Plot:
     for axis, _, label in panels:
         axis.set(xlabel="epoch", ylabel=label)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    present = {_state_key(t.state) for t in curves}
-    handles = [
-        Line2D([], [], color="tab:red", lw=2.5, label="best trial (B)"),
-        Line2D([], [], color="tab:blue", lw=2.0, label="reference trial (R)"),
-        *(
-            Line2D([], [], color="grey", ls=style, label=text)
-            for key, (style, text) in STATE_STYLE.items()
-            if key in present
-        ),
-    ]
+    legend = curve_legend(experiment)
+    handles = [Line2D([], [], label=label, **style) for label, style in legend.items()]
     # Below the axes, so that no curve's end is hidden under it.
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
     figure.suptitle(
         f"{title}: {len(curves)} trials, budget {experiment.settings.base.epochs} epochs"
     )
-    figure.subplots_adjust(bottom=0.24)
+    # The tight layout leaves the bottom strip to the legend (subplots_adjust it overrides).
+    figure.get_layout_engine().set(rect=(0, 0.07, 1, 1))
     errored = [t.name for t in experiment.trials if t.errored]
     note = (
         "Left: the combined loss that selects each trial's epoch; right: the held-out Dice of "
@@ -492,6 +519,13 @@ def _too_few_complete(experiment: Experiment, count: int) -> str:
     return f"absent: the study has {count} COMPLETE trial(s); it needs at least 2"
 
 
+def importance_needs(varied: int) -> int:
+    """COMPLETE trials an importance needs to mean something: Optuna's default evaluator
+    (fANOVA) fits a random forest to the trials, which with fewer than two trials per
+    varied parameter splits on noise, and under 8 trials has nothing to rank."""
+    return max(MIN_IMPORTANCE_TRIALS, 2 * varied)
+
+
 def plot_importance(experiment: Experiment, path: Path) -> Plot:
     """(4b) Optuna's hyper-parameter importance (its default evaluator)."""
     title = "Hyper-parameter importance"
@@ -499,10 +533,17 @@ def plot_importance(experiment: Experiment, path: Path) -> Plot:
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if study else []
     if len(complete) < 2:
         return Plot(title, None, _too_few_complete(experiment, len(complete)))
-    names = {k for t in complete for k in t.params}
-    varied = [k for k in names if len({repr(t.params.get(k)) for t in complete}) > 1]
+    varied = varied_params([t.params for t in complete])
     if not varied:
         return Plot(title, None, "absent: every COMPLETE trial has the same values")
+    needed = importance_needs(len(varied))
+    if len(complete) < needed:
+        reason = (
+            f"absent: importance needs ≥ {needed} COMPLETE trials (two per varied parameter, "
+            f"{len(varied)} varied, and never fewer than {MIN_IMPORTANCE_TRIALS}); this sweep "
+            f"has {len(complete)}"
+        )
+        return Plot(title, None, reason)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna warns about small samples; said below
         try:
@@ -514,8 +555,6 @@ def plot_importance(experiment: Experiment, path: Path) -> Plot:
     axis = figure.subplots()
     axis.barh([k for k, _ in shown], [v for _, v in shown], color="tab:blue")
     axis.set(xlabel="importance (normalised)", title=title)
-    if len(complete) < RELIABLE_IMPORTANCE_TRIALS:
-        axis.set_title(f"{title}: {len(complete)} complete trials, a rough guide only", color="red")
     note = (
         f"Optuna's default importance evaluator over the {len(complete)} COMPLETE trials "
         "(trials stopped early are left out); with few trials it is noisy."
@@ -523,43 +562,135 @@ def plot_importance(experiment: Experiment, path: Path) -> Plot:
     return Plot(title, _save(figure, path), note)
 
 
+def varied_params(params: list[dict[str, Any]]) -> list[str]:
+    """The parameters that take more than one value among these trials (counting only
+    the trials that sampled them), in the order the space samples them: a constant one
+    tells nothing about the objective."""
+    names = dict.fromkeys(name for p in params for name in p)
+    return [name for name in names if len({repr(p[name]) for p in params if name in p}) > 1]
+
+
+def _heights(name: str, trials: list[FrozenTrial]) -> tuple[list[float | None], dict]:
+    """Each trial's height (0 to 1) on the axis of `name`, None where it did not sample it,
+    and the axis's labels by height. Numbers spread linearly, or by their logarithm when
+    the space samples them so; categories evenly, in the order of their choices."""
+    present = [t.params[name] for t in trials if name in t.params]
+    distribution = next(t.distributions[name] for t in trials if name in t.params)
+    if isinstance(distribution, CategoricalDistribution):
+        known = list(distribution.choices)
+        choices = sorted(
+            dict.fromkeys(present), key=lambda c: known.index(c) if c in known else len(known)
+        )
+        step = 1 / max(len(choices) - 1, 1)
+        heights = [
+            choices.index(t.params[name]) * step if name in t.params else None for t in trials
+        ]
+        return heights, {i * step: str(c) for i, c in enumerate(choices)}
+    scale = math.log10 if getattr(distribution, "log", False) else float
+    low, high = min(map(scale, present)), max(map(scale, present))
+    heights = [
+        (scale(t.params[name]) - low) / (high - low) if name in t.params else None for t in trials
+    ]
+    unscale = (lambda x: 10**x) if scale is math.log10 else float
+    labels = {h: f"{unscale(low + h * (high - low)):.3g}" for h in (0, 0.5, 1)}
+    return heights, labels
+
+
+def parallel_figure(trials: list[FrozenTrial], metric: str, mode: str) -> Figure:
+    """One vertical axis per parameter that varied among `trials`, the objective last;
+    one line per trial, coloured by its objective (brighter is better). A trial has a dot
+    on the axes of the parameters it sampled only: where it did not sample one (a
+    conditional parameter), its line passes the axis dotted, without a dot."""
+    names = varied_params([t.params for t in trials])
+    objective = [t.value for t in trials]
+    low, high = min(objective), max(objective)
+    spread = high - low or 1.0
+    columns = [_heights(name, trials) for name in names]
+    columns.append(([(v - low) / spread for v in objective], {0: f"{low:.4f}", 1: f"{high:.4f}"}))
+    better = [(v - low) / spread if mode == "max" else (high - v) / spread for v in objective]
+    colours = colormaps["viridis"](better)
+    # Wide enough for its labels, not so wide that a page shrinks it out of reading.
+    figure = _figure(min(max(8, 0.75 * len(columns)), 18), 6)
+    axis = figure.subplots()
+    solid, dotted, dots = [], [], []
+    for i, colour in enumerate(colours):
+        points = [(x, h[i]) for x, (h, _) in enumerate(columns) if h[i] is not None]
+        dots += [(x, y, colour) for x, y in points]
+        for start, end in zip(points, points[1:], strict=False):
+            (solid if end[0] == start[0] + 1 else dotted).append(([start, end], colour))
+    for segments, style in ((solid, "solid"), (dotted, "dotted")):
+        if segments:
+            lines = LineCollection([s for s, _ in segments], colors=[c for _, c in segments])
+            lines.set(linestyle=style, linewidth=1.2, alpha=0.8)
+            axis.add_collection(lines)
+    axis.scatter([x for x, _, _ in dots], [y for _, y, _ in dots], s=10, c=[c for *_, c in dots])
+    for x, (_, labels) in enumerate(columns):
+        axis.axvline(x, color="black", lw=0.8)
+        for height, label in labels.items():
+            axis.annotate(
+                label, (x, height), xytext=(-3, 0), textcoords="offset points", fontsize=7,
+                ha="right", va="center", bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 1},
+            )  # fmt: skip
+    axis.set_xticks(range(len(columns)), [*names, f"{metric} ({mode})"], rotation=30, ha="right")
+    axis.set(xlim=(-0.6, len(columns) - 0.6), ylim=(-0.05, 1.05), yticks=[])
+    for side in ("left", "right", "top"):
+        axis.spines[side].set_visible(False)
+    axis.set_title(f"Parameters against the objective: {len(trials)} COMPLETE trials")
+    return figure
+
+
 def plot_parallel(experiment: Experiment, path: Path) -> Plot:
-    """(4c) Every searched parameter against the objective at once: Optuna's own
-    parallel-coordinates plot (its matplotlib backend) of the finished trials."""
+    """(4c) Every parameter that varied, against the objective at once."""
     title = "Parameters against the objective"
     study = experiment.load_study()
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if study else []
     if len(complete) < 2:
         return Plot(title, None, _too_few_complete(experiment, len(complete)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
-        axis = optuna.visualization.matplotlib.plot_parallel_coordinate(
-            study, target_name=experiment.settings.metric
-        )
-    figure = axis.get_figure()
-    figure.set_size_inches(max(8, 0.9 * len(axis.get_xticks())), 5)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
-    matplotlib.pyplot.close(figure)
+    params = [t.params for t in complete]
+    varied = varied_params(params)
+    same = [name for name in dict.fromkeys(k for p in params for k in p) if name not in varied]
+    settings = experiment.settings
+    figure = parallel_figure(complete, settings.metric, settings.mode)
     note = (
         f"One line per COMPLETE trial ({len(complete)}), coloured by the objective "
-        f"{experiment.settings.metric}; parameters a trial did not sample (conditional "
-        "ones) show as None on its line."
+        f"{settings.metric} (brighter is better). Axes: {', '.join(varied) or 'none'}, then "
+        "the objective; a line passes dotted, without a dot, the axis of a parameter its "
+        "trial did not sample (a conditional one)."
     )
-    return Plot(title, path, note)
+    if same:
+        note += f" Left out, the same in every trial that sampled them: {', '.join(same)}."
+    return Plot(title, _save(figure, path), note)
 
 
-def pick_cases(per_image_dice: np.ndarray) -> list[tuple[str, int]]:
-    """(label, index) of the best, median and worst Dice among images with a lesion, and
-    the first lesion-free image (where any prediction is a false positive)."""
+class Case(NamedTuple):
+    label: str
+    index: int  # in the selection's arrays
+    rule: str  # why this image, in words
+
+
+def _median(indices: np.ndarray, values: np.ndarray) -> int:
+    """The index whose value is the median (the upper middle one for an even count)."""
+    order = indices[np.argsort(values[indices], kind="stable")]
+    return int(order[len(order) // 2])
+
+
+def pick_cases(per_image_dice: np.ndarray, predicted_area: np.ndarray) -> list[Case]:
+    """Typical test images, not flattering ones: among images with a lesion, the median
+    and the worst Dice; and the lesion-free image (where every predicted pixel is a false
+    positive) whose predicted area is the median over the lesion-free ones."""
     lesion = np.flatnonzero(~np.isnan(per_image_dice))
-    cases = {}
-    if lesion.size:
-        order = lesion[np.argsort(per_image_dice[lesion], kind="stable")]
-        cases = {"best": order[-1], "median": order[len(order) // 2], "worst": order[0]}
-    unique = dict.fromkeys(int(i) for i in cases.values())
-    picked = [(next(k for k, v in cases.items() if v == i), i) for i in unique]
     normal = np.flatnonzero(np.isnan(per_image_dice))
-    return picked + ([("lesion-free", int(normal[0]))] if normal.size else [])
+    cases = []
+    if lesion.size:
+        among = f"the {lesion.size} test images with a lesion"
+        worst = int(lesion[np.argmin(per_image_dice[lesion])])
+        cases.append(Case("median", _median(lesion, per_image_dice), f"median Dice of {among}"))
+        cases.append(Case("worst", worst, f"lowest Dice of {among}"))
+    if normal.size:
+        rule = f"median predicted area of the {normal.size} lesion-free test images"
+        cases.append(Case("lesion-free", _median(normal, predicted_area), rule))
+    # One lesion image is both the median and the worst: shown once.
+    return [c for i, c in enumerate(cases) if c.index not in [d.index for d in cases[:i]]]
 
 
 def _overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -577,27 +708,32 @@ def _overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np
 
 def plot_examples(experiment: Experiment, path: Path) -> Plot:
     """(5) Test images of the best trial: input beside truth and prediction overlaid."""
-    title = "Test images of the best trial: best, median, worst Dice and a lesion-free one"
+    title = "Test images of the best trial: median and worst Dice, a typical lesion-free one"
     best = experiment.best
     if best is None or not best.has_selection:
         return Plot(title, None, "absent: the best trial has no selection.npz")
     settings = experiment.settings
+    folder = _folder(settings.data)
     if not settings.data.is_dir():
-        return Plot(title, None, f"absent: the data folder {settings.data} is gone")
+        return Plot(title, None, f"absent: the data folder {folder} is gone")
     try:  # cached in the reader's cache ($BUSI_TUNE_CACHE), never where the settings say
         data = load_busi(settings.data, settings.base.image_size, None, False)
     except UserError as error:
-        return Plot(title, None, f"absent: the data could not be read ({error})")
+        # Its words name local paths: said in the log, not in a report meant to be shared.
+        log.warning("examples left out of the report: %s", error)
+        return Plot(title, None, f"absent: the data folder {folder} could not be read")
     selection = best.selection()
     position = {name: i for i, name in enumerate(data.names)}
     if any(name not in position for name in selection.names):
-        return Plot(title, None, f"absent: {settings.data} no longer holds the test images")
-    cases = pick_cases(selection.per_image_dice)
+        return Plot(
+            title, None, f"absent: the data folder {folder} no longer holds the test images"
+        )
+    cases = pick_cases(selection.per_image_dice, selection.predictions.sum(axis=(1, 2)))
     if not cases:
         return Plot(title, None, "absent: the test part is empty")
     figure = _figure(5.5, 2.7 * len(cases))
     axes = figure.subplots(len(cases), 2, squeeze=False)
-    for row, (label, k) in enumerate(cases):
+    for row, (label, k, _) in enumerate(cases):
         index = position[selection.names[k]]
         image, truth = data.images[index], data.masks[index].astype(bool)
         prediction = selection.predictions[k]
@@ -612,9 +748,11 @@ def plot_examples(experiment: Experiment, path: Path) -> Plot:
         axes[row][1].set_title(score, fontsize=9)
         for axis in axes[row]:
             axis.axis("off")
+    chosen = "; ".join(f"{c.label}, {selection.names[c.index]}: the {c.rule}" for c in cases)
     note = (
         f"{best.name}, selected epoch {selection.epoch}, at the evaluation size: the input, "
-        "and beside it the truth's edge in green over the prediction in red."
+        f"and beside it the truth's edge in green over the prediction in red. Chosen by rule: "
+        f"{chosen}."
     )
     return Plot(title, _save(figure, path), note)
 
@@ -682,6 +820,8 @@ def comparison_section(experiment: Experiment, reference: PublishedReference) ->
 
 def trials_section(experiment: Experiment, reference: PublishedReference) -> list[str]:
     settings = experiment.settings
+    # On CPUs alone, device time is the run time times one number: a column that repeats.
+    gpu = any(t.on_gpu for t in experiment.trials)
     overview = [
         [
             marks(t, experiment),
@@ -691,7 +831,7 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
             _value(t.objective),
             _interval(dice_interval(t)),
             f"{t.run_seconds:.0f} s" if t.run_seconds is not None else "—",
-            t.device_time(settings.cpus_per_trial, settings.gpus_per_trial),
+            *([t.device_time(settings.cpus_per_trial, settings.gpus_per_trial)] if gpu else []),
             escape.text(_details(t)),
         ]
         for t in experiment.trials
@@ -718,7 +858,7 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
                 f"{settings.metric}",
                 "test Dice 95 %",
                 "run time",
-                "device time",
+                *(["device time"] if gpu else []),
                 "searched values",
             ],
             overview,
@@ -754,39 +894,59 @@ def _interval(interval: Interval | None) -> str:
     return f"{interval.low:.3f}–{interval.high:.3f}" if interval else "—"
 
 
+def shown_location(experiment: Experiment) -> str:
+    """The experiment as a shared report names it: a bucket's URI, or a local folder's
+    name alone (an absolute path tells whose machine it is, and means nothing on another)."""
+    return experiment.location if experiment.is_remote else Path(experiment.location).name
+
+
+def _folder(path: str | Path) -> str:
+    """A data folder by its name alone: its full path is the training machine's."""
+    return Path(path).name
+
+
 def provenance_line(experiment: Experiment) -> str:
     data = experiment.provenance
     if data is None:
-        return f"data: {escape.code(experiment.settings.data)}"
+        return f"data: folder {escape.code(_folder(experiment.settings.data))} (no data.json)"
     if data["synthetic"]:
         return (
-            f"**data: synthetic** ({data['images']} images written by `data synth` at "
-            f"{escape.code(data['path'])}): not ultrasound, not BUSI; the comparison with the "
-            "published numbers shows the pipeline working, not a result"
+            f"**data: synthetic** ({data['images']} images written by `data synth` in "
+            f"folder {escape.code(_folder(data['path']))}): not ultrasound, not BUSI; the "
+            "comparison with the published numbers shows the pipeline working, not a result"
         )
     return (
-        f"data: {escape.code(data['path'])}, {data['images']} images, content hash "
-        f"{escape.code(data['content_hash'])}"
+        f"data: folder {escape.code(_folder(data['path']))}, {data['images']} images, content "
+        f"hash {escape.code(data['content_hash'])}"
     )
 
 
 def where_section(experiment: Experiment) -> list[str]:
-    """Paths to what a reader may want to open next (on the experiment's own storage)."""
+    """What a reader may want to open next: relative to the experiment folder, or on the
+    experiment's remote storage."""
+    remote = experiment.is_remote
+
+    def place(*names: str) -> str:
+        return storage.join(experiment.location, *names) if remote else "/".join(names)
+
     lines = ["## Where things are", ""]
-    where = experiment.location
+    if not remote:
+        lines += ["Paths relative to the experiment folder.", ""]
     if experiment.best is not None:
         models = experiment.best.selected.models if experiment.best.selected else ()
         for name in models:
-            path = storage.join(where, experiment.best.name, name)
+            path = place(experiment.best.name, name)
             lines.append(f"- best trial's selected weights: {escape.code(path)}")
     if experiment.study_path is not None:
-        study = storage.join(where, experiment.study_path.name)
+        study = place(experiment.study_path.name)
         name = escape.code(experiment.settings.name)
         lines.append(f"- Optuna study: {escape.code(study)} (study {name})")
-    tensorboard = f"tensorboard --logdir {shlex.quote(where)}"
-    lines.append(f"- TensorBoard: {escape.code(tensorboard)}")
-    if experiment.is_remote:
+    if remote:
+        tensorboard = f"tensorboard --logdir {shlex.quote(experiment.location)}"
+        lines.append(f"- TensorBoard: {escape.code(tensorboard)}")
         lines.append("  (TensorBoard reads s3:// with boto3 installed; endpoint in S3_ENDPOINT)")
+    else:
+        lines.append("- TensorBoard, run in the experiment folder: `tensorboard --logdir .`")
     return [*lines, ""]
 
 
@@ -805,8 +965,9 @@ def render_markdown(
     lines = [
         f"# Report: {escape.text(settings.name)}",
         "",
-        f"{escape.code(experiment.location)}: {kind}; base config {escape.text(base.encoder)} "
-        f"({escape.text(base.encoder_weights)} weights), {base.image_size} px, "
+        f"{escape.code(shown_location(experiment))}: {kind}; base config "
+        f"{escape.text(base.encoder)} ({escape.text(base.encoder_weights)} weights), "
+        f"{base.image_size} px, "
         f"{base.epochs} epochs.",
         "",
         provenance_line(experiment) + ".",

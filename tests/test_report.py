@@ -12,7 +12,8 @@ import numpy as np
 import optuna
 import pytest
 import ray
-from optuna.distributions import FloatDistribution
+from matplotlib.collections import LineCollection, PathCollection
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from results import confirm, layout
@@ -20,7 +21,15 @@ from results.compare import COMPARED
 from results.confirm import Interval, Run, bootstrap_mean, t_interval, verdict
 from results.experiment import load_experiment
 from results.reference import load_reference
-from results.report import format_terminal_table, pick_cases, write_report
+from results.report import (
+    curve_legend,
+    format_terminal_table,
+    importance_needs,
+    parallel_figure,
+    pick_cases,
+    varied_params,
+    write_report,
+)
 from results.settings import RunSettings, Scheduler
 from search_spaces import get_space
 from trainable.config import TrainConfig
@@ -276,16 +285,18 @@ def test_report_of_handmade_experiment(handmade):
     assert f"{interval.low:.3f}–{interval.high:.3f}" in markdown
     assert "The test part holds 4 images" in markdown
     assert "Optuna study: `" in markdown and "selected weights: `" in markdown
-    assert "| 30 s | 30 CPU·s |" in markdown  # 3 epochs of 10 s on the 1 CPU it held
+    assert "| 30 s | batch_size=8 lr=0.001 optimizer=adam no aug |" in markdown  # CPU: no device
+    assert "device time" not in markdown
     names = {p.name for p in paths.plots}
     assert names == {
         "comparison.png",
         "learning_curves.png",
         "roc_pr.png",
         "history.png",
-        "importance.png",
         "parallel_coordinates.png",
     }
+    assert "importance needs ≥ 8 COMPLETE trials (two per varied parameter, 1 varied" in markdown
+    assert "this sweep has 2" in markdown
     for plot in paths.plots:
         assert _is_png(plot), plot
         assert f"]({plot.name})" in markdown
@@ -294,21 +305,100 @@ def test_report_of_handmade_experiment(handmade):
     assert "-0.0680" in table and "error: NonFiniteLossError" in table
 
 
-def test_importance_needs_two_complete_trials_with_different_values(handmade):
-    study = optuna.load_study(
-        study_name="handmade", storage=f"sqlite:///{handmade / 'handmade.sqlite'}"
+def _replace_study(experiment: Path, trials: list) -> None:
+    """The hand-made experiment's study, holding `trials` instead."""
+    storage = f"sqlite:///{experiment / 'handmade.sqlite'}"
+    optuna.delete_study(study_name="handmade", storage=storage)
+    fresh = optuna.create_study(study_name="handmade", storage=storage, direction="maximize")
+    fresh.add_trials(trials)
+
+
+def test_importance_needs_two_complete_trials_per_varied_parameter_and_at_least_8(handmade):
+    assert [importance_needs(k) for k in (0, 1, 4, 5, 19)] == [8, 8, 8, 10, 38]
+    _replace_study(
+        handmade,
+        [
+            _study_trial("aaaa", 1e-4, TrialState.COMPLETE, 0.7),
+            _study_trial("bbbb", 1e-4, TrialState.COMPLETE, 0.5),
+        ],
     )
-    optuna.delete_study(study_name="handmade", storage=study._storage)
-    fresh = optuna.create_study(
-        study_name="handmade", storage=f"sqlite:///{handmade / 'handmade.sqlite'}"
-    )
-    fresh.add_trial(_study_trial("aaaa", 1e-4, TrialState.COMPLETE, 0.7))
-    fresh.add_trial(_study_trial("bbbb", 1e-4, TrialState.COMPLETE, 0.5))
     paths = write_report(load_experiment(handmade))
-    markdown = paths.markdown.read_text()
-    assert "every COMPLETE trial has the same values" in markdown
+    assert "every COMPLETE trial has the same values" in paths.markdown.read_text()
     assert not (paths.directory / "importance.png").exists()
     assert (paths.directory / "history.png").exists()
+
+    # One varied parameter: 7 COMPLETE trials are too few, 8 are enough.
+    lrs = np.geomspace(1e-5, 1e-3, 8)
+    trials = [_study_trial(f"t{i}", lr, TrialState.COMPLETE, lr * 100) for i, lr in enumerate(lrs)]
+    _replace_study(handmade, trials[:7] + [_study_trial("x", 1e-4, TrialState.PRUNED)])
+    paths = write_report(load_experiment(handmade))
+    markdown = paths.markdown.read_text()
+    assert "importance needs ≥ 8 COMPLETE trials (two per varied parameter, 1 varied" in markdown
+    assert "this sweep has 7" in markdown
+    assert not (paths.directory / "importance.png").exists()
+    _replace_study(handmade, trials)
+    paths = write_report(load_experiment(handmade))
+    assert _is_png(paths.directory / "importance.png")
+    assert "importance needs" not in paths.markdown.read_text()
+
+
+def _space_trial(number: int, params: dict, value: float):
+    """A COMPLETE trial of a reference-like space: lr and optimizer vary, weight_decay is
+    sampled only with AdamW, batch_size and aug_hflip_p never change, and aug_gamma_limit
+    is sampled (once) only when its augmentation is on."""
+    distributions = {
+        "lr": FloatDistribution(1e-5, 1e-3, log=True),
+        "batch_size": CategoricalDistribution([4, 8, 16]),
+        "optimizer": CategoricalDistribution(["adam", "adamw"]),
+        "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
+        "aug_hflip_p": CategoricalDistribution([0.0, 0.25, 0.5]),
+        "aug_gamma_limit": FloatDistribution(5.0, 40.0),
+    }
+    return create_trial(
+        params=params,
+        distributions={k: distributions[k] for k in params},
+        value=value,
+        user_attrs={"tune_trial_id": f"p{number}", "epochs_run": 3},
+    )
+
+
+SPACE_TRIALS = [
+    {"lr": 1e-4, "batch_size": 8, "optimizer": "adam", "aug_hflip_p": 0.0},
+    {"lr": 1e-3, "batch_size": 8, "optimizer": "adamw", "weight_decay": 1e-4, "aug_hflip_p": 0.0},
+    {"lr": 1e-5, "batch_size": 8, "optimizer": "adam", "aug_hflip_p": 0.0, "aug_gamma_limit": 9.0},
+    {"lr": 3e-4, "batch_size": 8, "optimizer": "adamw", "weight_decay": 1e-2, "aug_hflip_p": 0.0},
+]
+
+
+def test_parallel_coordinates_have_an_axis_per_varied_parameter_then_the_objective(handmade):
+    values = [0.6, 0.7, 0.2, 0.5]
+    trials = [
+        _space_trial(i, p, v) for i, (p, v) in enumerate(zip(SPACE_TRIALS, values, strict=True))
+    ]
+    assert varied_params([t.params for t in trials]) == ["lr", "optimizer", "weight_decay"]
+    axis = parallel_figure(trials, "selected_heldout_dice", "max").axes[0]
+    labels = [label.get_text() for label in axis.get_xticklabels()]
+    assert labels == ["lr", "optimizer", "weight_decay", "selected_heldout_dice (max)"]
+    # A dot per sampled value: weight_decay (axis 2) only for the two AdamW trials.
+    (dots,) = [c for c in axis.collections if isinstance(c, PathCollection)]
+    xs = dots.get_offsets()[:, 0]
+    assert [int(np.sum(xs == x)) for x in range(4)] == [4, 4, 2, 4]
+    # lr on a log axis: 1e-4 sits halfway between 1e-5 and 1e-3; the best objective on top.
+    heights = {(x, round(y, 6)) for x, y in dots.get_offsets()}
+    assert (0, 0.5) in heights and (3, 1.0) in heights and (3, 0.0) in heights
+    # The Adam trials' lines pass weight_decay's axis dotted: optimizer (1) to objective (3).
+    lines = [c for c in axis.collections if isinstance(c, LineCollection)]
+    solid, dotted = (c.get_segments() for c in lines)
+    assert len(solid) == 2 * 3 + 2 * 1
+    assert sorted(tuple(s[:, 0]) for s in dotted) == [(1.0, 3.0), (1.0, 3.0)]
+
+    _replace_study(handmade, trials)
+    paths = write_report(load_experiment(handmade))
+    markdown = paths.markdown.read_text()
+    assert _is_png(paths.directory / "parallel_coordinates.png")
+    assert "Axes: lr, optimizer, weight_decay, then the objective" in markdown
+    left_out = "batch_size, aug_hflip_p, aug_gamma_limit"
+    assert f"Left out, the same in every trial that sampled them: {left_out}." in markdown
 
 
 def test_report_of_a_missing_or_foreign_folder_is_one_line(tmp_path, capsys):
@@ -362,6 +452,12 @@ def test_an_experiment_in_a_bucket_reads_reports_and_confirms_as_a_local_one(
     assert f"copied:  {location}/report/" in capsys.readouterr().out
     assert storage.is_file(storage.join(location, "report", "report.md"))
     assert storage.is_file(storage.join(location, "report", "trials.csv"))
+    # Its report names it, and what is in it, by the bucket's URIs, never the local mirror.
+    markdown = storage.read_bytes(storage.join(location, "report", "report.md")).decode()
+    assert f"`{location}`: a sweep" in markdown
+    assert f"Optuna study: `{storage.join(location, 'handmade.sqlite')}`" in markdown
+    assert f"weights: `{storage.join(location, 'trial_002_bbbb', 'model.pt')}`" in markdown
+    assert str(tmp_path) not in markdown
     # The uploaded files are the mirror's own: the next command reads none of them back.
     mirrored = storage.list_files(storage.join(location, "report"))
     assert {"report.md", "trials.csv"} <= set(mirrored)
@@ -375,12 +471,72 @@ def test_an_experiment_in_a_bucket_reads_reports_and_confirms_as_a_local_one(
     assert settings.experiment_dir == storage.join(s3_storage, "handmade-confirm")
 
 
-def test_pick_cases_best_median_worst_among_lesions_and_a_lesion_free_one():
-    dice = np.array([0.5, np.nan, 0.9, 0.1])
-    assert pick_cases(dice) == [("best", 2), ("median", 0), ("worst", 3), ("lesion-free", 1)]
-    assert pick_cases(np.array([np.nan, 0.4])) == [("best", 1), ("lesion-free", 0)]
-    assert pick_cases(np.array([0.4])) == [("best", 0)]
-    assert pick_cases(np.array([])) == []
+def test_pick_cases_median_and_worst_lesion_and_a_typical_lesion_free_one():
+    dice = np.array([0.5, np.nan, 0.9, 0.1, np.nan, np.nan])
+    area = np.array([9, 400, 9, 9, 0, 50])  # lesion-free: 400 (the first), 0 (the cleanest), 50
+    cases = pick_cases(dice, area)
+    assert [(c.label, c.index) for c in cases] == [("median", 0), ("worst", 3), ("lesion-free", 5)]
+    assert cases[0].rule == "median Dice of the 3 test images with a lesion"
+    assert cases[2].rule == "median predicted area of the 3 lesion-free test images"
+    # An even count: the upper middle one, so that the median is not also the worst.
+    assert [c.index for c in pick_cases(np.array([0.8, 0.2]), np.zeros(2))] == [0, 1]
+    assert [c.label for c in pick_cases(np.array([0.4]), np.zeros(1))] == ["median"]
+    assert pick_cases(np.array([]), np.array([])) == []
+
+
+def test_report_says_which_rule_chose_each_example(handmade, synth_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "reader-cache"))
+    settings = handmade / layout.SETTINGS_FILE
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "data": str(synth_root)}))
+    paths = write_report(load_experiment(handmade))
+    assert _is_png(paths.directory / "examples.png")
+    # Dice 0.9, 0.5, 0.7 and one lesion-free image (the hand-made selection.npz).
+    assert (
+        "Chosen by rule: median, malignant (1): the median Dice of the 3 test images with a "
+        "lesion; worst, benign (2): the lowest Dice of the 3 test images with a lesion; "
+        "lesion-free, normal (1): the median predicted area of the 1 lesion-free test images."
+    ) in paths.markdown.read_text()
+
+
+def test_report_names_no_absolute_local_path(handmade, tmp_path):
+    paths = write_report(load_experiment(handmade))
+    markdown = paths.markdown.read_text()
+    for prefix in {str(tmp_path), str(tmp_path.resolve())}:
+        assert prefix not in markdown
+    assert "`handmade`: a sweep" in markdown  # the experiment by its folder's name
+    assert "in folder `gone`" in markdown  # data.json's path by the folder's name
+    assert "the data folder data-that-is-gone is gone" in markdown
+    assert "- best trial's selected weights: `trial_002_bbbb/model.pt`" in markdown
+    assert "- Optuna study: `handmade.sqlite`" in markdown
+
+
+def test_device_time_is_shown_only_when_a_trial_ran_on_a_gpu(handmade):
+    start = {"node_id": "n", "gpu_ids": [0], "device": "cuda:0", "resumed_after_epoch": 0}
+    (handmade / "trial_002_bbbb" / "placement.jsonl").write_text(json.dumps(start) + "\n")
+    markdown = write_report(load_experiment(handmade)).markdown.read_text()
+    assert "| run time | device time | searched values |" in markdown
+    assert "| 30 s | 30 GPU·s |" in markdown  # 3 epochs of 10 s on its one GPU
+    assert "| 30 s | 30 CPU·s |" in markdown  # the reference trial: on the 1 CPU it held
+
+
+def test_learning_curve_legend_names_only_the_lines_drawn(handmade):
+    # The errored trial reported no epoch: no line, so no "errored" entry.
+    assert list(curve_legend(load_experiment(handmade))) == [
+        "best trial (B)",
+        "reference trial (R)",
+        "finished",
+        "stopped early",
+        "interrupted",
+    ]
+    (handmade / "trial_001_aaaa" / "result.json").write_text("")  # the reference: no rows
+    experiment = load_experiment(handmade)
+    assert experiment.reference.name == "trial_001_aaaa" and not experiment.reference.rows
+    assert list(curve_legend(experiment)) == [
+        "best trial (B)",
+        "finished",
+        "stopped early",
+        "interrupted",
+    ]
 
 
 # --- the confirm statistics ----------------------------------------------------------
@@ -471,7 +627,7 @@ def real_sweep(synth_root, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_report_of_a_real_sweep(real_sweep, capsys):
+def test_report_of_a_real_sweep(real_sweep, synth_root, capsys):
     assert main(["report", str(real_sweep)]) == 0
     printed = capsys.readouterr().out
     report = real_sweep / "report"
@@ -481,11 +637,14 @@ def test_report_of_a_real_sweep(real_sweep, capsys):
         "learning_curves.png",
         "roc_pr.png",
         "history.png",
-        "importance.png",
+        "parallel_coordinates.png",
         "examples.png",
     ):
         assert _is_png(report / name), name
         assert f"]({name})" in markdown
+    assert "importance needs ≥" in markdown and "this sweep has 3" in markdown
+    assert not (report / "importance.png").exists()
+    assert str(real_sweep.parent) not in markdown and str(synth_root) not in markdown
     assert (report / "trials.csv").is_file()
     trials = sorted(p.name for p in real_sweep.glob("trial_*"))
     assert len(trials) == 3
