@@ -24,22 +24,17 @@ from benchmarks.common import OWN_RAY, add_data_flags, report, table
 from results.experiment import load_experiment
 from results.settings import Scheduler
 from trainable.metrics import DICE
+from tuner.scheduling import REDUCTION_FACTOR, default_grace_period
 
-REDUCTION_FACTOR = 3  # tuner/sweep.py's ASHA
 TRIAL_START_SECONDS = 15  # a trial's actor start, measured with benchmarks.trial_overhead
 RUN_START_SECONDS = 30  # imports, data load, Ray start
-
-
-def grace_period(epochs: int) -> int:
-    """tuner/sweep.py's ASHA grace period: a fifth of the budget."""
-    return max(1, epochs // 5)
 
 
 def asha_expected_fraction(epochs: int) -> float:
     """Trial-epochs ASHA trains over those FIFO trains, in the synchronous limit (many
     trials, each rung keeping exactly the best 1/3). Asynchronous ASHA promotes more
     than that early in a sweep, when a rung has seen few trials."""
-    rungs, rung = [], grace_period(epochs)
+    rungs, rung = [], default_grace_period(epochs)
     while rung < epochs:
         rungs.append(rung)
         rung *= REDUCTION_FACTOR
@@ -121,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             key: str(value) if isinstance(value, Path) else value
             for key, value in vars(args).items()
         }
-        | {"grace_period": grace_period(args.epochs), "reduction_factor": REDUCTION_FACTOR},
+        | {"grace_period": default_grace_period(args.epochs), "reduction_factor": REDUCTION_FACTOR},
         "estimate_seconds": estimate,
         "asha_expected_fraction": fraction,
         "runs": runs,

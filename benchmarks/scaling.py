@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="trial-epochs ASHA trains over FIFO's (default: the synchronous-limit value for "
-        "the sweep's grace period epochs/5 and reduction factor 3)",
+        "the sweep's grace period, 40 %% of the budget, and reduction factor 3)",
     )
     sweep.add_argument(
         "--policy",

@@ -28,6 +28,7 @@ class RunSettings:
     max_concurrent: int | None = None
     space: str = "reference"
     scheduler: Scheduler = Scheduler.ASHA
+    grace_period: int | None = None  # ASHA's first rung; None: see tuner.scheduling
     metric: str = keys.DEFAULT_OBJECTIVE  # one of keys.OBJECTIVES: validation-side only
     seed: int = 0
     split: SplitPolicy = SplitPolicy.GROUPED  # --reference: the paper's random split
@@ -43,6 +44,7 @@ class RunSettings:
     checkpoint_every: int = 10  # epochs between full training states (resume points)
     reuse_actors: bool = True  # start a trial in a finished trial's Ray worker
     compiled: bool = False  # torch.compile each trial's model (an option, not a default)
+    choose_threshold: bool = False  # --threshold auto: each trial's, on its validation part
     local_gpus: int | None = None  # logical GPUs to declare when starting Ray locally
     cache_dir: Path | None = None
 
@@ -84,8 +86,18 @@ class RunSettings:
                 "--folds must be 1 or more, and 1 with --reference (the reference protocol "
                 "has no validation part)"
             )
+        if self.choose_threshold and self.reference_only:
+            raise UserError(
+                "--threshold auto: chosen on the validation part, which a --reference run "
+                "has not (it would be chosen on the test part); give a number, or leave it out"
+            )
         if self.trials < 1 or (self.cpus_per_trial or 1) < 1 or self.checkpoint_every < 1:
             raise UserError("--trials, --cpus-per-trial and --checkpoint-every must be at least 1")
+        if self.grace_period is not None and not 1 <= self.grace_period <= self.base.epochs:
+            raise UserError(
+                f"--grace-period {self.grace_period}: must lie between 1 and the budget "
+                f"(--epochs {self.base.epochs})"
+            )
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise UserError("--gpus-per-trial must be 0 or more")
 

@@ -54,12 +54,29 @@ REFERENCE_SIZED_ENCODERS = {
 SMALL_ENCODERS = {"resnet18": "imagenet", "resnet34": "imagenet"}
 
 
-def _around_reference(trial: optuna.Trial, base: TrainConfig) -> None:
+REFERENCE_LOSSES = ("dice", "dice_bce")
+# The reference's 1.0 first: a pretrained encoder often fine-tunes better at a fraction.
+ENCODER_LR_SCALES = (1.0, 0.3, 0.1)
+
+
+def warmup_choices(base: TrainConfig) -> tuple[int, ...]:
+    """0 (the reference), 1 or 2 warm-up epochs, fewer than the budget."""
+    return tuple(w for w in (0, 1, 2) if w < base.epochs)
+
+
+def _around_reference(
+    trial: optuna.Trial, base: TrainConfig, losses: tuple[str, ...] = REFERENCE_LOSSES
+) -> None:
     trial.suggest_float("lr", 1e-5, 1e-3, log=True)
     trial.suggest_categorical("batch_size", sorted({4, 8, 16, base.batch_size}))
     # Adam keeps the reference's zero weight decay; AdamW searches it log-uniformly.
     if trial.suggest_categorical("optimizer", ["adam", "adamw"]) == "adamw":
         trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
+    # What practitioners tune for this task: the loss mix, the encoder's learning rate
+    # relative to the decoder's, and a warm-up.
+    trial.suggest_categorical("loss", list(losses))
+    trial.suggest_categorical("encoder_lr_scale", list(ENCODER_LR_SCALES))
+    trial.suggest_categorical("warmup_epochs", list(warmup_choices(base)))
     for probability, strengths in AUGMENTATION_STRENGTHS.items():
         if trial.suggest_categorical(probability, AUGMENTATION_PROBABILITIES) > 0:
             for name, (low, high) in strengths.items():
@@ -96,8 +113,7 @@ class _WideSpace:
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         base = self.base
         weights = wide_encoder_weights(base)
-        _around_reference(trial, base)
-        trial.suggest_categorical("loss", ["dice", "dice_bce", "dice_focal"])
+        _around_reference(trial, base, losses=("dice", "dice_bce", "dice_focal"))
         trial.suggest_categorical("lr_schedule", ["constant", "cosine"])
         trial.suggest_categorical("image_size", list(wide_image_sizes(base)))
         encoder = trial.suggest_categorical("encoder", list(weights))
@@ -176,15 +192,24 @@ class _Walker:
         return choices[min(self.index, len(choices) - 1)]
 
 
-_REFERENCE_KEYS = ("lr", "batch_size", "optimizer", *AUGMENTATION_STRENGTHS)
+_REFERENCE_KEYS = (
+    "lr",
+    "batch_size",
+    "optimizer",
+    "loss",
+    "encoder_lr_scale",
+    "warmup_epochs",
+    *AUGMENTATION_STRENGTHS,
+)
 
 SPACES: dict[str, SearchSpace] = {
     "reference": SearchSpace(
         name="reference",
         description=(
             "around the reference: lr 1e-5..1e-3 (log), batch {4,8,16}, Adam or AdamW "
-            "(+ weight decay 1e-6..1e-1 log), 8 augmentations (p in {0,0.25,0.5}) with "
-            "conditional strengths"
+            "(+ weight decay 1e-6..1e-1 log), loss dice or dice+bce, encoder lr x "
+            "{1,0.3,0.1}, warm-up {0,1,2} epochs, 8 augmentations (p in {0,0.25,0.5}) "
+            "with conditional strengths"
         ),
         build=_ReferenceSpace,
         keys=_REFERENCE_KEYS,
@@ -192,11 +217,11 @@ SPACES: dict[str, SearchSpace] = {
     "wide": SearchSpace(
         name="wide",
         description=(
-            "reference + loss (dice, dice+bce, dice+focal), lr schedule (constant, cosine), "
+            "reference + loss also dice+focal, lr schedule (constant, cosine), "
             "encoder and image size (base -64/+0/+64 px)"
         ),
         build=_WideSpace,
-        keys=(*_REFERENCE_KEYS, "loss", "lr_schedule", "image_size", "encoder"),
+        keys=(*_REFERENCE_KEYS, "lr_schedule", "image_size", "encoder"),
         image_sizes=wide_image_sizes,
         encoder_weights=wide_encoder_weights,
     ),

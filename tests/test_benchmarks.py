@@ -177,8 +177,8 @@ def test_gpu_scripts_on_cuda_with_the_reference_model(bench, synth_root, cache_d
 def test_asha_expected_fraction_follows_the_sweeps_rungs(bench):
     fraction = bench("early_stopping").asha_expected_fraction
     assert fraction(1) == 1.0  # no rung below the budget: ASHA stops nothing
-    assert fraction(6) == pytest.approx(2 / 6)  # rungs 1, 3: 1 + 2/3 + 3/9 epochs
-    assert fraction(20) == pytest.approx((4 + 8 / 3 + 8 / 9) / 20)  # rungs 4, 12
+    assert fraction(6) == pytest.approx((2 + 4 / 3) / 6)  # one rung, at 2 (40 % of 6)
+    assert fraction(20) == pytest.approx((8 + 12 / 3) / 20)  # one rung, at 8
 
 
 def test_scaling_estimate_covers_each_layout(bench, capsys):

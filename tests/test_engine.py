@@ -153,6 +153,40 @@ def test_locked_protocol_needs_a_validation_part(synth_arrays, tiny_config):
         fit(tiny_config, synth_arrays, split, device=CPU)
 
 
+def test_the_threshold_is_chosen_on_validation_never_on_test(synth_arrays, tiny_config):
+    """--threshold auto: changing only the test part's masks changes no threshold and no
+    held-out value, only the test metrics; the chosen threshold's validation Dice is the
+    grid's best, and the test metrics use it."""
+    import dataclasses
+
+    from trainable.metrics import THRESHOLD_GRID
+
+    split = make_split(synth_arrays, SplitPolicy.GROUPED, seed=0, with_validation=True)
+    masks = synth_arrays.masks.copy()
+    masks[split.test] = 0
+    masks[split.test, :16, :16] = 1  # every test mask a square in a corner
+    altered = dataclasses.replace(synth_arrays, masks=masks)
+    config = tiny_config.replace(epochs=2)
+    _, fixed = _reports(config, synth_arrays, split)
+    state, auto = _reports(config, synth_arrays, split, choose_threshold=True)
+    _, other = _reports(config, synth_arrays, split, truth=altered, choose_threshold=True)
+    assert all(r.threshold == 0.5 for r in fixed)
+    for a, b, f in zip(auto, other, fixed, strict=True):
+        assert a.threshold == b.threshold and a.threshold in THRESHOLD_GRID
+        assert a.selected_heldout == pytest.approx(b.selected_heldout, nan_ok=True)
+        assert a.test != pytest.approx(b.test, nan_ok=True)
+        # The same model as at 0.5 (the loss is soft), scored at the grid's best threshold.
+        assert a.heldout_loss == f.heldout_loss and a.heldout["dice"] >= f.heldout["dice"]
+    assert state.best_threshold == auto[-1].threshold
+    for a in auto:
+        if a.improved:  # the test part scored at the threshold chosen with the selection
+            assert a.test_stats.threshold == a.threshold
+            assert a.test == a.test_stats.compute()
+    assert {r.threshold for r in auto} != {0.5}, "0.5 chosen: the test shows less"
+    with pytest.raises(ValueError, match="validation part"):
+        fit(config, synth_arrays, split, device=CPU, select_on_test=True, choose_threshold=True)
+
+
 def _trained(config, data, split):
     """A model after one epoch of training, in eval mode."""
     state = fit(config.replace(epochs=1), data, split, device=CPU)
@@ -338,3 +372,38 @@ def test_the_fp16_loss_scale_is_part_of_the_resumable_state():
     assert resumed.scaler.get_growth_interval() == 7
     legacy = {key: value for key, value in saved.items() if key != "scaler"}
     state(scale=2.0).load(legacy)  # a state written before the scale was saved still loads
+
+
+def test_the_reference_optimiser_is_one_group_at_a_constant_rate(tiny_config):
+    from trainable.model import build_model
+
+    model = build_model(tiny_config)
+    optimizer = engine.build_optimizer(model, tiny_config)
+    assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["lr"] == 1e-4
+    assert engine.build_scheduler(optimizer, tiny_config) is None
+
+
+def test_the_encoder_trains_at_its_scaled_rate_after_a_linear_warm_up(tiny_config):
+    from trainable.model import build_model
+
+    config = tiny_config.replace(encoder_lr_scale=0.1, warmup_epochs=2, epochs=6, lr=1e-3)
+    model = build_model(config)
+    optimizer = engine.build_optimizer(model, config)
+    decoder, encoder = optimizer.param_groups
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.parameters()}
+    assert len(decoder["params"]) + len(encoder["params"]) == len(list(model.parameters()))
+    scheduler = engine.build_scheduler(optimizer, config)
+    rates = []
+    for _ in range(config.epochs):
+        rates.append((decoder["lr"], encoder["lr"]))
+        optimizer.step()
+        scheduler.step()
+    assert [d for d, _ in rates] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3, 1e-3])
+    assert [e for _, e in rates] == pytest.approx([d / 10 for d, _ in rates])
+
+
+def test_a_cosine_after_the_warm_up_ends_near_zero():
+    factor = engine.LrFactor(warmup=2, epochs=6, cosine=True)
+    quarter = 0.5 * math.cos(math.pi / 4)
+    expected = [1 / 3, 2 / 3, 1.0, 0.5 + quarter, 0.5, 0.5 - quarter]
+    assert [factor(e) for e in range(6)] == pytest.approx(expected)

@@ -10,7 +10,7 @@ from results.settings import RunSettings, Scheduler
 from trainable.config import TrainConfig
 from tuner.scheduling import SchedulerState, build_scheduler
 
-BASE = TrainConfig.reference().replace(epochs=10)  # rungs at epochs 2, 6
+BASE = TrainConfig.reference().replace(epochs=10)  # one rung, at epoch 4
 
 
 def _asha(tmp_path):
@@ -20,7 +20,7 @@ def _asha(tmp_path):
     return scheduler
 
 
-def _decision(scheduler, trial_id: str, dice: float, epoch: int = 2) -> str:
+def _decision(scheduler, trial_id: str, dice: float, epoch: int = 4) -> str:
     trial = Trial("train_busi", trial_id=trial_id, stub=True)
     scheduler.on_trial_add(None, trial)
     result = {"training_iteration": epoch, "selected_heldout_dice": dice}
@@ -55,3 +55,26 @@ def test_fifo_and_reference_runs_carry_no_scheduler_state(tmp_path):
         scheduler = build_scheduler(settings)
         assert isinstance(scheduler, FIFOScheduler)
         assert SchedulerState(scheduler).get_state() is None
+
+
+def test_the_grace_period_is_40_percent_of_the_budget_unless_given(tmp_path):
+    from tuner.scheduling import grace_period
+
+    def settings(epochs: int, given: int | None = None) -> RunSettings:
+        base = TrainConfig.reference().replace(epochs=epochs)
+        return RunSettings(
+            data=tmp_path, base=base, storage=str(tmp_path), name="g", grace_period=given
+        )
+
+    assert [grace_period(settings(e)) for e in (1, 2, 8, 20)] == [1, 1, 3, 8]
+    assert grace_period(settings(20, given=5)) == 5
+    assert build_scheduler(settings(20))._brackets[0]._rungs[-1][0] == 8  # first milestone
+
+
+def test_a_grace_period_outside_the_budget_is_one_line(tmp_path, capsys):
+    from tuner.cli import main
+
+    assert main(["run", "--data", str(tmp_path), "--epochs", "4", "--grace-period", "5"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --grace-period 5: must lie between 1 and the budget (--epochs 4)\n"
+    )

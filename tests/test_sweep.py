@@ -123,7 +123,7 @@ def test_demo_sweep_end_to_end(tmp_path):
     root.Reload()
     columns = {h.name for h in _experiment_summary(root).hparam_infos}
     space = search_spaces.get_space("reference").parameters(TINY)
-    assert columns == {*space, "state"} and len(space) == 22
+    assert columns == {*space, "state"} and len(space) == 25
     # Tune's own name of each trial (its tables, errors, ExperimentAnalysis) is its folder's.
     state = json.loads(next(experiment.glob("experiment_state-*.json")).read_text())
     tune_names = [json.loads(t[0]) for t in state["trial_data"]]

@@ -56,6 +56,11 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     lr_schedule: LrSchedule = LrSchedule.CONSTANT
+    # The pretrained encoder's learning rate is lr x this (a smaller step keeps more of
+    # what it learnt elsewhere); the decoder and head train at lr.
+    encoder_lr_scale: float = 1.0
+    # Epochs over which the learning rate rises linearly to its value, from 1/(n+1) of it.
+    warmup_epochs: int = 0
     batch_size: int = 8
     epochs: int = 20
     seed: int = 0
@@ -106,6 +111,8 @@ class TrainConfig:
         _check(self.epochs >= 1, "epochs", self)
         _check(self.lr > 0, "lr", self)
         _check(self.weight_decay >= 0, "weight_decay", self)
+        _check(0.0 < self.encoder_lr_scale <= 1.0, "encoder_lr_scale", self)
+        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self)
         _check(0.0 <= self.selection_train_weight <= 1.0, "selection_train_weight", self)
         _check(0.0 < self.threshold < 1.0, "threshold", self)
         for field in dataclasses.fields(self):

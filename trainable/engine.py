@@ -10,6 +10,11 @@ The held-out loss and metrics are computed over the whole part at one evaluation
 order or the size a run trains at. Under the locked-test protocol the held-out part is the
 validation part, and the test part is evaluated only when the selection improves, so the
 selected model's test metrics are known without the test part ever influencing a choice.
+
+The decision threshold is the config's, or with `choose_threshold` the one of
+`metrics.THRESHOLD_GRID` with the highest pooled Dice on the held-out (validation) part,
+chosen again at every evaluation from that part's probabilities; the held-out metrics are
+at that threshold, and the selected model's test metrics at the one chosen with it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch import nn
 
 from trainable.augment import build_augmentation, normalise
 from trainable.config import LrSchedule, Optimizer, TrainConfig
-from trainable.metrics import PixelStats
+from trainable.metrics import PixelStats, best_threshold
 from trainable.model import EncoderState, build_loss, build_model
 from trainable.preprocess import BusiArrays
 from trainable.splits import Split
@@ -65,6 +70,7 @@ class EpochReport:
     selected_heldout: dict[str, float]  # "loss" and metrics of the best-so-far model
     test_loss: float  # of the best-so-far model
     test: dict[str, float]  # metrics of the best-so-far model on the test part
+    threshold: float  # the best-so-far model's decision threshold (its held-out and test)
     test_stats: PixelStats | None = None
     test_predictions: np.ndarray | None = None  # bool (N, E, E), set with test_stats
     folds: tuple[EpochReport, ...] = ()  # cross-validation: each fold's own report
@@ -85,6 +91,7 @@ class TrainingState:
     best_heldout: dict[str, float] = field(default_factory=dict)
     best_test_loss: float = math.nan
     best_test: dict[str, float] = field(default_factory=dict)
+    best_threshold: float = 0.5  # the selected model's decision threshold
     # The selected model's test probabilities, kept only for a cross-validation ensemble.
     best_test_probabilities: torch.Tensor | None = None
 
@@ -100,6 +107,7 @@ class TrainingState:
             "best_heldout": self.best_heldout,
             "best_test_loss": self.best_test_loss,
             "best_test": self.best_test,
+            "best_threshold": self.best_threshold,
             "best_test_probabilities": self.best_test_probabilities,
         }
 
@@ -116,6 +124,8 @@ class TrainingState:
         self.best_heldout = saved["best_heldout"]
         self.best_test_loss = saved["best_test_loss"]
         self.best_test = saved["best_test"]
+        # States written before the threshold could be chosen used the config's.
+        self.best_threshold = saved.get("best_threshold", self.best_threshold)
         probabilities = saved["best_test_probabilities"]
         # Kept on the CPU (as evaluate makes them), whatever device the state was loaded to.
         self.best_test_probabilities = probabilities.cpu() if probabilities is not None else None
@@ -329,16 +339,53 @@ def score_probabilities(
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """One parameter group at lr; with an encoder learning-rate scale below 1, the
+    encoder's parameters in a second group at lr x scale (the first group, the one logged,
+    stays the decoder's and head's)."""
     kind = torch.optim.AdamW if config.optimizer is Optimizer.ADAMW else torch.optim.Adam
-    return kind(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    parameters: Any = model.parameters()
+    if config.encoder_lr_scale != 1.0:
+        encoder = {id(p) for p in model.encoder.parameters()}
+        parameters = [
+            {"params": [p for p in model.parameters() if id(p) not in encoder]},
+            {
+                "params": list(model.encoder.parameters()),
+                "lr": config.lr * config.encoder_lr_scale,
+            },
+        ]
+    return kind(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if config.lr_schedule is LrSchedule.COSINE:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    return None
+    """Stepped once per epoch: linear warm-up over `warmup_epochs`, then constant or a
+    cosine over the remaining epochs; None for the reference's constant rate."""
+    warmup, epochs = config.warmup_epochs, config.epochs
+    cosine = config.lr_schedule is LrSchedule.COSINE
+    if not warmup and not cosine:
+        return None
+    if not warmup:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LrFactor(warmup, epochs, cosine))
+
+
+@dataclass(frozen=True)
+class LrFactor:
+    """The learning rate's factor at epoch `e` (0-based): (e + 1) / (warmup + 1) while it
+    warms up, then 1, or a cosine from 1 to 0 over the epochs after the warm-up. A class,
+    not a closure: the scheduler's state is saved with the training state."""
+
+    warmup: int
+    epochs: int
+    cosine: bool
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup:
+            return (epoch + 1) / (self.warmup + 1)
+        if not self.cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (epoch - self.warmup) / (self.epochs - self.warmup)))
 
 
 class Trainer:
@@ -347,7 +394,8 @@ class Trainer:
     masks of `truth` (the experiment's evaluation size; `data` itself by default).
 
     The held-out part is the test part when `select_on_test` (the reference protocol,
-    optimistic) and the validation part otherwise."""
+    optimistic) and the validation part otherwise. `choose_threshold` chooses the decision
+    threshold on the validation part (see the module's docstring), never on the test part."""
 
     def __init__(
         self,
@@ -363,7 +411,12 @@ class Trainer:
         keep_test_probabilities: bool = False,
         encoder_state: EncoderState | None = None,
         compiled: bool = False,
+        choose_threshold: bool = False,
     ) -> None:
+        if choose_threshold and select_on_test:
+            raise ValueError(
+                "the threshold is chosen on the validation part; this protocol has none"
+            )
         torch.manual_seed(config.seed)
         if device.type == "cuda":
             # Every batch has one shape: let cuDNN time its kernels once and keep the fastest.
@@ -372,6 +425,7 @@ class Trainer:
         self.truth = data if truth is None else truth
         self.select_on_test = select_on_test
         self.keep_test_probabilities = keep_test_probabilities
+        self.choose_threshold = choose_threshold
         self.heldout = split.test if select_on_test else split.validation
         if len(self.heldout) == 0:
             raise ValueError("the split has no validation part; make it with_validation=True")
@@ -382,6 +436,7 @@ class Trainer:
         optimizer = build_optimizer(model, config)
         scaler = torch.amp.GradScaler(device.type, enabled=self.precision.dtype == torch.float16)
         self.state = TrainingState(model, optimizer, build_scheduler(optimizer, config), scaler)
+        self.state.best_threshold = config.threshold
         # torch.compile wraps the forward only: the state, and every file written from it,
         # keeps the plain module's parameter names.
         self.forward_model = torch.compile(model) if compiled else model
@@ -395,7 +450,9 @@ class Trainer:
     def done(self) -> bool:
         return self.state.epoch >= self.config.epochs
 
-    def evaluate_on(self, indices: np.ndarray, keep_probabilities: bool = False) -> Evaluation:
+    def evaluate_on(
+        self, indices: np.ndarray, threshold: float, keep_probabilities: bool = False
+    ) -> Evaluation:
         return evaluate(
             self.forward_model,
             self.data,
@@ -403,9 +460,18 @@ class Trainer:
             indices,
             self.device,
             self.precision,
-            self.config.threshold,
+            threshold,
             keep_probabilities=keep_probabilities,
         )
+
+    def evaluate_heldout(self) -> tuple[Evaluation, float]:
+        """The held-out part at the config's threshold, or at the one chosen on it."""
+        if not self.choose_threshold:
+            return self.evaluate_on(self.heldout, self.config.threshold), self.config.threshold
+        fixed = self.evaluate_on(self.heldout, self.config.threshold, keep_probabilities=True)
+        masks = self.truth.masks[self.heldout]
+        threshold = best_threshold(fixed.probabilities, masks)
+        return score_probabilities(fixed.probabilities, masks, threshold), threshold
 
     def step(self) -> EpochReport:
         """Train one epoch, evaluate, update the selection."""
@@ -422,17 +488,18 @@ class Trainer:
         train_seconds = time.perf_counter() - started
         if state.scheduler is not None:
             state.scheduler.step()
-        on_heldout = self.evaluate_on(self.heldout)
+        on_heldout, threshold = self.evaluate_heldout()
         combined = combined_loss(train_loss, on_heldout.loss, config.selection_train_weight)
         improved = combined < state.best_combined_loss
         on_test = None
         if improved:
             state.best_epoch, state.best_combined_loss = epoch, combined
             state.best_heldout = on_heldout.metrics()
+            state.best_threshold = threshold
             on_test = (
                 on_heldout
                 if self.select_on_test
-                else self.evaluate_on(self.split.test, self.keep_test_probabilities)
+                else self.evaluate_on(self.split.test, threshold, self.keep_test_probabilities)
             )
             state.best_test_loss, state.best_test = on_test.loss, on_test.stats.compute()
             state.best_test_probabilities = on_test.probabilities
@@ -461,6 +528,7 @@ class Trainer:
             selected_heldout=dict(state.best_heldout),
             test_loss=state.best_test_loss,
             test=dict(state.best_test),
+            threshold=state.best_threshold,
             test_stats=on_test.stats if on_test else None,
             test_predictions=on_test.predictions if on_test else None,
         )
@@ -479,6 +547,7 @@ def fit(
     on_epoch_end: Callable[[EpochReport, TrainingState], None] | None = None,
     encoder_state: EncoderState | None = None,
     compiled: bool = False,
+    choose_threshold: bool = False,
 ) -> TrainingState:
     """Train `config.epochs` epochs on `data` (at `config.image_size`); see `Trainer`.
     `on_epoch_end` receives each epoch's report and the state to checkpoint; it is where
@@ -494,6 +563,7 @@ def fit(
         resume_from=resume_from,
         encoder_state=encoder_state,
         compiled=compiled,
+        choose_threshold=choose_threshold,
     )
     while not trainer.done:
         report = trainer.step()
@@ -509,13 +579,13 @@ def _mean(values: Sequence[float]) -> float:
 def fold_report(reports: Sequence[EpochReport], trainers: Sequence[Trainer]) -> EpochReport:
     """One epoch of K folds as one report: held-out values are the folds' means (each on
     its own validation fold); test values are those of the ensemble of the folds' selected
-    models (probabilities averaged), set in full when any fold's selection improved."""
+    models (probabilities averaged, at the mean of their thresholds), set in full when any
+    fold's selection improved."""
     first = trainers[0]
     test_indices = first.split.test
     probabilities = torch.stack([t.state.best_test_probabilities for t in trainers]).mean(0)
-    ensemble = score_probabilities(
-        probabilities, first.truth.masks[test_indices], first.config.threshold
-    )
+    threshold = _mean([t.state.best_threshold for t in trainers])
+    ensemble = score_probabilities(probabilities, first.truth.masks[test_indices], threshold)
     improved = any(r.improved for r in reports)
     keys_of = reports[0].heldout.keys()
     return EpochReport(
@@ -536,6 +606,7 @@ def fold_report(reports: Sequence[EpochReport], trainers: Sequence[Trainer]) -> 
         },
         test_loss=ensemble.loss,
         test=ensemble.stats.compute(),
+        threshold=threshold,
         test_stats=ensemble.stats if improved else None,
         test_predictions=ensemble.predictions if improved else None,
         folds=tuple(reports),
@@ -554,6 +625,7 @@ def fit_folds(
     on_epoch_end: Callable[[EpochReport, list[TrainingState]], None] | None = None,
     encoder_state: EncoderState | None = None,
     compiled: bool = False,
+    choose_threshold: bool = False,
 ) -> list[TrainingState]:
     """K-fold cross-validation in lockstep: every epoch trains each fold's model one epoch,
     so every report (and every early-stopping decision on it) rests on all K folds."""
@@ -569,6 +641,7 @@ def fit_folds(
             keep_test_probabilities=True,
             encoder_state=encoder_state,
             compiled=compiled,
+            choose_threshold=choose_threshold,
         )
         for i, split in enumerate(folds)
     ]

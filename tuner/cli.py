@@ -143,8 +143,15 @@ def _add_run_parser(commands) -> None:
         "--scheduler",
         choices=[s.value for s in Scheduler],
         default="asha",
-        help="asha stops trials whose objective trails at epochs budget/5, x3, ...; fifo "
-        "trains every trial for the whole budget (default: %(default)s)",
+        help="asha stops trials whose objective trails at the grace period's epoch, x3, "
+        "...; fifo trains every trial for the whole budget (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--grace-period",
+        type=int,
+        default=None,
+        help="epochs every trial trains before ASHA may stop it (default: 40%% of the "
+        "budget: 8 of 20 epochs; --demo: 3)",
     )
     sweep.add_argument(
         "--metric",
@@ -492,6 +499,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         max_concurrent=args.max_concurrent,
         space=args.space,
         scheduler=Scheduler(args.scheduler),
+        grace_period=args.grace_period,
         metric=args.metric,
         seed=args.seed,
         split=SplitPolicy(args.split or ("random" if args.reference else "grouped")),
