@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,12 @@ TRIAL = "trial_001_aaaa"
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Path:
-    """One trial whose selected model (random weights) and files are what a run writes."""
-    root = tmp_path_factory.mktemp("handmade")
+    return make_experiment(tmp_path_factory.mktemp("handmade"))
+
+
+def make_experiment(root: Path) -> Path:
+    """One trial whose selected model (random weights) and files are what a run writes;
+    test_onnx.py uses it too."""
     settings = RunSettings(data=root / "gone", base=BASE, storage=str(root), name="handmade")
     folder = Path(settings.experiment_dir)
     folder.mkdir()
@@ -114,6 +119,7 @@ def test_export_writes_a_model_that_predict_uses(experiment, images, tmp_path, c
     assert main(["export", str(experiment), "--out", str(exported)]) == 0
     card = json.loads(exported.with_suffix(".json").read_text())
     assert card["file"] == "model.pt" and card["trial"] == TRIAL
+    assert card["threshold"] == 0.5  # the config's: metrics.json records none here
     out = tmp_path / "out"
     assert main(["predict", str(exported), "--images", str(images), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.glob("*_pred.png")) == ["a_pred.png", "b_pred.png"]
@@ -121,6 +127,18 @@ def test_export_writes_a_model_that_predict_uses(experiment, images, tmp_path, c
     argv = ["predict", str(card_file), "--images", str(images), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     _one_error_line(capsys, card_file, "model card")
+
+
+def test_an_export_carries_the_threshold_its_trial_chose_on_validation(tmp_path):
+    """Under --threshold auto the trial scored at a threshold chosen on validation, which
+    metrics.json records: the card (and so predict on the export) uses it."""
+    experiment = make_experiment(tmp_path)
+    metrics_file = next(experiment.glob("trial_*")) / layout.METRICS_FILE
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "threshold": 0.7}))
+    exported = tmp_path / "chosen.pt"
+    assert main(["export", str(experiment), "--out", str(exported)]) == 0
+    assert json.loads(exported.with_suffix(".json").read_text())["threshold"] == 0.7
 
 
 @pytest.mark.parametrize("name", ["card.json", "card.JSON"])
@@ -139,6 +157,28 @@ def test_export_into_an_unwritable_folder_is_one_line(experiment, tmp_path, caps
     assert main(["export", str(experiment), "--out", str(out)]) == 2
     _one_error_line(capsys, "--out", out.parent)
     assert _listing(tmp_path) == before
+
+
+def test_onnx_without_its_packages_or_damaged_is_one_line(
+    experiment, images, tmp_path, capsys, monkeypatch
+):
+    exported = tmp_path / "model.onnx"
+    export = ["export", str(experiment), "--format", "onnx", "--out", str(exported)]
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "onnx", None)  # as if not installed: import fails
+        assert main(export) == 2
+    _one_error_line(capsys, "--format onnx", 'pip install "busi-tune[onnx]"')
+    assert list(tmp_path.iterdir()) == []
+    assert main(export) == 0
+    capsys.readouterr()
+    predict = ["predict", str(exported), "--images", str(images), "--out", str(tmp_path / "o")]
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "onnxruntime", None)
+        assert main(predict) == 2
+    _one_error_line(capsys, exported, 'pip install "busi-tune[onnx]"')
+    exported.write_bytes(exported.read_bytes()[:1000])  # cut short, as by a full disk
+    assert main(predict) == 2
+    _one_error_line(capsys, exported, "not an ONNX export")
 
 
 # --- predict -----------------------------------------------------------------------------

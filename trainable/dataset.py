@@ -33,6 +33,7 @@ __all__ = [
     "data_warnings",
     "discover",
     "load_sample",
+    "read_mask",
     "read_sample",
     "mask_modes",
 ]
@@ -150,6 +151,15 @@ def read_sample(sample: Sample) -> LoadedSample:
         if len(np.unique(values)) > 2:
             graded.append(path.name)
     return LoadedSample(grey(image), union, tuple(graded))
+
+
+def read_mask(paths: tuple[Path, ...], image_size: tuple[int, int]) -> np.ndarray:
+    """The union of an image's mask files under the mask rule, as bool (H, W), for an
+    image of `image_size` (width, height); DataError naming a file of another size."""
+    union = np.zeros((image_size[1], image_size[0]), dtype=bool)
+    for path in paths:
+        union |= lesion_pixels(_mask_values(path, image_size))
+    return union
 
 
 def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,10 @@
-"""`python -m tuner export`: a trial's selected model as one TorchScript file that takes
-grey images (float values 0-255, (N, 1, S, S)) and returns lesion probabilities, with a
-JSON model card beside it that says everything needed to use and judge it."""
+"""`python -m tuner export`: a trial's selected model as one TorchScript or ONNX file that
+takes grey images (float values 0-255, (N, 1, S, S)) and returns lesion probabilities, with
+a JSON model card beside it that says everything needed to use and judge it."""
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import warnings
@@ -19,10 +20,18 @@ from results.layout import SPLIT_FILE
 from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
 from trainable.errors import UserError
-from tuner.evaluate import load_selected_models
+from trainable.preprocess import resize_rule
+from tuner.evaluate import load_selected_models, trial_threshold
+from tuner.predict import CARD_KEY, split_images
 from tuner.segmenter import card_path
 
-FORMATS = ("torchscript",)
+FORMATS = ("torchscript", "onnx")
+SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
+# Opset 17 (2022): every onnxruntime since 1.13 runs it, and it has every operator the
+# U-Nets here use; chosen explicitly so the file does not change with torch's default.
+ONNX_OPSET = 17
+ONNX_INSTALL = 'pip install "busi-tune[onnx]"'
+ONNX_NAMES = {"input": "images", "output": "probabilities"}
 
 
 class ProbabilityNet(nn.Module):
@@ -48,18 +57,26 @@ def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> di
     metrics = json.loads((trial.path / "metrics.json").read_text())
     split = json.loads((trial.path / SPLIT_FILE).read_text())
     reference = load_reference()
+    size, eval_size = config.image_size, experiment.settings.base.image_size
     return {
         "file": file.name,
         "format": fmt,
+        # What a program that runs the ONNX file must name.
+        **({"onnx": {"opset": ONNX_OPSET, **ONNX_NAMES}} if fmt == "onnx" else {}),
         "experiment": experiment.location,
         "trial": trial.name,
         "encoder": config.encoder,
         "encoder_weights": config.encoder_weights,
+        # What `predict` does to an image, exactly enough to be done by another program.
         "input": {
-            "size": config.image_size,
-            "shape": [None, 1, config.image_size, config.image_size],
-            "values": "grey levels 0-255 as float32 (one channel: RGB images converted to L)",
-            "resize": "area averaging when shrinking, bilinear when growing",
+            "size": size,
+            "shape": [None, 1, size, size],
+            "layout": "NCHW: any batch size, one grey channel, height, width",
+            "dtype": "float32",
+            "values": "grey levels 0-255, not scaled",
+            "grey": "PIL Image.convert('L') (L = R*299/1000 + G*587/1000 + B*114/1000); "
+            "16-bit grey scaled to 0-255",
+            "resize": resize_rule(size),
             "normalisation": {
                 "mean": GREY_MEAN,
                 "std": GREY_STD,
@@ -67,9 +84,14 @@ def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> di
                 "applied": "inside the exported model",
             },
         },
-        "output": "lesion probability per pixel, (N, 1, S, S); lesion where > threshold",
-        "threshold": config.threshold,
-        "evaluation_size": experiment.settings.base.image_size,
+        "output": {
+            "shape": [None, 1, size, size],
+            "values": "lesion probability per pixel, float32 0-1; lesion where > threshold",
+            "to_image_size": _to_image_size(size, eval_size),
+        },
+        # The one the trial scored at (chosen on validation under --threshold auto).
+        "threshold": trial_threshold(trial),
+        "evaluation_size": eval_size,
         "training_config": config.to_flat(),
         "selected_epoch": metrics["selected_epoch"],
         "split": {k: split[k] for k in ("policy", "seed", "counts", "sha256")},
@@ -82,7 +104,61 @@ def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> di
             "source": reference.source,
         },
         "software": _versions(),
+        # The split's images by content, for predict's in_experiment column.
+        CARD_KEY: split_images(experiment, trial),
     }
+
+
+def _to_image_size(size: int, eval_size: int) -> str:
+    """How `predict` turns the output into a mask at the image's own width x height."""
+    back = (
+        "cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) on one image's "
+        "float32 (S, S) probabilities p, then > threshold"
+    )
+    if size == eval_size:
+        return back
+    return (
+        f"torch.nn.functional.interpolate(probabilities, size=({eval_size}, {eval_size}), "
+        f"mode='bilinear', align_corners=False).clamp(0, 1) (the evaluation size), then {back}"
+    )
+
+
+def _torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    with warnings.catch_warnings(), torch.no_grad():
+        # smp's shape checks become constants in the trace: right for this input size.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # TorchScript is deprecated in favour of torch.export, but it is the format that
+        # libtorch (C++) and older torch releases load; the tests check it still works.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, example)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+    return buffer.getvalue()
+
+
+def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    import onnx  # present: export() checked
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # as for TorchScript
+        # The TorchScript-based exporter, deprecated but in torch 2.14: it traces as the
+        # TorchScript export does and needs no package beyond torch; the default
+        # (dynamo=True) would need onnxscript too. Batch is dynamic, the size is not.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[ONNX_NAMES["input"]],
+            output_names=[ONNX_NAMES["output"]],
+            dynamic_axes={name: {0: "batch"} for name in ONNX_NAMES.values()},
+        )
+    data = buffer.getvalue()
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    return data
 
 
 def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = "torchscript") -> Path:
@@ -90,12 +166,19 @@ def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = "torchscr
     to overwrite either, or an --out that the card would overwrite."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: not supported; valid: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401  (checks the file; onnxruntime runs it in predict)
+        except ImportError:
+            raise UserError(
+                f"--format onnx: the onnx package is not installed; {ONNX_INSTALL}"
+            ) from None
     card_file = card_path(out)
     # card.JSON too: one file with card.json where names ignore case (macOS, Windows).
     if out.suffix.lower() == card_file.suffix:
         raise UserError(
             f"--out {out}: the model card is written to <out>.json, so the model would be "
-            f"lost under it; name the model e.g. {out.with_suffix('.pt')}"
+            f"lost under it; name the model e.g. {out.with_suffix(SUFFIXES[fmt])}"
         )
     for path in (out, card_file):
         if path.exists():
@@ -111,22 +194,15 @@ def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = "torchscr
     model = ProbabilityNet(models[0]).eval()
     size = trial.config.image_size
     example = torch.zeros(1, 1, size, size)
-    with warnings.catch_warnings(), torch.no_grad():
-        # smp's shape checks become constants in the trace: right for this input size.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # TorchScript is deprecated in favour of torch.export, but it is the format that
-        # libtorch (C++) and older torch releases load; the tests check it still works.
-        warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(model, example)
+    data = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(model, example)
     card = json.dumps(model_card(experiment, trial, out, fmt), indent=2) + "\n"
     written: list[Path] = []
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         # "x": a file that appeared since the check above is still not overwritten.
-        with open(out, "xb") as handle, warnings.catch_warnings():
+        with open(out, "xb") as handle:
             written.append(out)
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's, as above
-            torch.jit.save(traced, handle)
+            handle.write(data)
         with open(card_file, "x") as handle:
             written.append(card_file)
             handle.write(card)

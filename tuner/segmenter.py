@@ -1,6 +1,6 @@
 """A tuned model as one function from grey images of any size to lesion probabilities:
 the selected model of a trial (or the average of several), or an exported TorchScript
-file, with optional horizontal-flip test-time augmentation.
+or ONNX file (run by onnxruntime), with optional horizontal-flip test-time augmentation.
 
 Every image goes through the training's own steps: one grey channel
 (`trainable.dataset.grey`), resized to the model's input size (`resize_image`), the same
@@ -23,10 +23,12 @@ from results.experiment import Experiment
 from trainable.engine import Precision, pick_device, predict_probabilities, resize_probabilities
 from trainable.errors import UserError
 from trainable.preprocess import resize_image
-from tuner.evaluate import load_selected_models, pick_trial, reason
+from tuner.evaluate import load_selected_models, pick_trial, reason, trial_threshold
 
 # Uint8 images (N, S, S) at a member's input size -> probabilities (N, E, E).
 Run = Callable[[np.ndarray], torch.Tensor]
+# An export's model: float32 grey values (N, 1, S, S) -> probabilities (N, 1, S, S).
+Forward = Callable[[np.ndarray], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,16 @@ class Segmenter:
     def probabilities(self, originals: Sequence[np.ndarray]) -> np.ndarray:
         """Mean probability (N, E, E) of every member (and its flipped pass) on grey
         uint8 images of any size."""
+        return self.averaged(
+            lambda size: np.stack([resize_image(image, size) for image in originals])
+        )
+
+    def averaged(self, inputs_at: Callable[[int], np.ndarray]) -> np.ndarray:
+        """The same mean, each member run on `inputs_at(its input size)`: uint8 images
+        (N, S, S) already at that size (`evaluate` passes the arrays a trial trained on)."""
         total = None
         for member in self.members:
-            inputs = np.stack([resize_image(image, member.input_size) for image in originals])
+            inputs = inputs_at(member.input_size)
             probs = member.run(inputs)
             if self.flip:
                 flipped = member.run(np.ascontiguousarray(inputs[..., ::-1]))
@@ -98,7 +107,7 @@ def from_experiment(
             members.append(Member(name, chosen.config.image_size, run))
     config = experiment.settings.base
     return Segmenter(
-        tuple(members), config.image_size, threshold or trials[0].config.threshold, flip
+        tuple(members), config.image_size, threshold or trial_threshold(trials[0]), flip
     )
 
 
@@ -120,7 +129,8 @@ def card_path(export_file: Path) -> Path:
 def from_export(
     path: Path, flip: bool = False, threshold: float | None = None, device=None
 ) -> Segmenter:
-    """An exported TorchScript file and the model card beside it."""
+    """An exported TorchScript or ONNX file and the model card beside it (whose "format"
+    says which)."""
     device = device or pick_device()
     card_file = card_path(path)
     if card_file == path:
@@ -134,10 +144,30 @@ def from_export(
         card = json.loads(card_file.read_text())
         size, eval_size = card["input"]["size"], card["evaluation_size"]
         threshold = threshold or card["threshold"]
+        fmt = card.get("format", "torchscript")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
         raise UserError(
             f"{card_file}: damaged model card ({reason(error)}); export the model again"
         ) from None
+    if fmt == "onnx":
+        forward = _onnx_forward(path)
+    elif fmt == "torchscript":
+        forward = _torchscript_forward(path, device)
+    else:
+        raise UserError(
+            f"{card_file}: format {fmt!r} unknown (torchscript or onnx); export the model again"
+        )
+
+    @torch.no_grad()
+    def run(images: np.ndarray) -> torch.Tensor:
+        x = images.astype(np.float32)[:, None]  # grey values 0-255, (N, 1, S, S)
+        return resize_probabilities(forward(x), eval_size)
+
+    member = Member(card.get("trial", path.name), size, run)
+    return Segmenter((member,), eval_size, threshold, flip)
+
+
+def _torchscript_forward(path: Path, device: torch.device) -> Forward:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
@@ -146,11 +176,24 @@ def from_export(
         raise UserError(
             f"{path}: not a TorchScript export ({reason(error)}); export it again"
         ) from None
+    return lambda x: module(torch.from_numpy(x).to(device))
 
-    @torch.no_grad()
-    def run(images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(images).to(device).float().unsqueeze(1)
-        return resize_probabilities(module(x), eval_size)
 
-    member = Member(card.get("trial", path.name), size, run)
-    return Segmenter((member,), eval_size, threshold, flip)
+def _onnx_forward(path: Path) -> Forward:
+    """onnxruntime on the CPU: the one provider every onnxruntime package has."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(
+            f'{path}: an ONNX export is run by onnxruntime; pip install "busi-tune[onnx]"'
+        ) from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings are not the user's to fix
+    try:
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # onnxruntime's errors derive from Exception only
+        raise UserError(f"{path}: not an ONNX export ({reason(error)}); export it again") from None
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x})[0])
