@@ -242,3 +242,34 @@ def test_startup_parts_are_timed_in_a_fresh_process(synth_root, cache_dir, tmp_p
     assert set(results["ray_s"]) == {"ray.init", "bare worker", "worker + imports"}
     assert all(s > 0 for part in ("imports_s", "ray_s") for s in results[part].values())
     assert "import trainable.tune_adapter" in done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_sweep_tiny_on_cpu(bench, synth_root, cache_dir, tmp_path, capsys):
+    """Every figure of the GPU sweep benchmark, from a 2-trial, 2-epoch sweep on the CPU:
+    the GPU ones absent (no NVML, no CUDA), the rest measured."""
+    results = bench("gpu_sweep").main(
+        ["--data", str(synth_root), "--cache-dir", str(cache_dir), "--trials", "2"]
+        + ["--epochs", "2", "--encoder", "resnet18", "--image-size", "32"]
+        + ["--out", str(tmp_path)]
+    )
+    assert results["sweep"]["gpus_per_trial"] == 0  # auto, on a cluster without GPUs
+    assert results["sweep"]["train_images_per_s"] > 0
+    assert results["driver_on_trial_result_s"]["results"] == 4  # 2 trials x 2 epochs
+    assert 0 < results["driver_on_trial_result_s"]["median"] < 5
+    assert results["gpu"]["samples"] == 0 and "NVML" in results["gpu"]["error"]
+    first, second = results["trials"]
+    assert first["epochs"] == second["epochs"] == 2
+    parts = first["tax_parts_s"]
+    assert set(parts) == {
+        "worker_start",
+        "weights_from_object_store",
+        "setup_and_model_build",
+        "first_training_beyond_steady",
+        "first_evaluation_beyond_steady",
+    }
+    assert parts["worker_start"] > 0  # a fresh worker: its imports at least
+    assert second["tax_parts_s"]["worker_start"] == 0  # the first trial's worker, reused
+    assert first["peak_gpu_bytes"] is None
+    assert json.loads((tmp_path / "gpu_sweep.json").read_text())["sweep"]["trials"] == 2
+    assert "training images/s in aggregate" in capsys.readouterr().out
