@@ -1,11 +1,21 @@
-"""`python -m tuner confirm`: is the tuned config really better than the reference?
+"""`python -m tuner confirm` and a sweep's final round: is the tuned config really better
+than the reference?
 
 A sweep picks its best trial out of many noisy runs, so its margin over the reference is
-biased upwards. Here the reference config and the best config(s) are retrained with K
-fresh training seeds on the same split, and the test metrics are compared with
-intervals: per seed (a t-interval over the K paired differences) and per test image (a
-bootstrap over images of the paired per-image Dice). The statistics are pure functions;
-the retraining itself is in `tuner.confirm` (the only package that runs Ray).
+biased upwards, and one run per config says nothing of seed noise. Here the in-sweep
+reference config and the sweep's best configs are retrained for the full budget with
+fresh training seeds, on the sweep's split and (confirm --split-seeds) on other splits of
+the same policy. The winner is picked on validation: the best mean over its runs of the
+objective the sweep optimised, never on test. The test part then says, with intervals
+over training seeds, test-image groups and splits (results.intervals), whether each
+config is distinguishable from the reference.
+
+One primary endpoint: the test value of the metric the sweep optimised (test Dice for
+`selected_heldout_dice`). The other metrics are secondary: their intervals are
+Bonferroni-corrected for their number, so that reading all of them keeps the error rate
+of one. The same assessment, of one run per config, gives the report of a sweep without a
+final round its numbers. The statistics are pure functions; the retraining is in
+`tuner.confirm` (the only package that runs Ray).
 """
 
 from __future__ import annotations
@@ -19,98 +29,50 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from scipy import stats
-
 from results import escape
-from results.compare import COMPARED
-from results.experiment import Experiment, Trial
+from results.experiment import FINISHED, Experiment, Trial
+from results.intervals import (
+    CONFIDENCE,
+    RESAMPLES,
+    UNDECIDED,
+    Scores,
+    bonferroni,
+    estimate,
+    group_summary,
+    t_interval,
+    verdict,
+)
 from results.layout import own_folder
+from trainable import keys
 from trainable.errors import UserError
-from trainable.keys import DICE, DICE_PER_IMAGE, NORMAL_FP_RATE
+from trainable.keys import (
+    ACCURACY,
+    DICE,
+    DICE_PER_IMAGE,
+    IOU,
+    LOWER_IS_BETTER,
+    PRECISION,
+    RECALL,
+    ROC_AUC,
+)
 
 log = logging.getLogger(__name__)
 
-CONFIDENCE = 0.95
-RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
-CONFIRM_FILE = "confirm.json"
-METRICS = (*COMPARED, DICE_PER_IMAGE)
-LOWER_IS_BETTER = frozenset({"loss", NORMAL_FP_RATE})
+CONFIRM_FILE = "confirm.json"  # in the sweep's report/ folder
+FORMAT = 2  # 1: paired by seed, images resampled singly, no primary endpoint
+# Test metrics assessed (f1 is left out: on pooled counts it is the Dice, a duplicate).
+METRICS = (DICE, IOU, PRECISION, RECALL, ACCURACY, ROC_AUC, DICE_PER_IMAGE, "loss")
 REFERENCE = "reference"
-BETTER, WORSE, UNDECIDED = "better", "worse", "not distinguishable"
+THIS_RUN = "this run"  # a --reference run's one trial
+CONFIRM, FINAL, SWEEP = "confirm", "final", "sweep"  # what retrained the runs, if anything
 
 
-@dataclass(frozen=True)
-class Interval:
-    mean: float
-    low: float
-    high: float
-    n: int  # seeds for a t-interval, test images for the bootstrap
-
-
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
-    """Mean and Student-t interval; the bounds are NaN with fewer than two values."""
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean()) if x.size else math.nan
-    if x.size < 2:
-        return Interval(mean, math.nan, math.nan, int(x.size))
-    half = stats.t.ppf((1 + confidence) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return Interval(mean, float(mean - half), float(mean + half), int(x.size))
-
-
-def bootstrap_mean(
-    differences: np.ndarray,
-    resamples: int = RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    confidence: float = CONFIDENCE,
-) -> Interval:
-    """Mean of a (seeds, images) array of paired differences, with a percentile interval
-    from resampling images: the test images are the sample drawn from the population, and
-    each image keeps its seeds together. Images with a NaN (no lesion: Dice undefined)
-    are left out."""
-    kept = differences[:, ~np.isnan(differences).any(axis=0)]
-    if kept.size == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    per_image = kept.mean(axis=0)
-    rng = np.random.default_rng(seed)
-    means = per_image[rng.integers(0, per_image.size, size=(resamples, per_image.size))].mean(1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return Interval(float(per_image.mean()), float(low), float(high), int(per_image.size))
-
-
-def pooled_dice_interval(
-    counts: np.ndarray,
-    resamples: int = RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    confidence: float = CONFIDENCE,
-) -> Interval:
-    """Pooled Dice of (N, 3) per-image tp, fp, fn counts, with a percentile interval from
-    resampling the images: how much the Dice of a few dozen test images can move."""
-
-    def dice(tp, fp, fn):
-        den = 2 * tp + fp + fn
-        return np.divide(2 * tp, den, out=np.ones_like(den, dtype=float), where=den > 0)
-
-    rng = np.random.default_rng(seed)
-    samples = counts[rng.integers(0, len(counts), size=(resamples, len(counts)))].sum(axis=1)
-    values = dice(samples[:, 0], samples[:, 1], samples[:, 2])
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(values, [tail, 1 - tail])
-    tp, fp, fn = counts.sum(axis=0)
-    return Interval(
-        float(dice(np.array(tp), np.array(fp), np.array(fn))), float(low), float(high), len(counts)
-    )
-
-
-def verdict(difference: Interval, lower_is_better: bool = False) -> str:
-    """better / worse when the interval of (candidate - reference) excludes 0."""
-    if difference.low > 0:
-        return WORSE if lower_is_better else BETTER
-    if difference.high < 0:
-        return BETTER if lower_is_better else WORSE
-    return UNDECIDED
+def primary_metric(objective: str) -> str:
+    """The test metric of the objective a sweep optimised: `selected_heldout_dice` ->
+    `dice`; the combined loss (a selection rule with a training term) -> the test loss."""
+    if objective == keys.BEST_COMBINED_LOSS:
+        return "loss"
+    return objective.removeprefix(keys.selected(""))
 
 
 @dataclass(frozen=True)
@@ -138,16 +100,16 @@ def choose_candidates(experiment: Experiment, top: int) -> tuple[Candidate, ...]
     if not others:
         raise UserError(f"confirm: {experiment.location} has no other scored trial to compare")
     chosen = [experiment.reference, *others]
-    keys = sorted({k for t in chosen for k in t.params})
+    names = sorted({k for t in chosen for k in t.params})
     labels = [REFERENCE, "best", *(f"rank {i}" for i in range(2, len(others) + 1))]
-
-    def rank(trial: Trial) -> int:
-        return 1 + next((i for i, t in enumerate(ranked) if t.name == trial.name), len(ranked))
-
     return tuple(
-        Candidate(label, t.name, rank(t), {k: t.config.to_flat()[k] for k in keys})
+        Candidate(label, t.name, _rank(t, ranked), {k: t.config.to_flat()[k] for k in names})
         for label, t in zip(labels, chosen, strict=True)
     )
+
+
+def _rank(trial: Trial, ranked: list[Trial]) -> int:
+    return 1 + next((i for i, t in enumerate(ranked) if t.name == trial.name), len(ranked))
 
 
 def training_seeds(base_seed: int, count: int) -> list[int]:
@@ -156,121 +118,198 @@ def training_seeds(base_seed: int, count: int) -> list[int]:
     return [base_seed + 1 + i for i in range(count)]
 
 
+def split_seeds(sweep_seed: int, count: int) -> list[int]:
+    """The sweep's own split first, then `count - 1` other draws of the same policy."""
+    return [sweep_seed + i for i in range(count)]
+
+
 @dataclass(frozen=True)
 class Run:
-    """One retraining: a candidate with one seed, read from the confirm experiment."""
+    """One run of a config: a retraining, or a sweep's own trial."""
 
     label: str
-    seed: int
+    seed: int  # its training seed
     trial: str
     state: str
-    test: dict[str, float] | None  # None if it errored before selecting an epoch
-    names: tuple[str, ...]  # test images of per_image_dice
-    per_image_dice: np.ndarray | None
+    objective: float | None  # the sweep's objective on its validation part
+    scores: Scores | None  # its test part; None if it did not count (see run_of)
 
 
-def read_runs(candidates: Sequence[Candidate], confirm: Experiment) -> list[Run]:
-    """Each trial of the confirm experiment, matched to its candidate by its config."""
-    runs = []
-    for trial in confirm.trials:
-        label = next((c.label for c in candidates if c.point.items() <= trial.params.items()), None)
-        if label is None:
-            log.warning("%s: its config is none of the candidates'; left out", trial.name)
-            continue
-        selection = trial.selection() if trial.has_selection else None
-        runs.append(
-            Run(
-                label=label,
-                seed=int(trial.params["seed"]),
-                trial=trial.name,
-                state=trial.state,
-                test=trial.selected.test if trial.selected else None,
-                names=selection.names if selection else (),
-                per_image_dice=selection.per_image_dice if selection else None,
-            )
+def run_of(trial: Trial, label: str, counts: bool = True) -> Run:
+    """A trial as a run of the config `label`; one that does not count (a retraining
+    that did not finish its budget) keeps its state for the record, and no numbers."""
+    selected = trial.selected if counts else None
+    selection = trial.selection() if selected else None
+    scores = None
+    if selected is not None:
+        scores = Scores(
+            split_seed=selected.split_seed,
+            test=selected.test,
+            names=selection.names if selection else (),
+            groups=selection.groups if selection else None,
+            counts=selection.per_image_counts if selection else None,
+            per_image_dice=selection.per_image_dice if selection else None,
         )
+    seed = trial.config.seed if trial.config else int(trial.params.get("seed", -1))
+    objective = trial.objective if selected is not None else None
+    return Run(label, seed, trial.name, trial.state, objective, scores)
+
+
+def read_runs(candidates: Sequence[Candidate], retrained: Sequence[Experiment]) -> list[Run]:
+    """Each trial of the retraining experiments, matched to its candidate by its config;
+    only runs that trained their whole budget count."""
+    runs = []
+    for experiment in retrained:
+        for trial in experiment.trials:
+            items = trial.params.items()
+            label = next((c.label for c in candidates if c.point.items() <= items), None)
+            if label is None:
+                log.warning("%s: its config is none of the candidates'; left out", trial.name)
+                continue
+            runs.append(run_of(trial, label, counts=trial.state == FINISHED))
     return runs
 
 
-def summarise_runs(runs: Sequence[Run]) -> dict[str, Interval]:
-    """Mean and t-interval of each metric over the runs (seeds) that produced one."""
-    scored = [r.test for r in runs if r.test is not None]
-    return {m: t_interval([test[m] for test in scored]) for m in METRICS}
+def _scores(runs: Sequence[Run], label: str) -> list[Scores]:
+    return [r.scores for r in runs if r.label == label and r.scores is not None]
 
 
-def _paired(runs: Sequence[Run], label: str) -> tuple[list[Run], list[Run]]:
-    """(candidate, reference) runs of the seeds where both produced test results."""
-    by_seed = {(r.label, r.seed): r for r in runs if r.test is not None}
-    seeds = sorted(s for (lbl, s) in by_seed if lbl == label and (REFERENCE, s) in by_seed)
-    return [by_seed[label, s] for s in seeds], [by_seed[REFERENCE, s] for s in seeds]
-
-
-def compare_with_reference(runs: Sequence[Run], label: str) -> dict[str, Any]:
-    """candidate - reference, per seed for every metric and per test image for Dice."""
-    ours, reference = _paired(runs, label)
-    per_seed = {
-        m: t_interval([o.test[m] - r.test[m] for o, r in zip(ours, reference, strict=True)])
-        for m in METRICS
+def pick_winner(
+    candidates: Sequence[Candidate], runs: Sequence[Run], objective: str, mode: str
+) -> dict[str, Any] | None:
+    """The candidate with the best mean validation objective over its runs (a tie keeps
+    the one listed first, the reference); each candidate's mean with its t-interval."""
+    validation = {
+        c.label: t_interval([r.objective for r in runs if r.label == c.label and r.scores])
+        for c in candidates
     }
-    usable = [
-        (o, r)
-        for o, r in zip(ours, reference, strict=True)
-        if o.per_image_dice is not None and r.per_image_dice is not None and o.names == r.names
-    ]
-    differences = [o.per_image_dice - r.per_image_dice for o, r in usable]
-    per_image = bootstrap_mean(np.array(differences) if usable else np.empty((0, 0)))
+    scored = [c for c in candidates if math.isfinite(validation[c.label].mean)]
+    if not scored:
+        return None
+    sign = 1 if mode == "min" else -1
+    winner = min(scored, key=lambda c: sign * validation[c.label].mean)
     return {
-        "label": label,
-        "seeds": [o.seed for o in ours],
-        "per_seed": {
-            m: {**dataclasses.asdict(i), "verdict": verdict(i, m in LOWER_IS_BETTER)}
-            for m, i in per_seed.items()
+        "label": winner.label,
+        "trial": winner.trial,
+        "rule": f"the {'lowest' if mode == 'min' else 'highest'} mean validation {objective} "
+        "over its runs (the test part picks nothing)",
+        "validation": {label: dataclasses.asdict(i) for label, i in validation.items()},
+    }
+
+
+def _interval(metric: str, a: list[Scores], b: list[Scores] | None, level: float) -> dict:
+    interval = estimate(metric, a, b, confidence=level)
+    raw = {**dataclasses.asdict(interval), "confidence": level}
+    return raw if b is None else {**raw, "verdict": verdict(interval, metric)}
+
+
+def assess(
+    kind: str,
+    experiment: Experiment,
+    candidates: Sequence[Candidate],
+    runs: Sequence[Run],
+    protocol: dict[str, Any],
+    retrained_in: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Everything confirm.json (and final.json) holds: the plan, every run, the winner,
+    each config's test numbers and each one's difference from the reference."""
+    settings = experiment.settings
+    primary = primary_metric(settings.metric)
+    secondary = [m for m in METRICS if m != primary]
+    level = bonferroni(CONFIDENCE, len(secondary))
+    levels = {primary: CONFIDENCE, **dict.fromkeys(secondary, level)}
+    parts = {}
+    for run in runs:
+        if run.scores is not None and run.scores.split_seed not in parts:
+            parts[run.scores.split_seed] = group_summary(run.scores.groups, len(run.scores.names))
+    reference = _scores(runs, REFERENCE)
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "experiment": experiment.location,
+        "retrained_in": list(retrained_in),
+        "confidence": CONFIDENCE,
+        "primary": {"metric": primary, "objective": settings.metric},
+        "secondary": {"metrics": secondary, "confidence": level},
+        "resamples": RESAMPLES,
+        "protocol": {**protocol, "test_groups": {str(k): v for k, v in parts.items()}},
+        "seeds": sorted({r.seed for r in runs}),
+        "split_seeds": sorted(parts),
+        "candidates": [dataclasses.asdict(c) for c in candidates],
+        "runs": [
+            {
+                "label": r.label,
+                "seed": r.seed,
+                "split_seed": r.scores.split_seed if r.scores else None,
+                "trial": r.trial,
+                "state": r.state,
+                "objective": r.objective,
+                "test": r.scores.test if r.scores else None,
+            }
+            for r in runs
+        ],
+        "winner": pick_winner(candidates, runs, settings.metric, settings.mode),
+        "summary": {
+            c.label: {m: _interval(m, _scores(runs, c.label), None, levels[m]) for m in levels}
+            for c in candidates
         },
-        "per_image_dice": {
-            **dataclasses.asdict(per_image),
-            "resamples": RESAMPLES,
-            "bootstrap_seed": BOOTSTRAP_SEED,
-            "verdict": verdict(per_image),
-        },
+        "comparisons": [
+            {
+                "label": c.label,
+                **{m: _interval(m, _scores(runs, c.label), reference, levels[m]) for m in levels},
+            }
+            for c in candidates
+            if c.label != REFERENCE and _scores(runs, c.label) and reference
+        ],
     }
 
 
 def confirmation(
-    experiment: Experiment, candidates: Sequence[Candidate], confirm: Experiment
+    experiment: Experiment,
+    candidates: Sequence[Candidate],
+    retrained: Sequence[Experiment],
+    kind: str = CONFIRM,
 ) -> dict[str, Any]:
-    """Everything confirm.json holds: the plan, every run, intervals and verdicts."""
-    runs = read_runs(candidates, confirm)
-    settings = confirm.settings
-    counts = next((t.selected.counts for t in confirm.trials if t.selected), {})
-    return {
-        "experiment": experiment.location,
-        "confirm_experiment": confirm.location,
-        "confidence": CONFIDENCE,
-        "protocol": {
-            "split": settings.split.value,
-            "split_seed": settings.seed,
-            "counts": counts,
-            "epochs": settings.base.epochs,
-            "scheduler": "fifo (no early stopping)",
-            "selection": "validation part (test part locked); numbers are on the test part",
-        },
-        "seeds": sorted({r.seed for r in runs}),
-        "candidates": [dataclasses.asdict(c) for c in candidates],
-        "runs": [
-            {"label": r.label, "seed": r.seed, "trial": r.trial, "state": r.state, "test": r.test}
-            for r in runs
-        ],
-        "summary": {
-            c.label: {
-                m: dataclasses.asdict(i)
-                for m, i in summarise_runs([r for r in runs if r.label == c.label]).items()
-            }
-            for c in candidates
-        },
-        "comparisons": [
-            compare_with_reference(runs, c.label) for c in candidates if c.label != REFERENCE
-        ],
+    """The assessment of retrained runs (one experiment per split)."""
+    settings = retrained[0].settings
+    counts = next((t.selected.counts for e in retrained for t in e.trials if t.selected), {})
+    protocol = {
+        "split": settings.split.value,
+        "split_seed": experiment.settings.seed,
+        "counts": counts,
+        "epochs": settings.base.epochs,
+        "scheduler": "fifo (no early stopping)",
+        "selection": "validation part (test part locked); numbers are on the test part",
     }
+    runs = read_runs(candidates, retrained)
+    return assess(kind, experiment, candidates, runs, protocol, [e.location for e in retrained])
+
+
+def sweep_assessment(experiment: Experiment) -> dict[str, Any] | None:
+    """The sweep's own numbers, one run per config: its best trial (the winner, picked on
+    validation) against its reference trial; a --reference run's one trial alone. None
+    without a scored best trial."""
+    best, reference = experiment.best, experiment.reference
+    if best is None:
+        return None
+    ranked = experiment.ranked()
+    chosen = [(REFERENCE, reference)] if reference is not None else []
+    if experiment.settings.reference_only:
+        chosen = [(THIS_RUN, best)]
+    elif best is not reference:
+        chosen.append(("best", best))
+    candidates = [Candidate(label, t.name, _rank(t, ranked), dict(t.params)) for label, t in chosen]
+    runs = [run_of(t, label) for label, t in chosen]
+    selected = best.selected
+    protocol = {
+        "split": experiment.settings.split.value,
+        "split_seed": experiment.settings.seed,
+        "counts": selected.counts if selected else {},
+        "epochs": experiment.settings.base.epochs,
+        "scheduler": experiment.settings.scheduler.value,
+        "selection": "validation part (test part locked); numbers are on the test part",
+    }
+    return assess(SWEEP, experiment, candidates, runs, protocol)
 
 
 def save_confirmation(result: dict[str, Any], directory: Path) -> Path:
@@ -280,73 +319,157 @@ def save_confirmation(result: dict[str, Any], directory: Path) -> Path:
     return path
 
 
-def _interval_text(raw: dict[str, float], signed: bool) -> str:
+# --- in words ------------------------------------------------------------------------
+
+
+def interval_text(raw: dict[str, Any], signed: bool = False) -> str:
     sign = "+" if signed else ""
-    if math.isnan(raw["low"]):
+    if not math.isfinite(raw["mean"]):
+        return "—"
+    if not math.isfinite(raw["low"]):
         return f"{raw['mean']:{sign}.4f} (n={raw['n']}: no interval)"
     return f"{raw['mean']:{sign}.4f} [{raw['low']:{sign}.4f}, {raw['high']:{sign}.4f}]"
 
 
-def in_words(label: str, outcome: str, measure: str) -> str:
+def in_words(label: str, outcome: str, measure: str, level: float = CONFIDENCE) -> str:
     """A verdict as a sentence a reader cannot misread."""
     if outcome == UNDECIDED:
         return (
             f"by {measure}, {label} and the reference are not distinguishable "
-            "(the interval of the difference includes 0)"
+            f"(the {level:.0%} interval of the difference includes 0)"
         )
     return (
         f"by {measure}, {label} is {outcome} than the reference "
-        "(the interval of the difference excludes 0)"
+        f"(the {level:.0%} interval of the difference excludes 0)"
     )
 
 
-def confirmation_lines(result: dict[str, Any]) -> list[str]:
-    """Markdown for confirm.json (readable as plain text too): per config mean and interval,
-    then each difference from the reference with its verdict in words. Every string of the
-    file is escaped: an experiment, its report folder included, can come from elsewhere."""
+def groups_words(result: dict[str, Any]) -> str:
+    """How the test images fall into groups, per split, in words."""
+    said = []
+    for seed, summary in result["protocol"]["test_groups"].items():
+        if summary is None:
+            said.append(
+                f"split {seed}: no group ids recorded (an experiment from before they were), "
+                "so images are resampled singly, which understates the interval"
+            )
+        else:
+            said.append(
+                f"split {seed}: {summary['images']} test images in {summary['groups']} "
+                f"groups, {summary['shared']} of them sharing a group with a near-duplicate"
+            )
+    return "; ".join(said)
+
+
+def endpoint_lines(result: dict[str, Any]) -> list[str]:
+    """Which number decides, and how the others are read."""
+    primary, secondary = result["primary"], result["secondary"]
+    return [
+        f"Primary endpoint: test `{primary['metric']}` (the sweep optimised "
+        f"`{primary['objective']}` on validation), {result['confidence']:.0%} intervals. "
+        f"Secondary: {', '.join(secondary['metrics'])}, with intervals widened to "
+        f"{secondary['confidence']:.2%} (Bonferroni, {len(secondary['metrics'])} "
+        "comparisons). A bootstrap resamples whole near-duplicate groups of test images "
+        f"({result['resamples']:,} resamples; {groups_words(result)}). Runs of two configs "
+        "with the same seed are not paired (a seed means nothing across configs): a "
+        "difference is of the configs' means.",
+    ]
+
+
+def winner_lines(result: dict[str, Any]) -> list[str]:
+    """The winner, its rule, and whether it is distinguishable from the reference on the
+    primary endpoint."""
+    text, winner = escape.text, result["winner"]
+    primary = result["primary"]["metric"]
+    if winner is None:
+        return ["No run of any config selected an epoch: no winner."]
+    label = winner["label"]
+    validation = winner["validation"][label]
+    lines = [
+        f"**Winner**: {text(label)} (from {text(winner['trial'])}), picked by "
+        f"{text(winner['rule'])}: {interval_text(validation)} over {validation['n']} run(s)."
+    ]
+    if label == REFERENCE:
+        lines.append("The reference config wins on validation: the search found nothing better.")
+        return lines
+    comparison = next((c for c in result["comparisons"] if c["label"] == label), None)
+    if comparison is None:
+        lines.append("The reference config has no run to compare it with.")
+        return lines
+    raw = comparison[primary]
+    lines.append(
+        f"**Verdict** on the test part: {text(label)} − reference, test {text(primary)}: "
+        f"{interval_text(raw, signed=True)} (covers {text(raw['covers'] or 'nothing measured')}): "
+        f"{in_words(text(label), raw['verdict'], 'the primary endpoint', raw['confidence'])}."
+    )
+    return lines
+
+
+def confirmation_lines(result: dict[str, Any], endpoints: bool = True) -> list[str]:
+    """Markdown for confirm.json or final.json (readable as plain text too): the plan,
+    which endpoint decides (unless said already: `endpoints`), the winner, per config its
+    validation mean and test intervals, then each difference from the reference with its
+    verdict. Every string read from the file is escaped: an experiment, its report folder
+    included, can come from elsewhere."""
+    if result.get("format") != FORMAT:
+        raise KeyError("format")
     text = escape.text
     protocol = result["protocol"]
-    level = f"{result['confidence']:.0%}"
+    primary = result["primary"]["metric"]
+    metrics = [primary, *result["secondary"]["metrics"]]
     counts = ", ".join(f"{n} {part}" for part, n in protocol["counts"].items())
+    splits = result["split_seeds"]
+    where = (
+        f"the sweep's split ({text(protocol['split'])}, seed {text(protocol['split_seed'])}; "
+        f"{text(counts)})"
+    )
+    if len(splits) > 1:
+        where += (
+            f" and {len(splits) - 1} other split(s) of the same policy (seeds "
+            f"{', '.join(text(s) for s in splits[1:])}; the configs were chosen on the "
+            "sweep's validation part, which another split's test part may overlap)"
+        )
+    objective = result["primary"]["objective"]
     lines = [
         f"Retrained for the full budget ({text(protocol['epochs'])} epochs, "
-        f"{text(protocol['scheduler'])}) with training seeds {text(result['seeds'])}; split "
-        f"{text(protocol['split'])} (seed {text(protocol['split_seed'])}; {text(counts)}); "
-        f"selection on the {text(protocol['selection'])}. Mean and {level} t-interval over "
-        "seeds:",
+        f"{text(protocol['scheduler'])}) with fresh training seeds "
+        f"{', '.join(text(s) for s in result['seeds'])} on {where}; epochs selected on the "
+        f"{text(protocol['selection'])}.",
         "",
-        "| config | from trial (rank in sweep) | " + " | ".join(METRICS) + " |",
-        "|---|---|" + "---|" * len(METRICS),
+        *([*endpoint_lines(result), ""] if endpoints else []),
+        *winner_lines(result),
+        "",
+        f"| config | from trial (rank in sweep) | runs | validation `{text(objective)}` | "
+        + " | ".join(f"{m} (primary)" if m == primary else m for m in metrics)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(metrics),
     ]
+    validation = result["winner"]["validation"] if result["winner"] else {}
     for candidate in result["candidates"]:
-        summary = result["summary"][candidate["label"]]
-        cells = " | ".join(_interval_text(summary[m], signed=False) for m in METRICS)
+        label = candidate["label"]
+        summary = result["summary"][label]
+        runs = sum(r["label"] == label and r["test"] is not None for r in result["runs"])
+        shown = interval_text(validation[label]) if label in validation else "—"
+        cells = " | ".join(interval_text(summary[m]) for m in metrics)
         lines.append(
-            f"| {text(candidate['label'])} | {text(candidate['trial'])} "
-            f"({text(candidate['rank'])}) | {cells} |"
+            f"| {text(label)} | {text(candidate['trial'])} ({text(candidate['rank'])}) | "
+            f"{runs} | {shown} | {cells} |"
         )
+    lower = ", ".join(m for m in metrics if m in LOWER_IS_BETTER)
     for comparison in result["comparisons"]:
         label = text(comparison["label"])
-        pooled = text(comparison["per_seed"][DICE]["verdict"])
-        image = comparison["per_image_dice"]
         lines += [
             "",
-            f"**{label} − reference**, paired by seed ({len(comparison['seeds'])} seeds, "
-            f"{level} t-interval; for loss and normal_fp_rate lower is better):",
+            f"**{label} − reference** on the test part (for {lower} lower is better):",
             "",
-            "| metric | difference | verdict |",
-            "|---|---|---|",
+            "| metric | difference | level | interval covers | verdict |",
+            "|---|---|---|---|---|",
             *(
-                f"| {text(m)} | {_interval_text(raw, signed=True)} | {text(raw['verdict'])} |"
-                for m, raw in comparison["per_seed"].items()
+                f"| {text(m)}{' (primary)' if m == primary else ''} | "
+                f"{interval_text(comparison[m], signed=True)} | "
+                f"{comparison[m]['confidence']:.2%} | {text(comparison[m]['covers'] or '—')} | "
+                f"{text(comparison[m]['verdict'])} |"
+                for m in metrics
             ),
-            "",
-            f"Per test image: Dice of the {text(image['n'])} test images with a lesion, paired "
-            f"by image and seed, {text(image['resamples'])} bootstrap resamples of the images "
-            f"(seed {text(image['bootstrap_seed'])}): {_interval_text(image, signed=True)}.",
-            "",
-            f"**Verdict** on the test part: "
-            f"{in_words(label, pooled, 'pooled Dice over seeds')}; "
-            f"{in_words(label, text(image['verdict']), 'per-image Dice')}.",
         ]
     return lines

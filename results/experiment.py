@@ -78,6 +78,9 @@ class Selected:
     folds: dict[str, Any] | None = None
     models: tuple[str, ...] = ()  # the selected weights' file names in the trial folder
     heldout: dict[str, float] | None = None  # "loss" and metrics on the held-out part
+    # The selected model's decision threshold (None in files from before it was recorded:
+    # the config's); chosen on the validation part under --threshold auto.
+    threshold: float | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Selected:
@@ -94,6 +97,7 @@ class Selected:
             folds=raw.get("objective"),
             models=tuple(_list(raw.get("models", []))),
             heldout=raw.get("heldout"),
+            threshold=raw.get("threshold"),
         )
         if problem := selected.problem():
             raise ValueError(problem)
@@ -118,6 +122,7 @@ class Selected:
             ),
             "models": all(_file_name(name) for name in self.models),
             "heldout": self.heldout is None or _mapping(self.heldout, _number),
+            "threshold": self.threshold is None or _number(self.threshold),
         }
         wrong = [key for key, ok in checks.items() if not ok]
         return f"{', '.join(wrong)} not as written by a trial" if wrong else None
@@ -163,6 +168,9 @@ class SelectionArrays:
     per_image_counts: np.ndarray | None  # (N, 3) tp, fp, fn; None in older experiments
     predictions: np.ndarray  # bool (N, S, S)
     curves: dict[str, np.ndarray]  # fpr, tpr, precision, recall, thresholds
+    # Near-duplicate group id per image (BusiArrays.groups), which a bootstrap resamples
+    # whole; None in experiments from before it was recorded.
+    groups: np.ndarray | None = None
 
 
 def read_selection(path: Path) -> SelectionArrays:
@@ -180,10 +188,13 @@ def read_selection(path: Path) -> SelectionArrays:
             per_image_counts=raw.get("per_image_counts"),
             predictions=np.unpackbits(packed, axis=-1, count=packed.shape[1]).astype(bool),
             curves={k: raw[k] for k in ("fpr", "tpr", "precision", "recall", "thresholds")},
+            groups=raw.get("groups"),
         )
     n, curves, counts = len(arrays.names), arrays.curves, arrays.per_image_counts
+    groups = arrays.groups
     if (
         arrays.per_image_dice.shape != (n,)
+        or (groups is not None and (groups.shape != (n,) or groups.dtype.kind not in "iu"))
         or len(arrays.predictions) != n
         or (counts is not None and (counts.shape != (n, 3) or counts.dtype.kind not in "iu"))
         or curves["fpr"].ndim != 1

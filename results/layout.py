@@ -51,6 +51,9 @@ PARAMS_FILE = "params.json"  # the searched values
 ERROR_FILE = "error.txt"  # written when a trial errors (every failed attempt, never cleared)
 # ... and by the driver when a trial ends: whether its last attempt errored.
 OUTCOME_FILE = "outcome.json"
+# The sweep's final round (tuner.confirm.final_round), at the experiment's root: its
+# configs retrained with fresh seeds, the winner picked on validation, test intervals.
+FINAL_FILE = "final.json"
 
 TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming its Tune trial
 
@@ -114,6 +117,8 @@ def _settings(flat: Any) -> RunSettings:
     flat = dict(flat)
     # Experiments from before the objective's direction followed its metric saved a mode.
     flat.pop("mode", None)
+    # Experiments from before --conflicts trained and scored every image.
+    flat.setdefault("conflicts", "keep")
     problem = type_problem(RunSettings, flat) or type_problem(TrainConfig, flat["base"])
     if problem:
         raise ValueError(problem)

@@ -13,6 +13,7 @@ REFERENCE_FILE = Path(__file__).with_name("reference_metrics.json")
 class PublishedReference:
     source: str
     protocol: dict[str, str]
+    counts: dict[str, int]  # images of the data set, and of its training and test parts
     best_epoch: int
     combined_loss: float
     test: dict[str, float]  # "loss" and the metric keys of trainable.metrics
@@ -24,6 +25,7 @@ def load_reference(path: Path = REFERENCE_FILE) -> PublishedReference:
     return PublishedReference(
         source=raw["source"],
         protocol=raw["protocol"],
+        counts=raw["counts"],
         best_epoch=raw["best_epoch"],
         combined_loss=raw["combined_loss"],
         test=raw["test"],

@@ -3,7 +3,10 @@
 Writes EXPERIMENT_DIR/report/: report.md (GitHub-readable, plots embedded), trials.csv and
 PNG plots. Reads the experiment folder offline (no Ray). Every number is printed with
 the protocol behind it, so that the optimistic published numbers (epoch selected on the
-test set) are never mistaken for honest ones (epoch selected on a validation part).
+test set) are never mistaken for honest ones (epoch selected on a validation part). Test
+numbers are shown for the winner and the reference config only (a table of every
+trial's would invite picking on test), each with its interval (results.intervals) and
+what differs from the paper.
 """
 
 from __future__ import annotations
@@ -31,13 +34,24 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial
 
 from results import escape, storage
-from results.compare import COMPARED, deltas
-from results.confirm import CONFIRM_FILE, Interval, confirmation_lines, pooled_dice_interval
+from results.compare import COMPARABLE, COMPARED, LOSS_NOT_COMPARED, deltas
+from results.confirm import (
+    CONFIRM_FILE,
+    FINAL,
+    FORMAT,
+    REFERENCE,
+    confirmation_lines,
+    endpoint_lines,
+    in_words,
+    interval_text,
+    sweep_assessment,
+)
 from results.experiment import ERRORED, FINISHED, Experiment, Trial
-from results.layout import own_folder
+from results.layout import FINAL_FILE, own_folder
 from results.reference import PublishedReference, load_reference
 from search_spaces import describe_params
 from trainable import keys
+from trainable.config import TrainConfig
 from trainable.errors import UserError
 from trainable.keys import (
     AVERAGE_PRECISION,
@@ -74,7 +88,6 @@ TEST_KEYS = ("loss", *METRIC_KEYS)
 # Test metrics the published table does not report, shown beside it.
 UNPUBLISHED = (AVERAGE_PRECISION, DICE_PER_IMAGE, NORMAL_FP_RATE)
 PARAM_PREFIX = "param_"
-LOWER_IS_BETTER = ("loss",)
 MAX_IMPORTANCES = 15
 MIN_IMPORTANCE_TRIALS = 8  # and two per varied parameter: see importance_needs
 DPI = 120
@@ -145,7 +158,7 @@ def protocol_lines(
             selection = (
                 f"{settings.folds}-fold cross-validation of the training part: each trial "
                 "trained one model per fold and selected each one's epoch on its own "
-                "validation fold; its objective is the mean over the folds (± their std) and "
+                "validation fold; its objective is the mean over the folds (± their sample SD) and "
                 "its test metrics are those of the folds' ensemble (probabilities averaged); "
                 "the test part was locked (never used for any choice): test numbers are "
                 "honest estimates"
@@ -177,8 +190,10 @@ def protocol_lines(
         choice,
         f"published reference: {reference.protocol['selection']}; split "
         f"{reference.protocol['split']}",
-        "test metrics are those of each trial's selected epoch; Δ = ours − published "
-        "(for loss lower is better, for the others higher)",
+        "test metrics: of the winner and the reference config only, at their selected "
+        "epochs (every trial's would invite picking on test: `report --all-test-metrics` "
+        "writes them into trials.csv); Δ = ours − published, higher is better for every "
+        f"metric compared; the test loss is {LOSS_NOT_COMPARED}",
     ]
 
 
@@ -224,11 +239,185 @@ def _test(trial: Trial | None) -> dict[str, float] | None:
     return trial.selected.test if trial is not None and trial.selected else None
 
 
+# --- the winner and the reference config: the only test numbers shown ------------------
+
+
+def read_final(experiment: Experiment) -> dict[str, Any] | None:
+    """The sweep's final round (final.json), None without one; a damaged one, or one from
+    another version, is said in the log and left out. It is checked by rendering it: a
+    file from elsewhere can hold anything."""
+    path = experiment.path / FINAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+        if result["format"] != FORMAT or result["kind"] != FINAL:
+            raise ValueError("not a final round of this version")
+        confirmation_lines(result)
+        primary_lines(experiment, result)
+        return result
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
+        return None
+
+
+def assessment(experiment: Experiment) -> dict[str, Any] | None:
+    """The numbers the report shows: the final round's when there is one, else the
+    sweep's own (its best trial and its reference trial, one run each)."""
+    return read_final(experiment) or sweep_assessment(experiment)
+
+
+@dataclass(frozen=True)
+class HeadlineRow:
+    """The winner or the reference config, as it is set against the published numbers."""
+
+    label: str  # its label in the assessment
+    title: str  # plain text: escaped when shown in Markdown
+    trial: Trial | None  # the sweep's trial of its config
+    test: dict[str, float]  # mean over its runs
+    runs: int
+    differences: tuple[str, ...]  # what differs from the paper, in words
+
+
+def headline(experiment: Experiment, result: dict[str, Any] | None) -> list[HeadlineRow]:
+    """The winner (picked on validation) and the reference config, once if they are the
+    same config; a --reference run's one trial."""
+    if result is None or result["winner"] is None:
+        return []
+    winner = result["winner"]["label"]
+    labels = [winner] + ([REFERENCE] if winner != REFERENCE else [])
+    trials = {c["label"]: c["trial"] for c in result["candidates"]}
+    by_name = {t.name: t for t in experiment.trials}
+    rows = []
+    for label in labels:
+        tests = [r["test"] for r in result["runs"] if r["label"] == label and r["test"]]
+        if not tests:
+            continue
+        trial = by_name.get(trials.get(label))
+        if experiment.settings.reference_only:
+            title = f"this run: {trials[label]}"
+        elif result["kind"] == FINAL:
+            role = "winner" if label == winner else "reference config"
+            if label == winner == REFERENCE:
+                role = "winner = reference config"
+            title = f"{role} ({label}, from {trials[label]}), mean of {len(tests)} runs"
+        else:
+            role = {winner: "winner", REFERENCE: "reference config"}[label]
+            if label == winner == REFERENCE:
+                role = "winner = reference config"
+            title = f"{role}: {trials[label]}"
+        mean = {
+            m: float(np.mean([t[m] for t in tests if m in t]))
+            for m in tests[0]
+            if all(m in t for t in tests)
+        }
+        differences = paper_differences(experiment, trial, label, winner, len(tests), result)
+        rows.append(HeadlineRow(label, title, trial, mean, len(tests), differences))
+    return rows
+
+
+def paper_differences(
+    experiment: Experiment,
+    trial: Trial | None,
+    label: str,
+    winner: str,
+    runs: int,
+    result: dict[str, Any],
+    reference: PublishedReference | None = None,
+) -> tuple[str, ...]:
+    """What differs between this row's numbers and the paper's, in words: data, split,
+    training images, epoch selection, how the config was chosen, model and budget,
+    threshold, runs, the loss."""
+    reference = reference or load_reference()
+    settings = experiment.settings
+    paper = TrainConfig.reference()
+    said = []
+    provenance = experiment.provenance
+    listed = provenance.get("excluded") if provenance else None  # absent before --conflicts
+    excluded = len(listed) if isinstance(listed, list) else 0
+    if provenance and provenance["synthetic"]:
+        said.append("synthetic data, not BUSI")
+    elif provenance and (excluded or provenance["images"] != reference.counts["images"]):
+        left = f", {excluded} contradicting copies left out" if excluded else ""
+        said.append(
+            f"{provenance['images'] - excluded} of {provenance['images']} images{left} "
+            f"(paper: all {reference.counts['images']})"
+        )
+    if settings.split.value == "grouped":
+        said.append("grouped split, near-duplicates on one side (paper: random, which leaks them)")
+    else:
+        said.append(f"random split, seed {settings.seed} (paper: a draw of its own)")
+    counts = trial.selected.counts if trial is not None and trial.selected else {}
+    train = counts.get("train", counts.get("cross-validated"))
+    if train is not None and train != reference.counts["train"]:
+        validation = counts.get("validation")
+        held = f", {validation} held out for validation" if validation else ""
+        said.append(f"{train} training images{held} (paper: {reference.counts['train']})")
+    if not settings.reference_only:
+        said.append("epoch selected on validation (paper: on test, optimistic)")
+        if label == winner and label != REFERENCE:
+            how = "on the mean over its runs" if result["kind"] == FINAL else "one run each"
+            said.append(
+                f"config chosen on validation among {len(experiment.trials)} trials ({how}; "
+                "paper: one config)"
+            )
+    config = trial.config if trial is not None else None
+    if config is not None:
+        for name in ("encoder", "encoder_weights", "image_size", "epochs", "batch_size"):
+            ours, theirs = getattr(config, name), getattr(paper, name)
+            if ours != theirs:
+                said.append(f"{name} {ours} (paper: {theirs})")
+        threshold = trial.selected.threshold if trial.selected else None
+        threshold = config.threshold if threshold is None else threshold
+        if threshold != paper.threshold:
+            said.append(f"threshold {threshold:g} (paper: {paper.threshold:g})")
+    if runs > 1:
+        said.append(f"mean of {runs} training seeds (paper: one run)")
+    said.append("test loss defined otherwise: not compared")
+    return tuple(said)
+
+
+def primary_lines(
+    experiment: Experiment, result: dict[str, Any] | None, quote: Callable[[str], str] = str
+) -> list[str]:
+    """The primary endpoint of the winner and the reference config with its interval, and
+    their difference with its verdict: what decides, in words; `quote` renders what was
+    read from the experiment's files (escape.text for Markdown)."""
+    rows = headline(experiment, result)
+    if not rows:
+        return []
+    primary = result["primary"]["metric"]
+    said = []
+    for row in rows:
+        raw = result["summary"][row.label][primary]
+        said.append(
+            f"{quote(row.title)}: test {quote(primary)} {interval_text(raw)} "
+            f"({quote(raw['covers'] or 'nothing measured')})"
+        )
+    comparison = next((c for c in result["comparisons"] if c["label"] == rows[0].label), None)
+    if comparison is not None:
+        raw = comparison[primary]
+        verdict = in_words("the winner", quote(raw["verdict"]), "the primary endpoint")
+        said.append(
+            f"winner − reference config, test {quote(primary)}: "
+            f"{interval_text(raw, signed=True)} ({quote(raw['covers'] or 'nothing measured')}): "
+            f"{verdict}"
+        )
+        if result["kind"] != FINAL:
+            said.append(
+                "one run per config: seed noise is not in these intervals (a config's runs "
+                "differ by several points of Dice); `run --final-seeds S` or `confirm` "
+                "measure it"
+            )
+    return said
+
+
 def format_terminal_table(
     experiment: Experiment, reference: PublishedReference | None = None
 ) -> str:
-    """The trials as text: test metrics at the selected epoch, the difference from the
-    published reference below them, the searched values below that."""
+    """The trials as text (objective and searched values: no test numbers, the test part
+    picks nothing), then the winner's and the reference config's test metrics beside the
+    published ones, and the primary endpoint with its interval."""
     reference = reference or load_reference()
     settings = experiment.settings
     kind = "--reference run" if settings.reference_only else f"sweep ({settings.space} space)"
@@ -236,36 +425,55 @@ def format_terminal_table(
         f"experiment: {experiment.location} — {kind}; {state_counts(experiment.trials)}",
         *protocol_lines(experiment, reference),
         "",
-        f"{'':3}{'trial':<24}{'state':<28}{'objective':>10}"
-        + "".join(f"{m:>10}" for m in COMPARED),
-        f"{'':3}{'published reference':<24}{'':<28}{'—':>10}"
-        + "".join(f"{reference.test[m]:>10.4f}" for m in COMPARED),
+        f"{'':3}{'trial':<24}{'state':<28}{'objective':>10}  searched values",
     ]
     for trial in experiment.trials:
-        test = _test(trial)
-        values = [test.get(m) for m in COMPARED] if test else [None] * len(COMPARED)
         lines.append(
             f"{marks(trial, experiment):<3}{trial.name:<24}{trial.state:<28}"
-            f"{_value(trial.objective):>10}" + "".join(f"{_value(v):>10}" for v in values)
+            f"{_value(trial.objective):>10}  {_details(trial)}"
         )
-        if test:
-            difference = deltas(test, reference)
-            lines.append(
-                f"{'':3}{'':<24}{'Δ published':<28}{'':>10}"
-                + "".join(f"{_value(difference[m], signed=True):>10}" for m in COMPARED)
-            )
-        lines.append(f"{'':27}{_details(trial)}")
     if warning := fold_warning(experiment):
         lines.append(warning)
-    return "\n".join(lines)
+    result = assessment(experiment)
+    rows = headline(experiment, result)
+    if not rows:
+        return "\n".join(lines)
+    width = 3 + max(len(row.title) for row in rows)
+    lines += [
+        "",
+        "test part vs the published reference (the winner and the reference config only):",
+        f"{'':{width}}" + "".join(f"{m:>10}" for m in COMPARABLE),
+        f"{'published reference':{width}}"
+        + "".join(f"{reference.test[m]:>10.4f}" for m in COMPARABLE),
+    ]
+    for row in rows:
+        difference = deltas(row.test, reference)
+        lines += [
+            f"{row.title:{width}}" + "".join(f"{_value(row.test.get(m)):>10}" for m in COMPARABLE),
+            f"{'   Δ published':{width}}"
+            + "".join(f"{_value(difference[m], signed=True):>10}" for m in COMPARABLE),
+            f"   differs from the paper: {'; '.join(row.differences)}",
+        ]
+    return "\n".join([*lines, *primary_lines(experiment, result)])
 
 
 # --- trials.csv ----------------------------------------------------------------------
 
 
-def trial_row(trial: Trial, experiment: Experiment, reference: PublishedReference) -> dict:
-    test = _test(trial) or {}
+def trial_row(
+    trial: Trial,
+    experiment: Experiment,
+    reference: PublishedReference,
+    test_metrics: bool = False,
+) -> dict:
+    """One trial; its test metrics and their difference from the published ones only
+    with `test_metrics` (report --all-test-metrics)."""
+    test = (_test(trial) or {}) if test_metrics else {}
     difference = deltas(test, reference) if test else {}
+    tested = {
+        **{f"test_{m}": _csv(test.get(m)) for m in TEST_KEYS},
+        **{f"delta_{m}": _csv(difference.get(m)) for m in COMPARABLE},
+    }
     return {
         "trial": trial.name,
         "number": trial.number,
@@ -277,8 +485,7 @@ def trial_row(trial: Trial, experiment: Experiment, reference: PublishedReferenc
         "selection": trial.selected.selection if trial.selected else "",
         f"objective_{experiment.settings.metric}": _csv(trial.objective),
         "objective_fold_std": _csv(trial.fold_spread),
-        **{f"test_{m}": _csv(test.get(m)) for m in TEST_KEYS},
-        **{f"delta_{m}": _csv(difference.get(m)) for m in COMPARED},
+        **(tested if test_metrics else {}),
         "error": trial.error or "",
         **{f"{PARAM_PREFIX}{k}": v for k, v in trial.params.items()},
     }
@@ -288,8 +495,13 @@ def _csv(value: float | None) -> str | float:
     return "" if value is None else value
 
 
-def write_trials_csv(experiment: Experiment, reference: PublishedReference, path: Path) -> None:
-    rows = [trial_row(t, experiment, reference) for t in experiment.trials]
+def write_trials_csv(
+    experiment: Experiment,
+    reference: PublishedReference,
+    path: Path,
+    test_metrics: bool = False,
+) -> None:
+    rows = [trial_row(t, experiment, reference, test_metrics) for t in experiment.trials]
     names = dict.fromkeys(k for row in rows for k in row)
     columns = [k for k in names if not k.startswith(PARAM_PREFIX)]
     columns += sorted(k for k in names if k.startswith(PARAM_PREFIX))
@@ -313,39 +525,47 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def headline(experiment: Experiment) -> list[tuple[str, Trial]]:
-    """The trials set against the published reference, with their role: the best and the
-    in-sweep reference trial (once if they are the same), or a --reference run's trial."""
-    best, reference = experiment.best, experiment.reference
-    if experiment.settings.reference_only:
-        roles = [("this run", best)]
-    elif best is not None and best is reference:
-        roles = [("best = reference trial", best)]
-    else:
-        roles = [("best", best), ("reference trial", reference)]
-    return [(role, trial) for role, trial in roles if _test(trial)]
+def shown_trial(experiment: Experiment) -> Trial | None:
+    """The trial whose test images and curves are drawn: the final round's winner's (its
+    sweep trial), else the best trial; chosen on validation either way."""
+    final = read_final(experiment)
+    if final is not None and final["winner"] is not None:
+        name = final["winner"]["trial"]
+        return next((t for t in experiment.trials if t.name == name), experiment.best)
+    return experiment.best
 
 
-def plot_comparison(experiment: Experiment, reference: PublishedReference, path: Path) -> Plot:
-    """(1) Best trial vs in-sweep reference trial vs published, metric by metric."""
-    title = "Test metrics vs the published reference"
-    bars = [(f"{role}: {trial.name}", _test(trial)) for role, trial in headline(experiment)]
-    if not bars:
+def plot_comparison(
+    experiment: Experiment,
+    reference: PublishedReference,
+    path: Path,
+    result: dict[str, Any] | None = None,
+) -> Plot:
+    """(1) The winner and the reference config vs published, metric by metric (not the
+    loss, defined otherwise than the paper's)."""
+    title = "Test metrics of the winner and the reference config vs the published reference"
+    rows = headline(experiment, result if result is not None else assessment(experiment))
+    if not rows:
         return Plot(title, None, "absent: no trial selected an epoch, so there are no test metrics")
+    bars = [(row.title, row.test) for row in rows]
     bars.append(("published (selection on test: optimistic)", reference.test))
     figure = _figure(10, 4.5)
     axis = figure.subplots()
     width = 0.8 / len(bars)
-    x = np.arange(len(COMPARED))
+    x = np.arange(len(COMPARABLE))
     for i, (label, test) in enumerate(bars):
-        values = [test.get(m, math.nan) for m in COMPARED]
+        values = [test.get(m, math.nan) for m in COMPARABLE]
         axis.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=label)
-    axis.set_xticks(x, [f"{m}\n(lower better)" if m in LOWER_IS_BETTER else m for m in COMPARED])
+    axis.set_xticks(x, list(COMPARABLE))
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("test part, selected epoch")
     axis.set_title(title)
-    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(bars))
-    return Plot(title, _save(figure, path), "Metric by metric: " + ", ".join(b[0] for b in bars))
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
+    note = (
+        "Metric by metric: " + ", ".join(b[0] for b in bars) + f". The test loss is left out: "
+        f"{LOSS_NOT_COMPARED}."
+    )
+    return Plot(title, _save(figure, path), note)
 
 
 # Line style by the first word of a trial's state, and its legend entry.
@@ -449,11 +669,11 @@ def _plotted(value: object) -> float:
 
 
 def plot_roc_pr(experiment: Experiment, path: Path) -> Plot:
-    """(3) ROC and precision-recall curves of the best trial on the test part."""
-    title = "ROC and precision–recall curves of the best trial (test part)"
-    best = experiment.best
+    """(3) ROC and precision-recall curves of the winner's trial on the test part."""
+    title = "ROC and precision–recall curves of the winner's trial (test part)"
+    best = shown_trial(experiment)
     if best is None or not best.has_selection:
-        return Plot(title, None, "absent: the best trial has no selection.npz")
+        return Plot(title, None, "absent: the winner's trial has no selection.npz")
     curves = best.selection().curves
     test = best.selected.test if best.selected else {}
     figure = _figure(9, 4.2)
@@ -707,11 +927,11 @@ def _overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np
 
 
 def plot_examples(experiment: Experiment, path: Path) -> Plot:
-    """(5) Test images of the best trial: input beside truth and prediction overlaid."""
-    title = "Test images of the best trial: median and worst Dice, a typical lesion-free one"
-    best = experiment.best
+    """(5) Test images of the winner's trial: input beside truth and prediction overlaid."""
+    title = "Test images of the winner's trial: median and worst Dice, a typical lesion-free one"
+    best = shown_trial(experiment)
     if best is None or not best.has_selection:
-        return Plot(title, None, "absent: the best trial has no selection.npz")
+        return Plot(title, None, "absent: the winner's trial has no selection.npz")
     settings = experiment.settings
     folder = _folder(settings.data)
     if not settings.data.is_dir():
@@ -789,36 +1009,57 @@ def reference_section(reference: PublishedReference) -> list[str]:
     ]
 
 
-def comparison_section(experiment: Experiment, reference: PublishedReference) -> list[str]:
-    columns = headline(experiment)
-    header = ["metric", *(f"{role}: {escape.text(t.name)}" for role, t in columns), "published"]
-    header += [f"Δ {role}" for role, _ in columns]
-    rows = []
-    for m in COMPARED:
-        values = [_test(t)[m] for _, t in columns]
-        rows.append(
-            [
-                m,
-                *(f"{v:.4f}" for v in values),
-                f"{reference.test[m]:.4f}",
-                *(f"{v - reference.test[m]:+.4f}" for v in values),
-            ]
+def comparison_section(
+    experiment: Experiment, reference: PublishedReference, result: dict[str, Any]
+) -> list[str]:
+    """The winner and the reference config against the published numbers, each row with
+    what differs from the paper; then the metrics the paper lacks and the test loss (not
+    beside the paper's: defined otherwise); then the primary endpoint with its interval."""
+    rows = headline(experiment, result)
+    text = escape.text
+    published = [
+        "published (paper)",
+        *(f"{reference.test[m]:.4f}" for m in COMPARABLE),
+        f"one run; {text(reference.protocol['split'])}; " + text(reference.protocol["selection"]),
+    ]
+    table = [published]
+    for row in rows:
+        difference = deltas(row.test, reference)
+        cells = [_with_delta(row.test.get(m), difference[m]) for m in COMPARABLE]
+        table.append([text(row.title), *cells, text("; ".join(row.differences))])
+    if result["kind"] == FINAL:
+        how = (
+            "Winner: picked by the sweep's final round on "
+            f"{text(result['winner']['rule'])}; numbers are means over its runs."
         )
-    blank = [""] * len(columns)
-    for m in UNPUBLISHED:
-        rows.append([m, *(_value(_test(t).get(m)) for _, t in columns), "—", *blank])
-    intervals = [dice_interval(t) for _, t in columns]
-    rows.append(["dice, bootstrap 95 %", *(_interval(i) for i in intervals), "—", *blank])
-    images = next((i.n for i in intervals if i), None)
-    note = (
-        f"The test part holds {images} images; the interval resamples them (2,000 draws)."
-        if images
-        else ""
-    )
-    return [*_table(header, rows), "", note] if note else _table(header, rows)
+    elif experiment.settings.reference_only:
+        how = "A --reference run: its one config, one run."
+    else:
+        how = (
+            "Winner: the sweep's best trial on the validation objective (one run); the "
+            "reference config is the sweep's own run of it."
+        )
+    unpublished = [m for m in (*UNPUBLISHED, "loss") if all(m in row.test for row in rows)]
+    lines = [
+        how,
+        "",
+        *_table(["", *COMPARABLE, "what differs from the paper"], table),
+        "",
+        f"Metrics the paper's table lacks, and the test loss ({LOSS_NOT_COMPARED}):",
+        "",
+        *_table(
+            ["", *unpublished],
+            [[text(row.title), *(_value(row.test[m]) for m in unpublished)] for row in rows],
+        ),
+        "",
+        *endpoint_lines(result),
+        "",
+        *(f"- {line}" for line in primary_lines(experiment, result, text)),
+    ]
+    return lines
 
 
-def trials_section(experiment: Experiment, reference: PublishedReference) -> list[str]:
+def trials_section(experiment: Experiment) -> list[str]:
     settings = experiment.settings
     # On CPUs alone, device time is the run time times one number: a column that repeats.
     gpu = any(t.on_gpu for t in experiment.trials)
@@ -829,24 +1070,19 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
             t.state,
             str(t.selected.epoch) if t.selected else "—",
             _value(t.objective),
-            _interval(dice_interval(t)),
             f"{t.run_seconds:.0f} s" if t.run_seconds is not None else "—",
             *([t.device_time(settings.cpus_per_trial, settings.gpus_per_trial)] if gpu else []),
             escape.text(_details(t)),
         ]
         for t in experiment.trials
     ]
-    metrics = [["", "published reference", *(f"{reference.test[m]:.4f}" for m in COMPARED)]]
-    for t in experiment.trials:
-        test = _test(t)
-        difference = deltas(test, reference) if test else {}
-        cells = [_with_delta(test.get(m) if test else None, difference.get(m)) for m in COMPARED]
-        metrics.append([marks(t, experiment), escape.text(t.name), *cells])
     warning = fold_warning(experiment)
     return [
         "## Trials",
         "",
-        f"{state_counts(experiment.trials)}. B = best trial, R = in-sweep reference trial.",
+        f"{state_counts(experiment.trials)}. B = best trial, R = in-sweep reference trial. "
+        "Test numbers are left out here: a table of every trial's would invite picking on "
+        "test (`report --all-test-metrics` writes them into trials.csv).",
         "",
         *([f"**{warning}**", ""] if warning else []),
         *_table(
@@ -856,17 +1092,12 @@ def trials_section(experiment: Experiment, reference: PublishedReference) -> lis
                 "state",
                 "selected epoch",
                 f"{settings.metric}",
-                "test Dice 95 %",
                 "run time",
                 *(["device time"] if gpu else []),
                 "searched values",
             ],
             overview,
         ),
-        "",
-        "Test metrics at each trial's selected epoch, (difference from the published reference):",
-        "",
-        *_table(["", "trial", *COMPARED], metrics),
     ]
 
 
@@ -881,17 +1112,6 @@ def plot_section(plot: Plot, directory: Path) -> list[str]:
         escape.text(plot.note),
         "",
     ]
-
-
-def dice_interval(trial: Trial) -> Interval | None:
-    """The trial's pooled test Dice with a bootstrap 95 % interval over its test images."""
-    selection = trial.selection()
-    counts = selection.per_image_counts if selection else None
-    return pooled_dice_interval(counts) if counts is not None and len(counts) else None
-
-
-def _interval(interval: Interval | None) -> str:
-    return f"{interval.low:.3f}–{interval.high:.3f}" if interval else "—"
 
 
 def shown_location(experiment: Experiment) -> str:
@@ -915,9 +1135,18 @@ def provenance_line(experiment: Experiment) -> str:
             f"folder {escape.code(_folder(data['path']))}): not ultrasound, not BUSI; the "
             "comparison with the published numbers shows the pipeline working, not a result"
         )
+    listed = data.get("excluded")  # absent before --conflicts; anything in a damaged file
+    listed = listed if isinstance(listed, list) else []
+    excluded = [name for name in listed if isinstance(name, str)]
+    left_out = (
+        f"; {len(excluded)} left out as copies of one frame whose labels or lesion masks "
+        f"contradict (`--conflicts exclude`): {escape.code(', '.join(excluded))}"
+        if excluded
+        else ""
+    )
     return (
         f"data: folder {escape.code(_folder(data['path']))}, {data['images']} images, content "
-        f"hash {escape.code(data['content_hash'])}"
+        f"hash {escape.code(data['content_hash'])}{left_out}"
     )
 
 
@@ -951,8 +1180,13 @@ def where_section(experiment: Experiment) -> list[str]:
 
 
 def render_markdown(
-    experiment: Experiment, reference: PublishedReference, plots: list[Plot], directory: Path
+    experiment: Experiment,
+    reference: PublishedReference,
+    plots: list[Plot],
+    directory: Path,
+    result: dict[str, Any] | None = None,
 ) -> str:
+    """report.md; `result`: the assessment its test numbers come from (`assessment`)."""
     settings = experiment.settings
     kind = (
         "a --reference run (the reference config alone, reference protocol)"
@@ -976,14 +1210,16 @@ def render_markdown(
         "",
         *(f"- {line}" for line in protocol_lines(experiment, reference, escape.text)),
         "",
-        "## Against the published reference",
+        "## The winner against the published reference",
         "",
     ]
-    if headline(experiment):
-        lines += comparison_section(experiment, reference)
+    if result is not None and headline(experiment, result):
+        lines += comparison_section(experiment, reference, result)
     else:
         lines.append("_No trial has selected an epoch yet: there are no test metrics._")
-    lines += ["", *trials_section(experiment, reference), "", *where_section(experiment)]
+    if result is not None and result["kind"] == FINAL:
+        lines += ["", "### The final round", "", *confirmation_lines(result)]
+    lines += ["", *trials_section(experiment), "", *where_section(experiment)]
     lines += ["## Plots", ""]
     for plot in plots:
         lines += plot_section(plot, directory)
@@ -1000,13 +1236,18 @@ def _confirmation(path: Path) -> list[str]:
         return confirmation_lines(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSON's are ValueErrors
         log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
-        return [f"_{CONFIRM_FILE} is damaged: run `confirm` again to remake it._"]
+        return [
+            f"_{CONFIRM_FILE} is damaged or from an older version: run `confirm` again to "
+            "remake it._"
+        ]
 
 
-def write_report(experiment: Experiment) -> ReportPaths:
+def write_report(experiment: Experiment, all_test_metrics: bool = False) -> ReportPaths:
     """Write EXPERIMENT_DIR/report/ and say where everything went (for a remote
-    experiment: written on its local mirror, then uploaded beside its trials)."""
+    experiment: written on its local mirror, then uploaded beside its trials). With
+    `all_test_metrics`, trials.csv holds every trial's test metrics too."""
     reference = load_reference()
+    result = assessment(experiment)
     directory = own_folder(experiment.path / REPORT_DIR)
     # A plot absent now must not linger; and every file is written anew, never through a
     # link that an experiment from elsewhere may hold in its place.
@@ -1015,7 +1256,7 @@ def write_report(experiment: Experiment) -> ReportPaths:
     # Names from the experiment's files are shown as they are, never read as mathtext.
     with matplotlib.rc_context({"text.parse_math": False}):
         plots = [
-            plot_comparison(experiment, reference, directory / COMPARISON_PLOT),
+            plot_comparison(experiment, reference, directory / COMPARISON_PLOT, result),
             plot_learning_curves(experiment, directory / CURVES_PLOT),
             plot_roc_pr(experiment, directory / ROC_PR_PLOT),
             plot_history(experiment, directory / HISTORY_PLOT),
@@ -1024,12 +1265,12 @@ def write_report(experiment: Experiment) -> ReportPaths:
             plot_examples(experiment, directory / EXAMPLES_PLOT),
         ]
     markdown = directory / MARKDOWN_FILE
-    text = render_markdown(experiment, reference, plots, directory)
+    text = render_markdown(experiment, reference, plots, directory, result)
     markdown.unlink(missing_ok=True)
     markdown.write_text(text)
     trials_csv = directory / TRIALS_FILE
     trials_csv.unlink(missing_ok=True)
-    write_trials_csv(experiment, reference, trials_csv)
+    write_trials_csv(experiment, reference, trials_csv, all_test_metrics)
     paths = ReportPaths(directory, markdown, trials_csv, tuple(p.path for p in plots if p.path))
     if experiment.is_remote:  # written on the mirror, kept with the experiment
         for path in (markdown, trials_csv, *paths.plots):

@@ -11,6 +11,7 @@ from results import storage
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.errors import UserError
+from trainable.preprocess import ConflictPolicy
 from trainable.splits import SplitPolicy
 
 
@@ -32,6 +33,8 @@ class RunSettings:
     metric: str = keys.DEFAULT_OBJECTIVE  # one of keys.OBJECTIVES: validation-side only
     seed: int = 0
     split: SplitPolicy = SplitPolicy.GROUPED  # --reference: the paper's random split
+    # Contradicting copies of one frame: left out (--reference: kept, as the paper did).
+    conflicts: ConflictPolicy = ConflictPolicy.EXCLUDE
     folds: int = 1  # K > 1: rank configs by their mean over K folds of the training part
     storage: str = "./runs"
     name: str = ""
@@ -45,12 +48,17 @@ class RunSettings:
     reuse_actors: bool = True  # start a trial in a finished trial's Ray worker
     compiled: bool = False  # torch.compile each trial's model (an option, not a default)
     choose_threshold: bool = False  # --threshold auto: each trial's, on its validation part
+    # The final round: the reference and the `final_top` best configs retrained with
+    # `final_seeds` fresh seeds each, the winner picked on their mean validation objective.
+    final_seeds: int | None = None  # None: 0 for CPU trials, 2 for GPU ones (tuner.sweep)
+    final_top: int = 3
     local_gpus: int | None = None  # logical GPUs to declare when starting Ray locally
     cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         # Trials run in other folders (and on other nodes): a weights file's path absolute.
         object.__setattr__(self, "base", self.base.with_absolute_weights())
+        object.__setattr__(self, "conflicts", ConflictPolicy(self.conflicts))  # from JSON
         if not self.name:
             kind = "reference" if self.reference_only else "sweep"
             object.__setattr__(self, "name", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -97,6 +105,18 @@ class RunSettings:
             raise UserError(
                 f"--grace-period {self.grace_period}: must lie between 1 and the budget "
                 f"(--epochs {self.base.epochs})"
+            )
+        if self.final_seeds is not None and (self.final_seeds < 0 or self.final_seeds == 1):
+            raise UserError(
+                f"--final-seeds {self.final_seeds}: 0 (no final round) or at least 2 (an "
+                "interval over seeds needs two)"
+            )
+        if self.final_top < 1:
+            raise UserError("--final-top must be at least 1")
+        if self.reference_only and self.final_seeds:
+            raise UserError(
+                "--final-seeds: a final round retrains a sweep's best configs; a --reference "
+                "run has one config (leave it out)"
             )
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise UserError("--gpus-per-trial must be 0 or more")

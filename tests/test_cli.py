@@ -203,7 +203,10 @@ def test_a_wrong_data_path_is_one_line_before_weights_ray_or_torch(tmp_path, pro
 
 def test_a_flag_of_another_command_says_which_and_demo_refuses_data(capsys):
     for argv, hint in (
-        (["run", "--demo", "--json"], "--json is an option of `evaluate`, not of this command"),
+        (
+            ["run", "--demo", "--json"],
+            "--json is an option of `data check`, `evaluate`, not of this command",
+        ),
         (["report", "x", "--trials", "3"], "--trials is an option of `run`, not of this command"),
     ):
         with pytest.raises(SystemExit):
@@ -261,7 +264,7 @@ def test_an_objective_on_the_test_part_is_refused_and_nothing_is_written(
     synth_root, tmp_path, capsys
 ):
     storage = tmp_path / "runs"
-    for metric in ("test_dice", "heldout_dice", "nonsense"):
+    for metric in ("test_dice", "heldout_dice", "nonsense", "selected_heldout_dice_per_image_sd"):
         assert (
             main(["run", "--data", str(synth_root), "--storage", str(storage), "--metric", metric])
             == 2
@@ -270,6 +273,31 @@ def test_an_objective_on_the_test_part_is_refused_and_nothing_is_written(
         assert error.count("\n") == 1 and f"--metric {metric}: not an objective" in error
         assert "selected_heldout_dice" in error and "best_combined_loss" in error
     assert not storage.exists()
+
+
+def test_per_image_objectives_and_the_threshold_flag(synth_root, tmp_path, capsys):
+    from tuner.cli import build_parser, settings_from_args
+
+    base = ["run", "--data", str(synth_root), "--storage", str(tmp_path / "runs")]
+
+    def settings(*flags):
+        return settings_from_args(build_parser().parse_args([*base, *flags]))
+
+    assert settings("--metric", "selected_heldout_dice_per_image").mode == "max"
+    assert settings("--metric", "selected_heldout_hd95").mode == "min"
+    default, auto, fixed = (
+        settings(),
+        settings("--threshold", "auto"),
+        settings("--threshold", "0.3"),
+    )
+    assert (default.base.threshold, default.choose_threshold) == (0.5, False)
+    assert (auto.base.threshold, auto.choose_threshold) == (0.5, True)
+    assert (fixed.base.threshold, fixed.choose_threshold) == (0.3, False)
+    # The reference protocol has no validation part: auto would choose on the test part.
+    assert main([*base, "--reference", "--threshold", "auto"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--threshold auto" in error and "--reference" in error
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("folds", [8, 50])
@@ -351,7 +379,9 @@ def test_reference_run_on_real_busi(busi_root, tmp_path):
     (trial,) = [p for p in (tmp_path / "runs" / "ref").iterdir() if p.name.startswith("trial_")]
     metrics = json.loads((trial / "metrics.json").read_text())
     assert set(metrics["test"]) == set(METRIC_KEYS)
-    assert all(0.0 <= metrics["test"][k] <= 1.0 for k in METRIC_KEYS)
+    in_pixels = {"hd95", "hd95_median"}
+    assert all(0.0 <= metrics["test"][k] <= 1.0 for k in set(METRIC_KEYS) - in_pixels)
+    assert all(0.0 <= metrics["test"][k] <= 32 * 2**0.5 for k in in_pixels)
     assert metrics["protocol"]["counts"] == {"train": 624, "validation": 0, "test": 156}
     assert metrics["selected_epoch"] == 1
     assert (trial / metrics["models"][0]).is_file()

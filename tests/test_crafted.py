@@ -17,12 +17,14 @@ import numpy as np
 import optuna
 import pytest
 import test_report
+import torch
 
 from results import layout
 from results.escape import code, text
 from results.experiment import load_experiment
 from results.report import PLOT_FILES, write_report
 from trainable.errors import UserError
+from trainable.model import build_model
 from tuner.cli import main
 from tuner.confirm import confirm_settings
 
@@ -161,7 +163,10 @@ def test_readers_use_their_own_cache_never_the_one_the_settings_name(
 
     write_report(experiment)
     assert len(list(reader_cache.glob("busi-*.npz"))) == 1  # decoded at 32 px, once
-    # evaluate decodes the data too, then finds no split.json: one line naming it.
+    # evaluate loads the best trial's model, decodes the data too, then finds no
+    # split.json: one line naming it.
+    config = next(t for t in experiment.trials if t.name == BEST).config
+    torch.save(build_model(config).state_dict(), handmade / BEST / layout.MODEL_FILE)
     assert main(["evaluate", str(handmade)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "\n" not in error
@@ -226,7 +231,7 @@ def test_other_damaged_trial_files_are_warnings_naming_them(handmade, caplog):
     assert experiment.provenance is None
     markdown = paths.markdown.read_text()
     assert "data: folder `data-that-is-gone` (no data.json)" in markdown
-    assert "absent: the best trial has no selection.npz" in markdown
+    assert "absent: the winner's trial has no selection.npz" in markdown
 
 
 def test_damaged_settings_are_one_line_naming_them(handmade, capsys):
@@ -294,3 +299,26 @@ def test_a_crafted_bucket_is_never_copied_outside_the_mirror(
     assert f"{s3_storage}/a/b/handmade/../../../../escaped.txt: leads out" in caplog.text
     with pytest.raises(UserError, match="leads out of the experiment"):
         storage.fetch(location, experiment.path, "trial_001_aaaa/../../../escaped.txt")
+
+
+def test_evaluate_scores_the_part_the_trial_recorded_or_names_what_is_missing(
+    handmade, synth_root, tmp_path, monkeypatch, capsys
+):
+    """The part's images come from the trial's split.json, never a split recomputed with
+    today's grouping: names the data lacks are one line."""
+    monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "cache"))
+    _edit_settings(handmade, data=str(synth_root))
+    experiment = load_experiment(handmade)
+    config = next(t for t in experiment.trials if t.name == BEST).config
+    torch.save(build_model(config).state_dict(), handmade / BEST / layout.MODEL_FILE)
+    split = {"test": ["benign (1)", "malignant (2)", "normal (3)"], "validation": []}
+    (handmade / BEST / layout.SPLIT_FILE).write_text(json.dumps(split))
+    assert main(["evaluate", str(handmade), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    split["test"].append("benign (999)")
+    (handmade / BEST / layout.SPLIT_FILE).write_text(json.dumps(split))
+    assert main(["evaluate", str(handmade)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {synth_root}: lacks 1 of the 4 images of the trial's test part (e.g. "
+        "'benign (999)'); pass the data it ran on\n"
+    )

@@ -7,22 +7,31 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import cdist
 from sklearn import metrics as skm
 
+from trainable.keys import OBJECTIVES, selected
 from trainable.metrics import (
     ACCURACY,
     AVERAGE_PRECISION,
     DICE,
     DICE_PER_IMAGE,
+    DICE_PER_IMAGE_MEDIAN,
+    DICE_PER_IMAGE_SD,
     F1,
+    HD95,
+    HD95_MEDIAN,
     IOU,
     METRIC_KEYS,
+    MISSED_LESION_RATE,
     NORMAL_FP_RATE,
     PRECISION,
     RECALL,
     ROC_AUC,
     PixelStats,
+    best_threshold,
     compute_metrics,
+    hd95,
 )
 
 
@@ -58,10 +67,19 @@ def test_metric_keys():
         "roc_auc",
         "average_precision",
         "dice_per_image",
+        "dice_per_image_sd",
+        "dice_per_image_median",
+        "hd95",
+        "hd95_median",
+        "missed_lesion_rate",
         "normal_fp_rate",
     )
     probs, masks = _blobs()
     assert tuple(compute_metrics(probs, masks)) == METRIC_KEYS
+    # Distances and misses are minimised; a spread ranks no config.
+    assert OBJECTIVES[selected(DICE_PER_IMAGE)] == "max"
+    assert OBJECTIVES[selected(HD95)] == OBJECTIVES[selected(MISSED_LESION_RATE)] == "min"
+    assert selected(DICE_PER_IMAGE_SD) not in OBJECTIVES
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -200,8 +218,14 @@ def test_ranking_metrics_nan_with_one_class(fill):
 
 def test_per_image_metrics_nan_when_undefined():
     probs = np.full((2, 3, 3), 0.2)
-    assert math.isnan(compute_metrics(probs, np.zeros((2, 3, 3)))[DICE_PER_IMAGE])
+    no_lesion = compute_metrics(probs, np.zeros((2, 3, 3)))
+    for key in (DICE_PER_IMAGE, DICE_PER_IMAGE_SD, DICE_PER_IMAGE_MEDIAN, HD95, HD95_MEDIAN):
+        assert math.isnan(no_lesion[key]), key
+    assert math.isnan(no_lesion[MISSED_LESION_RATE])
     assert math.isnan(compute_metrics(probs, np.ones((2, 3, 3)))[NORMAL_FP_RATE])
+    one_lesion = compute_metrics(probs, np.eye(3)[None].repeat(2, 0) * [[[1]], [[0]]])
+    assert math.isnan(one_lesion[DICE_PER_IMAGE_SD])  # a sample SD needs two images
+    assert one_lesion[DICE_PER_IMAGE] == one_lesion[DICE_PER_IMAGE_MEDIAN] == 0.0
 
 
 def test_dice_per_image_and_normal_fp_rate():
@@ -222,7 +246,21 @@ def test_dice_per_image_and_normal_fp_rate():
     np.testing.assert_allclose(stats.per_image_dice(), [dice_0, np.nan, 0.0, 1.0, np.nan])
     got = stats.compute()
     assert got[DICE_PER_IMAGE] == pytest.approx((dice_0 + 0.0 + 1.0) / 3)
+    mean = (dice_0 + 1) / 3
+    sd = math.sqrt(((dice_0 - mean) ** 2 + mean**2 + (1 - mean) ** 2) / 2)  # ddof=1
+    assert got[DICE_PER_IMAGE_SD] == pytest.approx(sd)
+    assert got[DICE_PER_IMAGE_MEDIAN] == pytest.approx(dice_0)
     assert got[NORMAL_FP_RATE] == 0.5
+    # HD95 of image 0: predicted boundary (0,0) (0,1) (3,3), true (0,0) (0,1) (1,0) (1,1).
+    # Predicted -> true: 0, 0, sqrt(8); 95th percentile 0.9 sqrt(8). True -> predicted:
+    # 0, 0, 1, 1; 95th percentile 1. Image 2 is missed: the diagonal sqrt(32). Image 3: 0.
+    hd_0 = 0.9 * math.sqrt(8)
+    np.testing.assert_allclose(
+        stats.per_image_hd95(), [hd_0, np.nan, math.sqrt(32), 0.0, np.nan], rtol=1e-12
+    )
+    assert got[HD95] == pytest.approx((hd_0 + math.sqrt(32) + 0.0) / 3)
+    assert got[HD95_MEDIAN] == pytest.approx(hd_0)
+    assert got[MISSED_LESION_RATE] == pytest.approx(1 / 3)
     # Pooled dice differs: it weighs images by pixel count.
     assert got[DICE] == pytest.approx(2 * (2 + 16) / (2 * (2 + 16) + 2 + 6))
 
@@ -237,6 +275,57 @@ def test_dice_per_image_matches_hand_loop_on_blobs():
     assert got[NORMAL_FP_RATE] == np.mean(normal_fp)
 
 
+def test_hd95_hand_computed():
+    truth = np.zeros((8, 12), dtype=bool)
+    truth[0, :10] = True  # a line of 10 pixels: every pixel is boundary
+    pred = truth.copy()
+    pred[4, 0] = True  # one pixel 4 away: 10 distances of 0 and one of 4
+    # 95th percentile of 11 values: halfway between the 10th and 11th, 0 and 4.
+    assert hd95(pred, truth) == hd95(truth, pred) == 2.0
+    one, other = np.zeros((8, 12), bool), np.zeros((8, 12), bool)
+    one[0, 0], other[3, 4] = True, True
+    assert hd95(one, other) == 5.0
+    assert hd95(truth, truth) == 0.0
+
+
+def _hand_hd95(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Boundaries by 4-neighbours on a zero-padded copy, distances by brute force."""
+
+    def boundary(mask):
+        padded = np.pad(mask, 1)
+        inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        return np.argwhere(mask & ~inner)
+
+    distances = cdist(boundary(pred), boundary(truth))
+    return max(np.percentile(distances.min(1), 95), np.percentile(distances.min(0), 95))
+
+
+def test_hd95_matches_brute_force_on_blobs():
+    probs, masks = _blobs(3, empty=(2,))
+    probs[4] = 0.0  # a missed lesion
+    masks[5, :, :3] = True  # a lesion on the image border
+    stats = PixelStats()
+    stats.update(probs, masks)
+    expected = [
+        np.nan if not m.any() else _hand_hd95(p > 0.5, m) if (p > 0.5).any() else math.hypot(64, 64)
+        for p, m in zip(probs, masks, strict=True)
+    ]
+    assert math.isnan(expected[2]) and expected[4] == math.hypot(64, 64)
+    np.testing.assert_allclose(stats.per_image_hd95(), expected, rtol=1e-12)
+    got = stats.compute()
+    assert got[HD95] == pytest.approx(np.nanmean(expected))
+    assert got[MISSED_LESION_RATE] == pytest.approx(1 / 5)
+
+
+def test_best_threshold_maximises_pooled_dice_on_the_grid():
+    probs = np.array([[[0.9, 0.6], [0.3, 0.1]]])
+    masks = np.array([[[1, 1], [0, 0]]])
+    # Dice 0.8 up to 0.25 (0.3 predicted), 1.0 from 0.30 (strict >) to 0.55, 2/3 above.
+    assert best_threshold(probs, masks) == 0.3
+    assert best_threshold(probs, masks, grid=(0.2, 0.7)) == 0.2
+    assert best_threshold(torch.from_numpy(probs), torch.from_numpy(masks)) == 0.3
+
+
 def test_batches_equal_one_shot():
     probs, masks = _blobs(6)
     one_shot = PixelStats()
@@ -248,6 +337,7 @@ def test_batches_equal_one_shot():
     for key in METRIC_KEYS:
         assert a[key] == pytest.approx(b[key], abs=1e-12, nan_ok=True), key
     np.testing.assert_array_equal(one_shot.per_image_dice(), batched.per_image_dice())
+    np.testing.assert_array_equal(one_shot.per_image_hd95(), batched.per_image_hd95())
     for name, curve in one_shot.curves().items():
         np.testing.assert_array_equal(curve, batched.curves()[name], err_msg=name)
     assert a == pytest.approx(compute_metrics(probs, masks), nan_ok=True)

@@ -45,6 +45,8 @@ def test_changing_only_test_masks_changes_no_decision(twin_sweeps, twin_base):
         selected_a = json.loads((a / METRICS_FILE).read_text())
         selected_b = json.loads((b / METRICS_FILE).read_text())
         assert selected_a["selected_epoch"] == selected_b["selected_epoch"]
+        assert selected_a["threshold"] == selected_b["threshold"] == 0.5
+        assert set(selected_a["heldout"]) == set(selected_a["test"]) | {"loss"}
         assert selected_a["heldout"] == pytest.approx(selected_b["heldout"], nan_ok=True)
     assert test_differs  # the test part really changed, and only the test_* values saw it
     assert min(epochs_run) < twin_base.epochs == max(epochs_run), epochs_run  # ASHA decided
@@ -70,6 +72,7 @@ def test_evaluate_reproduces_the_recorded_metrics_at_any_batch_size(twin_sweeps,
                 "--batch-size", batch_size,
             )  # fmt: skip
             assert got["part"] == part and got["trial"] == trial.name
+            assert got["tta"] == "none" and got["threshold"] == recorded["threshold"] == 0.5
             for key in ("loss", *METRIC_KEYS):
                 assert got[key] == pytest.approx(values[key], abs=1e-5, nan_ok=True), key
     # The default is the best trial on the test part; --data scores a whole other folder.
@@ -79,6 +82,27 @@ def test_evaluate_reproduces_the_recorded_metrics_at_any_batch_size(twin_sweeps,
         capsys, str(experiment), "--data", str(twin_sweeps[1].parents[1] / "altered")
     )
     assert other["images"] == 44 and 0.0 <= other["dice"] <= 1.0
+
+
+def test_evaluate_scores_flip_tta_and_an_ensemble_as_predict_offers_them(twin_sweeps, capsys):
+    experiment = str(twin_sweeps[0])
+    plain = _evaluated(capsys, experiment)
+    flipped = _evaluated(capsys, experiment, "--tta", "flip")
+    ensemble = _evaluated(capsys, experiment, "--ensemble", "2")
+    assert flipped["tta"] == "flip" and flipped["models"] == plain["models"] == [plain["trial"]]
+    assert len(ensemble["models"]) == 2 and ensemble["models"][0] == plain["trial"]
+    for result in (flipped, ensemble):  # other probabilities, valid metrics
+        assert result["images"] == plain["images"] and result["threshold"] == 0.5
+        assert result["loss"] != pytest.approx(plain["loss"], abs=1e-6)
+        assert all(0.0 <= result[k] <= 1.0 for k in ("loss", "dice", "dice_per_image", "iou"))
+        for hd95 in (result[keys.HD95], result[keys.HD95_MEDIAN]):
+            assert 0.0 <= hd95 <= 64 * 2**0.5  # at most the diagonal at 64 px
+    assert main(["evaluate", experiment, "--tta", "flip"]) == 0
+    text = capsys.readouterr().out
+    assert "with flip TTA" in text and "recorded (one model, no TTA)" in text
+    assert "hd95_median" in text and "dice_per_image_sd" in text
+    assert main(["evaluate", experiment, "--trial", "trial_000", "--ensemble", "2"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_evaluate_refuses_an_unknown_trial_in_one_line(twin_sweeps, capsys):

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import io
 import json
 import math
 from pathlib import Path
@@ -17,9 +20,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from results import confirm, layout
-from results.compare import COMPARED
-from results.confirm import Interval, Run, bootstrap_mean, t_interval, verdict
+from results.compare import COMPARABLE
+from results.confirm import Run
 from results.experiment import load_experiment
+from results.intervals import Interval, Scores, draws, estimate, resampled, t_interval, verdict
 from results.reference import load_reference
 from results.report import (
     curve_legend,
@@ -34,7 +38,6 @@ from results.settings import RunSettings, Scheduler
 from search_spaces import get_space
 from trainable.config import TrainConfig
 from trainable.metrics import METRIC_KEYS
-from tuner import sweep
 from tuner.cli import main
 
 BASE = TrainConfig.reference().replace(
@@ -43,6 +46,7 @@ BASE = TrainConfig.reference().replace(
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Per test image: tp, fp, fn (the fourth image is lesion-free, with one false pixel).
 COUNTS = np.array([[90, 10, 10], [50, 50, 50], [70, 20, 10], [0, 1, 0]])
+REFERENCE_COUNTS = np.array([[95, 5, 5], [60, 40, 40], [60, 30, 20], [0, 0, 0]])
 PUBLISHED = ("0.2364", "0.9685", "0.8080", "0.7317", "0.7680", "0.6233", "0.9012")
 
 
@@ -67,6 +71,8 @@ def _write_trial(
     objectives: list[float],
     selected: dict | None = None,
     error: str | None = None,
+    counts: np.ndarray = COUNTS,
+    groups: np.ndarray | None = None,
 ) -> None:
     trial = experiment / name
     trial.mkdir()
@@ -113,8 +119,9 @@ def _write_trial(
         epoch=len(objectives),
         names=np.array(["benign (1)", "benign (2)", "malignant (1)", "normal (1)"]),
         per_image_dice=np.array([0.9, 0.5, 0.7, np.nan]),
-        per_image_counts=COUNTS,
+        per_image_counts=counts,
         predictions=np.packbits(predictions, axis=-1),
+        **({} if groups is None else {"groups": groups}),
         fpr=curve,
         tpr=np.sqrt(curve),
         precision=1 - curve / 2,
@@ -147,7 +154,12 @@ def handmade(tmp_path) -> Path:
     (experiment / layout.DATA_FILE).write_text(json.dumps(provenance))
     reference_point = get_space("reference").reference_point(BASE)
     _write_trial(
-        experiment, "trial_001_aaaa", reference_point, [0.9, 0.8, 0.7], _test_metrics(0.80, 0.20)
+        experiment,
+        "trial_001_aaaa",
+        reference_point,
+        [0.9, 0.8, 0.7],
+        _test_metrics(0.80, 0.20),
+        counts=REFERENCE_COUNTS,
     )
     _write_trial(
         experiment,
@@ -251,16 +263,24 @@ def test_damaged_files_do_not_stop_a_report(handmade, caplog):
     assert write_report(load_experiment(handmade)).markdown.is_file()
 
 
+def _csv_rows(path: Path) -> dict[str, dict]:
+    with open(path) as handle:
+        return {row["trial"]: row for row in csv.DictReader(handle)}
+
+
 def test_report_of_handmade_experiment(handmade):
     paths = write_report(load_experiment(handmade))
     reference = load_reference()
-    with open(paths.trials_csv) as handle:
-        rows = {row["trial"]: row for row in csv.DictReader(handle)}
+    rows = _csv_rows(paths.trials_csv)
     assert set(rows) == {t.name for t in load_experiment(handmade).trials}
     best = rows["trial_002_bbbb"]
     assert best["marks"] == "B" and rows["trial_001_aaaa"]["marks"] == "R"
+    # No trial's test numbers by default: picking among them would be picking on test.
+    assert not any(k.startswith(("test_", "delta_")) for k in best)
+    rows = _csv_rows(write_report(load_experiment(handmade), all_test_metrics=True).trials_csv)
+    best = rows["trial_002_bbbb"]
     assert float(best["delta_dice"]) == pytest.approx(0.70 - reference.test["dice"])
-    assert float(best["delta_loss"]) == pytest.approx(0.30 - reference.test["loss"])
+    assert float(best["test_loss"]) == 0.30 and "delta_loss" not in best  # defined otherwise
     assert float(rows["trial_001_aaaa"]["delta_f1"]) == pytest.approx(0.80 - 0.768)
     assert rows["trial_004_dddd"]["delta_dice"] == ""
     markdown = paths.markdown.read_text()
@@ -276,16 +296,36 @@ def test_report_of_handmade_experiment(handmade):
         *PUBLISHED,
     ):
         assert text in markdown, text
-    assert "0.7000 (-0.0680)" in markdown  # the best trial's Dice and its delta
+    assert "0.7000 (-0.0680)" in markdown  # the winner's (the best trial's) Dice and delta
+    assert "0.8000 (+0.0320)" in markdown  # the reference config's
+    # Test numbers of the winner and the reference config only: the others' are not shown.
+    assert "(-0.6680)" not in markdown and "(-0.4680)" not in markdown  # Dice 0.10, 0.30
     assert "**data: synthetic**" in markdown and "not BUSI" in markdown
-    for metric in ("average_precision", "dice_per_image", "normal_fp_rate"):
+    for metric in ("average_precision", "dice_per_image", "normal_fp_rate", "loss"):
         assert f"| {metric} |" in markdown
-    interval = confirm.pooled_dice_interval(COUNTS)
-    assert interval.mean == pytest.approx(2 * 210 / (2 * 210 + 81 + 70))  # pooled counts
-    assert f"{interval.low:.3f}–{interval.high:.3f}" in markdown
-    assert "The test part holds 4 images" in markdown
+    # Each row says what differs from the paper; the loss is never beside the paper's.
+    assert (
+        "| winner: trial_002_bbbb | 0.9500 (-0.0185) |" in markdown
+        and "synthetic data, not BUSI; grouped split, near-duplicates on one side (paper: "
+        "random, which leaks them); 28 training images, 7 held out for validation (paper: "
+        "624); epoch selected on validation (paper: on test, optimistic); config chosen on "
+        "validation among 5 trials (one run each; paper: one config); encoder resnet18 "
+        "(paper: resnext101_32x16d)"
+        in markdown
+    )
+    assert "test loss defined otherwise: not compared" in markdown
+    beside = markdown.split("## The winner")[1].split("Metrics the paper's table lacks")[0]
+    assert "| loss |" not in beside and "0.2000" not in beside  # the reference's test loss
+    # The primary endpoint (the sweep optimised validation Dice): one run per config, so
+    # the interval covers the test images alone, resampled singly (no groups recorded).
+    single = Scores(0, {"dice": 0.70}, ("a", "b", "c", "d"), None, COUNTS)
+    interval = estimate("dice", [single])
+    assert interval.covers == "single test images (no groups), not seeds (one run per config)"
+    assert f"test dice 0.7000 [{interval.low:.4f}, {interval.high:.4f}]" in markdown
+    assert "no group ids recorded" in markdown and "seed noise is not in these" in markdown
     assert "Optuna study: `" in markdown and "selected weights: `" in markdown
-    assert "| 30 s | batch_size=8 lr=0.001 optimizer=adam no aug |" in markdown  # CPU: no device
+    searched = "batch_size=8 encoder_lr_scale=1 loss=dice lr=0.001 optimizer=adam warmup_epochs=0"
+    assert f"| 30 s | {searched} no aug |" in markdown  # CPU: no device time
     assert "device time" not in markdown
     names = {p.name for p in paths.plots}
     assert names == {
@@ -303,6 +343,7 @@ def test_report_of_handmade_experiment(handmade):
     table = format_terminal_table(load_experiment(handmade))
     assert "B  trial_002_bbbb" in table and "R  trial_001_aaaa" in table
     assert "-0.0680" in table and "error: NonFiniteLossError" in table
+    assert "-0.6680" not in table  # the stopped trial's test Dice (0.10): not shown
 
 
 def _replace_study(experiment: Path, trials: list) -> None:
@@ -410,8 +451,161 @@ def test_report_of_a_missing_or_foreign_folder_is_one_line(tmp_path, capsys):
     assert "not an experiment folder" in errors[1]
 
 
+def test_recorded_groups_are_resampled_whole(handmade):
+    """Trials that recorded their test images' near-duplicate groups: the bootstrap draws
+    a group's images together, and the report says how the test part is grouped."""
+    groups = np.array([7, 7, 9, 11])  # the two benign images are near-duplicates
+    for name in ("trial_001_aaaa", "trial_002_bbbb"):
+        selection = handmade / name / "selection.npz"
+        with np.load(selection) as raw:
+            arrays = {k: raw[k] for k in raw.files}
+        np.savez_compressed(selection, **arrays, groups=groups)
+    experiment = load_experiment(handmade)
+    assert np.array_equal(experiment.best.selection().groups, groups)
+    markdown = write_report(experiment).markdown.read_text()
+    names = ("benign (1)", "benign (2)", "malignant (1)", "normal (1)")
+    winner = estimate("dice", [Scores(0, {"dice": 0.70}, names, groups, COUNTS)])
+    assert winner.covers == "test-image groups, not seeds (one run per config)"
+    assert f"test dice 0.7000 [{winner.low:.4f}, {winner.high:.4f}] (test-image groups" in markdown
+    assert "split 0: 4 test images in 3 groups, 2 of them sharing a group" in markdown
+    assert "no group ids recorded" not in markdown
+
+
+def _final_round(handmade: Path, runs: list[tuple[str, int, float, float]]) -> dict:
+    """A hand-made final round beside the hand-made sweep, as `run --final-seeds` leaves
+    it: (label, seed, validation Dice, test Dice) per run; its assessment, in final.json."""
+    from results.confirm import FINAL, choose_candidates, confirmation
+
+    experiment = load_experiment(handmade)
+    candidates = {c.label: c for c in choose_candidates(experiment, top=1)}
+    settings = dataclasses.replace(
+        experiment.settings, name="handmade-final", scheduler=Scheduler.FIFO, trials=len(runs)
+    )
+    final = handmade.parent / "handmade-final"
+    final.mkdir()
+    layout.save_settings(settings, final / layout.SETTINGS_FILE)
+    for i, (label, seed, validation, dice) in enumerate(runs):
+        counts = REFERENCE_COUNTS if label == "reference" else COUNTS
+        params = {**candidates[label].point, "seed": seed}
+        test = _test_metrics(dice, 1 - dice)
+        _write_trial(
+            final, f"trial_{i:03d}_f{i}", params, [0.9, 0.8, 1 - validation], test, None, counts
+        )
+    result = confirmation(experiment, list(candidates.values()), [load_experiment(final)], FINAL)
+    (handmade / layout.FINAL_FILE).write_text(json.dumps(result))
+    return result
+
+
+def test_a_final_round_picks_the_winner_on_validation_and_the_report_shows_it(handmade):
+    # best: validation 0.63 on average (the reference 0.62), test Dice 0.71 (0.81).
+    result = _final_round(
+        handmade,
+        [
+            ("reference", 1, 0.60, 0.80),
+            ("reference", 2, 0.64, 0.82),
+            ("best", 1, 0.70, 0.70),
+            ("best", 2, 0.56, 0.72),
+        ],
+    )
+    winner = result["winner"]
+    assert (winner["label"], winner["trial"]) == ("best", "trial_002_bbbb")
+    assert winner["validation"]["best"]["mean"] == pytest.approx(0.63)
+    assert result["seeds"] == [1, 2] and result["split_seeds"] == [0]
+    # The difference of the means, with seeds (Welch) and test images (bootstrap) in it.
+    names = ("benign (1)", "benign (2)", "malignant (1)", "normal (1)")
+    best = [Scores(0, {"dice": d}, names, None, COUNTS) for d in (0.70, 0.72)]
+    reference = [Scores(0, {"dice": d}, names, None, REFERENCE_COUNTS) for d in (0.80, 0.82)]
+    expected = estimate("dice", best, reference)
+    (comparison,) = result["comparisons"]
+    assert comparison["dice"]["mean"] == pytest.approx(-0.10)
+    assert (comparison["dice"]["low"], comparison["dice"]["high"]) == pytest.approx(
+        (expected.low, expected.high)
+    )
+    assert comparison["dice"]["covers"] == "training seeds, single test images (no groups)"
+    assert comparison["dice"]["confidence"] == 0.95
+    assert comparison["iou"]["confidence"] == pytest.approx(1 - 0.05 / 7)  # secondary
+    seeds_only = estimate("dice", _seeded([0.70, 0.72]), _seeded([0.80, 0.82]))
+    assert expected.high - expected.low > seeds_only.high - seeds_only.low
+
+    experiment = load_experiment(handmade)
+    paths = write_report(experiment)
+    markdown = paths.markdown.read_text()
+    assert "### The final round" in markdown
+    assert "| winner (best, from trial_002_bbbb), mean of 2 runs | 0.9500 (-0.0185) |" in markdown
+    assert "0.7100 (-0.0580)" in markdown and "0.8100 (+0.0420)" in markdown  # means of 2
+    assert "mean of 2 training seeds (paper: one run)" in markdown
+    assert "among 5 trials (on the mean over its runs; paper: one config)" in markdown
+    assert "**Winner**: best (from trial_002_bbbb), picked by the highest mean validation" in (
+        markdown
+    )
+    assert "seed noise is not in these intervals" not in markdown
+    raw = comparison["dice"]
+    assert f"test dice: {raw['mean']:+.4f} [{raw['low']:+.4f}, {raw['high']:+.4f}]" in markdown
+    table = format_terminal_table(experiment)
+    assert "winner (best, from trial_002_bbbb), mean of 2 runs" in table
+    assert f"{raw['verdict']}" in table
+
+
+def test_a_final_round_that_the_reference_wins_says_so(handmade):
+    result = _final_round(
+        handmade,
+        [
+            ("reference", 1, 0.66, 0.80),
+            ("reference", 2, 0.64, 0.82),
+            ("best", 1, 0.60, 0.70),
+            ("best", 2, 0.62, 0.72),
+        ],
+    )
+    assert result["winner"]["label"] == "reference"
+    lines = confirm.confirmation_lines(result)
+    assert any("the search found nothing better" in line for line in lines)
+    markdown = write_report(load_experiment(handmade)).markdown.read_text()
+    assert "| winner = reference config (reference, from trial_001_aaaa), mean of 2 runs |" in (
+        markdown
+    )
+
+
+def test_a_damaged_final_round_is_a_warning_and_the_sweeps_numbers_stand(handmade, caplog):
+    for damage in ("{not json", json.dumps({"format": 2, "kind": "final", "winner": 1})):
+        (handmade / layout.FINAL_FILE).write_text(damage)
+        markdown = write_report(load_experiment(handmade)).markdown.read_text()
+        assert "final.json: damaged" in caplog.text
+        assert "### The final round" not in markdown
+        assert "| winner: trial_002_bbbb | 0.9500 (-0.0185) |" in markdown  # one run
+
+
+def test_the_final_round_is_on_for_gpu_sweeps_and_off_on_cpus(capsys):
+    from tuner.sweep import resolve_final_seeds
+
+    def settings(**given) -> RunSettings:
+        return RunSettings(data=Path("d"), base=BASE, name="n", **given)
+
+    assert resolve_final_seeds(settings(gpus_per_trial=0.25)).final_seeds == 2
+    assert resolve_final_seeds(settings(gpus_per_trial=0.0)).final_seeds == 0
+    assert resolve_final_seeds(settings(gpus_per_trial=1.0, final_seeds=0)).final_seeds == 0
+    assert resolve_final_seeds(settings(final_seeds=3)).final_seeds == 3
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    squashed = " ".join(capsys.readouterr().out.split())
+    assert "(default: 2 when trials run on GPUs, 0 on CPUs)" in squashed
+    assert "--final-top FINAL_TOP configs of the final round besides the reference " in squashed
+    assert "besides the reference (default: 3)" in squashed
+
+
+def test_final_round_flags_are_checked_before_anything_runs(synth_root, tmp_path, capsys):
+    common = ["run", "--data", str(synth_root), "--storage", str(tmp_path), "--name", "x"]
+    assert main([*common, "--final-seeds", "1"]) == 2
+    assert main([*common, "--final-seeds", "2", "--reference"]) == 2
+    assert main([*common, "--final-top", "0"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert "--final-seeds 1: 0 (no final round) or at least 2" in errors[0]
+    assert "a --reference run has one config" in errors[1]
+    assert "--final-top must be at least 1" in errors[2]
+    assert not (tmp_path / "x").exists()
+
+
 def test_confirm_refuses_one_seed_and_a_reference_run(handmade, tmp_path, capsys):
-    assert main(["confirm", str(handmade), "--seeds", "1"]) == 2
+    assert main(["confirm", str(handmade), "--seeds", "1"]) == 2  # and one split
     settings = RunSettings(
         data=tmp_path, base=BASE, storage=str(tmp_path), name="alone", reference_only=True
     )
@@ -420,7 +614,7 @@ def test_confirm_refuses_one_seed_and_a_reference_run(handmade, tmp_path, capsys
     layout.save_settings(settings, alone / layout.SETTINGS_FILE)
     assert main(["confirm", str(alone)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert "--seeds must be at least 2" in errors[0]
+    assert "--seeds × --split-seeds must be at least 2" in errors[0]
     assert "is a --reference run" in errors[1]
     assert not (tmp_path / "alone-confirm").exists()
 
@@ -539,7 +733,7 @@ def test_learning_curve_legend_names_only_the_lines_drawn(handmade):
     ]
 
 
-# --- the confirm statistics ----------------------------------------------------------
+# --- the statistics: results.intervals and results.confirm ----------------------------
 
 
 def test_t_interval_known_values():
@@ -556,51 +750,149 @@ def test_verdicts_in_words():
     assert verdict(Interval(0.05, 0.01, 0.09, 3)) == "better"
     assert verdict(Interval(-0.05, -0.09, -0.01, 3)) == "worse"
     assert verdict(Interval(0.01, -0.02, 0.04, 3)) == "not distinguishable"
-    assert verdict(Interval(-0.05, -0.09, -0.01, 3), lower_is_better=True) == "better"
+    assert verdict(Interval(-0.05, -0.09, -0.01, 3), "loss") == "better"  # lower is better
     assert verdict(Interval(0.5, math.nan, math.nan, 1)) == "not distinguishable"
 
 
-def test_bootstrap_clearly_better_and_indistinguishable():
-    rng = np.random.default_rng(1)
-    better = 0.1 + rng.normal(0, 0.02, size=(3, 40))
-    better[:, 5] = np.nan  # an image without a lesion: left out
-    interval = bootstrap_mean(better, resamples=2000)
-    assert interval.n == 39
-    assert 0.09 < interval.mean < 0.11 and interval.low > 0.08
-    assert verdict(interval) == "better"
-    assert bootstrap_mean(better, resamples=2000) == interval  # seeded
-    noise = rng.normal(0, 0.1, size=(3, 40))
-    noise -= noise.mean()
-    assert verdict(bootstrap_mean(noise, resamples=2000)) == "not distinguishable"
+def _seeded(values: list[float], split_seed: int = 0) -> list[Scores]:
+    """Runs with a recorded test Dice and no per-image records."""
+    return [Scores(split_seed, {"dice": v, "loss": 1 - v}) for v in values]
 
 
-def _run(label: str, seed: int, dice: float, per_image: list[float]) -> Run:
-    test = {m: 0.5 for m in confirm.METRICS} | {"dice": dice}
-    names = tuple(f"benign ({i})" for i in range(len(per_image)))
-    return Run(label, seed, f"trial_{label}_{seed}", "finished", test, names, np.array(per_image))
+def test_seed_intervals_are_student_and_welch_never_paired_by_seed():
+    from scipy import stats
+
+    best, reference = [0.80, 0.83, 0.84], [0.70, 0.72, 0.74]
+    one = estimate("dice", _seeded(best))
+    student = t_interval(best)
+    assert (one.mean, one.low, one.high) == pytest.approx((student.mean, student.low, student.high))
+    assert one.covers == "training seeds" and one.n == 3
+    # Two configs' runs with the same seed are not paired: Welch's interval of the means.
+    welch = stats.ttest_ind(best, reference, equal_var=False).confidence_interval(0.95)
+    difference = estimate("dice", _seeded(best), _seeded(reference))
+    assert difference.mean == pytest.approx(np.mean(best) - np.mean(reference))
+    assert (difference.low, difference.high) == pytest.approx((welch.low, welch.high))
+    # The loss: lower is better.
+    assert verdict(estimate("loss", _seeded(best), _seeded(reference)), "loss") == "better"
 
 
-def test_paired_comparison_per_seed_and_per_image():
-    runs = [
-        _run("reference", 0, 0.70, [0.6, 0.7, 0.8]),
-        _run("reference", 1, 0.72, [0.6, 0.7, 0.8]),
-        _run("reference", 2, 0.74, [0.6, 0.7, 0.8]),
-        _run("best", 0, 0.80, [0.7, 0.8, 0.9]),
-        _run("best", 1, 0.83, [0.7, 0.8, 0.9]),
-        _run("best", 2, 0.84, [0.7, 0.8, 0.9]),
+def test_a_bootstrap_resamples_whole_near_duplicate_groups():
+    """40 test images in 20 pairs of near-duplicates that score alike: resampled singly
+    the pairs count as 40 draws, and the interval is about sqrt(2) too narrow."""
+    rng = np.random.default_rng(3)
+    dice = np.repeat(rng.uniform(0.3, 0.9, 20), 2)
+    names = tuple(f"benign ({i})" for i in range(40))
+    pairs = np.repeat(np.arange(20), 2)
+    grouped = estimate(
+        "dice_per_image", [Scores(0, {"dice_per_image": dice.mean()}, names, pairs, None, dice)]
+    )
+    single = estimate(
+        "dice_per_image", [Scores(0, {"dice_per_image": dice.mean()}, names, None, None, dice)]
+    )
+    assert grouped.mean == single.mean == pytest.approx(dice.mean())
+    ratio = (grouped.high - grouped.low) / (single.high - single.low)
+    assert ratio == pytest.approx(math.sqrt(2), rel=0.05)
+    assert grouped.covers == "test-image groups, not seeds (one run per config)"
+    # Seeded: the same draws every time, and for every run scored on these images.
+    index, weights = draws(pairs)
+    assert weights.shape == (10_000, 20) and (weights.sum(axis=1) == 20).all()
+    assert np.array_equal(draws(pairs)[1], weights)
+
+
+def test_pooled_metrics_of_resampled_counts_follow_the_trainables_rules():
+    """A resample that draws every group once gives the pooled metrics trainable.metrics
+    computes (zero-division rules included: an image with nothing to find, nothing found)."""
+    from trainable.metrics import compute_metrics
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 16, 16)) < 0.2
+    masks[4] = False  # lesion-free
+    probs = np.clip(masks * 0.7 + rng.random((5, 16, 16)) * 0.5, 0, 1)
+    probs[4] = 0.0  # and nothing predicted
+    predicted = probs > 0.5
+    counts = np.stack(
+        [
+            (predicted & masks).sum((1, 2)),
+            (predicted & ~masks).sum((1, 2)),
+            (~predicted & masks).sum((1, 2)),
+        ],
+        axis=1,
+    )
+    scores = Scores(0, {}, tuple("abcde"), None, counts)
+    once = np.ones((1, 5), dtype=np.int64)
+    expected = compute_metrics(probs, masks.astype(np.uint8))
+    for metric in ("dice", "f1", "iou", "precision", "recall"):
+        assert resampled(metric, scores, np.arange(5), once)[0] == pytest.approx(expected[metric])
+    empty = Scores(0, {}, ("a",), None, np.array([[0, 0, 0]]))
+    for metric in ("dice", "iou", "precision", "recall"):
+        assert resampled(metric, empty, np.arange(1), np.ones((1, 1), dtype=np.int64))[0] == 1.0
+
+
+def test_seed_and_test_noise_add_and_splits_count():
+    names = ("a", "b", "c", "d")
+    # Three runs alike image by image: no seed noise, so the interval is the bootstrap's.
+    alike = [Scores(0, {"dice": 0.7}, names, np.array([0, 0, 1, 2]), COUNTS) for _ in range(3)]
+    three, one = estimate("dice", alike), estimate("dice", alike[:1])
+    assert (three.low, three.high) == pytest.approx((one.low, one.high))
+    assert three.high - three.low > 0.1  # 4 test images in 3 groups: wide
+    assert (three.covers, one.covers) == (
+        "training seeds, test-image groups",
+        "test-image groups, not seeds (one run per config)",
+    )
+    # Two splits whose differences are 0.1 and 0.3: the spread between them dominates.
+    a = _seeded([0.60, 0.60], 0) + _seeded([0.80, 0.80], 1)
+    b = _seeded([0.50, 0.50], 0) + _seeded([0.50, 0.50], 1)
+    difference = estimate("dice", a, b)
+    half = 12.7062047 * 0.1  # t(0.975, 1 df) x sd 0.1414 / sqrt(2)
+    assert difference.mean == pytest.approx(0.2)
+    assert (difference.low, difference.high) == pytest.approx((0.2 - half, 0.2 + half))
+    assert difference.covers.startswith("the spread between 2 splits")
+
+
+def test_the_winner_is_picked_on_validation_and_a_tie_keeps_the_reference():
+    candidates = [
+        confirm.Candidate("reference", "trial_000", 3, {"lr": 1e-4}),
+        confirm.Candidate("best", "trial_004", 1, {"lr": 1e-3}),
     ]
-    result = confirm.compare_with_reference(runs, "best")
-    dice = result["per_seed"]["dice"]
-    differences = [0.10, 0.11, 0.10]
-    assert dice["mean"] == pytest.approx(np.mean(differences))
-    assert dice["low"] == pytest.approx(t_interval(differences).low)
-    assert dice["verdict"] == "better"
-    assert result["per_seed"]["loss"]["verdict"] == "not distinguishable"  # all equal: 0
-    assert result["per_image_dice"]["mean"] == pytest.approx(0.1)
-    assert result["per_image_dice"]["verdict"] == "better"
-    assert result["seeds"] == [0, 1, 2]
-    summary = confirm.summarise_runs([r for r in runs if r.label == "best"])
-    assert summary["dice"].mean == pytest.approx(np.mean([0.80, 0.83, 0.84]))
+
+    def run(label: str, seed: int, objective: float) -> Run:
+        test = 0.9 if label == "reference" else 0.5  # the reference is better on test
+        return Run(label, seed, f"{label}{seed}", "finished", objective, _seeded([test])[0])
+
+    runs = [run("reference", 1, 0.60), run("reference", 2, 0.64)]
+    tied = [*runs, run("best", 1, 0.70), run("best", 2, 0.54)]  # means 0.62 and 0.62
+    assert confirm.pick_winner(candidates, tied, "selected_heldout_dice", "max")["label"] == (
+        "reference"
+    )
+    ahead = [*runs, run("best", 1, 0.70), run("best", 2, 0.56)]  # 0.63: on validation
+    winner = confirm.pick_winner(candidates, ahead, "selected_heldout_dice", "max")
+    assert winner["label"] == "best" and winner["trial"] == "trial_004"
+    assert winner["validation"]["best"]["mean"] == pytest.approx(0.63)
+    assert winner["validation"]["best"]["n"] == 2
+    lower = confirm.pick_winner(candidates, ahead, "selected_heldout_loss", "min")
+    assert lower["label"] == "reference"
+    assert confirm.primary_metric("selected_heldout_dice") == "dice"
+    assert confirm.primary_metric("best_combined_loss") == "loss"
+
+
+def test_the_fold_spread_is_the_sample_sd():
+    from trainable.engine import EpochReport
+    from trainable.keys import OBJECTIVE_FOLD_STD
+    from trainable.tune_adapter import to_tune_metrics
+
+    def report(dice: float, folds: tuple = ()) -> EpochReport:
+        metrics = {"loss": 0.5, **dict.fromkeys(METRIC_KEYS, 0.6), "dice": dice}
+        return EpochReport(
+            epoch=1, train_loss=0.5, heldout_loss=0.5, combined_loss=0.5, heldout=metrics,
+            heldout_predictions=np.zeros((0, 1, 1), bool), lr=1e-4, seconds=1.0,
+            train_seconds=1.0, images_per_second=1.0, peak_gpu_bytes=math.nan, improved=True,
+            best_epoch=1, best_combined_loss=0.5, selected_heldout=metrics, test_loss=0.5,
+            test=metrics, threshold=0.5, folds=folds,
+        )  # fmt: skip
+
+    whole = report(0.6, tuple(report(d) for d in (0.5, 0.6, 0.7)))
+    spread = to_tune_metrics(whole, "selected_heldout_dice")[OBJECTIVE_FOLD_STD]
+    assert spread == pytest.approx(0.1)  # the population SD would be 0.0816
 
 
 # --- a real experiment, through Ray ----------------------------------------------------
@@ -608,26 +900,68 @@ def test_paired_comparison_per_seed_and_per_image():
 
 @pytest.fixture(scope="module")
 def real_sweep(synth_root, tmp_path_factory) -> Path:
+    """A 3-trial FIFO sweep and its final round (the reference and the best config, 2
+    fresh seeds each), through the command line; what it printed is in run-output.txt
+    beside it."""
     root = tmp_path_factory.mktemp("report")
-    settings = RunSettings(
-        data=synth_root,
-        base=BASE.replace(epochs=2),
-        trials=3,
-        space="reference",
-        scheduler=Scheduler.FIFO,
-        storage=str(root),
-        name="small",
-        cache_dir=root / "cache",
-    )
+    flags = {
+        "--data": synth_root,
+        "--encoder": "resnet18",
+        "--encoder-weights": "none",
+        "--image-size": 32,
+        "--epochs": 2,
+        "--trials": 3,
+        "--scheduler": "fifo",
+        "--storage": root,
+        "--name": "small",
+        "--cache-dir": root / "cache",
+        "--final-seeds": 2,
+        "--final-top": 1,
+    }
+    printed = io.StringIO()
     try:
-        sweep.run(settings)
+        with contextlib.redirect_stdout(printed):
+            assert main(["run", *(str(w) for pair in flags.items() for w in pair)]) == 0
     finally:
         ray.shutdown()
-    return Path(settings.experiment_dir)
+    (root / "run-output.txt").write_text(printed.getvalue())
+    return root / "small"
 
 
 @pytest.mark.slow
 def test_report_of_a_real_sweep(real_sweep, synth_root, capsys):
+    ran = (real_sweep.parent / "run-output.txt").read_text()
+    assert "test metrics: the final round's winner's, below" in ran  # not the best trial's
+    assert "final round: reference, best, 2 fresh seeds each" in ran and "**Winner**" in ran
+    final = json.loads((real_sweep / "final.json").read_text())
+    assert final["kind"] == "final" and final["seeds"] == [1, 2] and final["split_seeds"] == [0]
+    assert len(final["runs"]) == 4 and all(r["state"] == "finished" for r in final["runs"])
+    assert final["winner"]["label"] in ("reference", "best")
+    assert final["primary"] == {"metric": "dice", "objective": "selected_heldout_dice"}
+    (comparison,) = final["comparisons"]
+    assert comparison["dice"]["covers"] == "training seeds, test-image groups"
+    assert final["protocol"]["test_groups"]["0"]["images"] == 9
+    retrained = sorted(p.name for p in (real_sweep.parent / "small-final").glob("trial_*"))
+    assert [name[:9] for name in retrained] == [f"trial_{i:03d}" for i in range(4)]
+    with np.load(next(real_sweep.glob("trial_*")) / "selection.npz") as selection:
+        assert selection["groups"].shape == selection["names"].shape
+    # `run --resume` continues the final round: a finished one is not trained again.
+    from results.confirm import choose_candidates
+    from tuner.confirm import final_round
+
+    experiment = load_experiment(real_sweep)
+    settings = dataclasses.replace(experiment.settings, resume=True)
+    epochs = {
+        p: (p / "result.json").read_text()
+        for p in (real_sweep.parent / "small-final").glob("trial_*")
+    }
+    try:
+        again = final_round(settings, experiment, choose_candidates(experiment, 1))
+    finally:
+        ray.shutdown()
+    assert {p: (p / "result.json").read_text() for p in epochs} == epochs
+    assert again["winner"] == final["winner"] and again["runs"] == final["runs"]
+
     assert main(["report", str(real_sweep)]) == 0
     printed = capsys.readouterr().out
     report = real_sweep / "report"
@@ -645,38 +979,47 @@ def test_report_of_a_real_sweep(real_sweep, synth_root, capsys):
     assert "importance needs ≥" in markdown and "this sweep has 3" in markdown
     assert not (report / "importance.png").exists()
     assert str(real_sweep.parent) not in markdown and str(synth_root) not in markdown
-    assert (report / "trials.csv").is_file()
+    assert "### The final round" in markdown and "mean of 2 runs" in markdown
+    with open(report / "trials.csv") as handle:
+        assert not any(c.startswith("test_") for c in next(csv.reader(handle)))
     trials = sorted(p.name for p in real_sweep.glob("trial_*"))
     assert len(trials) == 3
     for name in trials:
         assert name in markdown and name in printed
     for value in PUBLISHED:
-        assert value in markdown and value in printed
+        assert value in markdown
+        assert value in printed or value == "0.2364"  # the paper's loss: not beside ours
     assert "R  trial_000_" in printed or "BR trial_000_" in printed  # the reference point
-    assert all(m in printed for m in COMPARED)
+    assert all(m in printed for m in COMPARABLE)
 
 
 @pytest.mark.slow
-def test_confirm_two_seeds_end_to_end(real_sweep, capsys):
+def test_confirm_over_two_splits_end_to_end(real_sweep, capsys):
     try:
-        assert main(["confirm", str(real_sweep), "--seeds", "2"]) == 0
+        assert main(["confirm", str(real_sweep), "--seeds", "1", "--split-seeds", "2"]) == 0
     finally:
         ray.shutdown()
     printed = capsys.readouterr().out
-    assert "Verdict" in printed
+    assert "Verdict" in printed or "the search found nothing better" in printed
     result = json.loads((real_sweep / "report" / "confirm.json").read_text())
-    assert result["seeds"] == [1, 2]  # fresh: the sweep trained with seed 0
+    assert result["seeds"] == [1]  # fresh: the sweep trained with seed 0
+    assert result["split_seeds"] == [0, 1]  # the sweep's split, then another draw
+    assert (real_sweep.parent / "small-confirm").is_dir()
+    assert (real_sweep.parent / "small-confirm-split1").is_dir()
     assert [c["label"] for c in result["candidates"]] == ["reference", "best"]
     assert len(result["runs"]) == 4 and all(r["state"] == "finished" for r in result["runs"])
+    assert sorted(r["split_seed"] for r in result["runs"]) == [0, 0, 1, 1]
     for label in ("reference", "best"):
-        for metric in COMPARED:
+        for metric in confirm.METRICS:
             interval = result["summary"][label][metric]
             assert interval["n"] == 2 and interval["low"] <= interval["mean"] <= interval["high"]
     (comparison,) = result["comparisons"]
-    assert comparison["per_image_dice"]["n"] > 0
-    assert comparison["per_image_dice"]["verdict"] in ("better", "worse", "not distinguishable")
-    # Every run is a fresh one: no run replays the sweep's own trial (seed 0).
-    assert {r["seed"] for r in result["runs"]} == {1, 2}
+    covers = comparison["dice"]["covers"]
+    assert covers == "the spread between 2 splits (seeds and test images within it)" or (
+        covers == "test-image groups, not seeds (one run per config)"
+    )
+    assert comparison["dice"]["verdict"] in ("better", "worse", "not distinguishable")
+    assert {r["seed"] for r in result["runs"]} == {1}
     write_report(load_experiment(real_sweep))
     assert "Confirmation over seeds" in (real_sweep / "report" / "report.md").read_text()
 

@@ -1,10 +1,12 @@
 import json
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from trainable.preprocess import load_busi
+from trainable.integrity import LINKS_FILE
+from trainable.preprocess import ConflictPolicy, apply_conflicts, load_busi
 from trainable.splits import SplitPolicy, make_folds, make_split, manifest_of
 
 
@@ -57,6 +59,10 @@ def test_grouped_split_keeps_near_duplicates_together(busi64, seed):
         ("benign (10)", "benign (327)"),
         ("benign (105)", "benign (156)"),
         ("benign (433)", "malignant (145)"),
+        # Same lesions the thumbnail-only grouping put apart (issue 23), checked by eye.
+        ("malignant (106)", "malignant (107)"),
+        ("malignant (69)", "malignant (70)"),
+        ("benign (102)", "benign (121)"),
     ]
     for a, b in pairs:
         assert _side_of(split, names.index(a)) == _side_of(split, names.index(b)), (a, b)
@@ -97,7 +103,47 @@ def test_grouped_split_is_the_same_at_every_image_size(busi_root, busi_cache, bu
         split = make_split(data, SplitPolicy.GROUPED, seed=0, with_validation=True)
         assert split.manifest(data.names) == expected.manifest(busi64.names), size
     grouped = Counter(busi64.groups.tolist())
-    assert sum(count > 1 for count in grouped.values()) == 147  # as `data check` finds
+    assert sum(count > 1 for count in grouped.values()) == 166  # as `data check` finds
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_split_without_the_contradicting_copies(busi64, seed):
+    """--conflicts exclude (the default) leaves out 49 images (22 frames) before the cut."""
+    data = apply_conflicts(busi64, ConflictPolicy.EXCLUDE)
+    assert len(data) == 731 and len(data.excluded) == 49
+    assert {"benign (269)", "normal (1)", "benign (433)", "malignant (145)"} <= set(data.excluded)
+    assert not set(data.excluded) & set(data.names)
+    split = make_split(data, SplitPolicy.GROUPED, seed=seed, with_validation=True)
+    assert (len(split.train), len(split.validation), len(split.test)) == (468, 117, 146)
+    assert _labels(data, split.test) == {"benign": 80, "malignant": 40, "normal": 26}
+    # The rest keeps its groups: benign (435), another frame of 433 = 145, stays in.
+    assert "benign (435)" in data.names
+    assert apply_conflicts(busi64, ConflictPolicy.KEEP) is busi64
+
+
+def test_reviewed_links_change_the_groups(busi_root, busi_cache, tmp_path):
+    """A links file beside the class folders (here: links to the real ones) is read by
+    preprocessing, so by every split; it is part of the data, so of the cache key: the
+    same images without it, already cached at 32 px in the same cache, are not reused."""
+    root = tmp_path / "busi"
+    root.mkdir()
+    for label in ("benign", "malignant", "normal"):
+        (root / label).symlink_to(busi_root / label, target_is_directory=True)
+    links = {
+        "same": [["malignant (3)", "malignant (4)"]],
+        "different": [["malignant (4)", "malignant (9)"]],
+    }
+    (root / LINKS_FILE).write_text(json.dumps(links))
+    plain = load_busi(busi_root, 32, busi_cache, progress=False)
+    data = load_busi(root, 32, busi_cache, progress=False)
+    group_of = dict(zip(data.names, data.groups.tolist(), strict=True))
+    before = dict(zip(plain.names, plain.groups.tolist(), strict=True))
+    # Without the file: malignant 4-9 one group (one series), 3 alone.
+    assert before["malignant (3)"] != before["malignant (4)"] == before["malignant (9)"]
+    assert group_of["malignant (3)"] == group_of["malignant (4)"] != group_of["malignant (9)"]
+    split = make_split(data, SplitPolicy.GROUPED, seed=0, with_validation=True)
+    side = _side_of(split, data.names.index("malignant (3)"))
+    assert side == _side_of(split, data.names.index("malignant (4)"))
 
 
 @pytest.mark.parametrize("policy", [SplitPolicy.GROUPED, SplitPolicy.RANDOM])
@@ -127,3 +173,38 @@ def test_folds_are_the_same_at_every_image_size(busi_root, busi_cache, busi64):
     data = load_busi(busi_root, 32, busi_cache, progress=False)
     assert manifest_of(make_folds(data, SplitPolicy.GROUPED, 0, 3), data.names) == expected
     assert expected["counts"] == {"cross-validated": 624, "test": 156}
+
+
+def test_conflicts_flag_default_reference_and_saved_settings(tmp_path):
+    """`run --conflicts`: exclude by default, keep for --reference (the paper used every
+    image); saved with the settings, and an experiment saved before the flag kept all."""
+    from results import layout
+    from results.report import provenance_line
+    from tuner.cli import build_parser, settings_from_args
+
+    def settings(*flags):
+        args = build_parser().parse_args(["run", "--data", str(tmp_path), *flags])
+        return settings_from_args(args)
+
+    assert settings().conflicts is ConflictPolicy.EXCLUDE
+    assert settings("--reference").conflicts is ConflictPolicy.KEEP
+    assert settings("--reference", "--conflicts", "exclude").conflicts is ConflictPolicy.EXCLUDE
+    path = tmp_path / "settings.json"
+    layout.save_settings(settings("--conflicts", "keep"), path)
+    assert json.loads(path.read_text())["conflicts"] == "keep"
+    assert layout.load_settings(path).conflicts is ConflictPolicy.KEEP
+    layout.save_settings(settings(), path)
+    assert layout.load_settings(path).conflicts is ConflictPolicy.EXCLUDE
+    older = json.loads(path.read_text())
+    del older["conflicts"]
+    path.write_text(json.dumps(older))
+    assert layout.load_settings(path).conflicts is ConflictPolicy.KEEP
+    # The report's data line names what was left out (data.json's "excluded").
+    provenance = {"path": "/x/busi", "content_hash": "ab", "images": 780, "synthetic": False}
+    experiment = SimpleNamespace(settings=settings(), provenance=provenance)
+    assert provenance_line(experiment) == "data: folder `busi`, 780 images, content hash `ab`"
+    experiment.provenance = {**provenance, "excluded": ["benign (269)", "normal (1)"]}
+    assert provenance_line(experiment).endswith(
+        "; 2 left out as copies of one frame whose labels or lesion masks contradict "
+        "(`--conflicts exclude`): `benign (269), normal (1)`"
+    )

@@ -141,6 +141,7 @@ def test_a_start_that_fails_before_its_first_trial_leaves_the_name_free(
         raise RuntimeError("Tune could not start")
 
     monkeypatch.setattr(sweep, "init_ray", lambda settings: None)
+    monkeypatch.setattr(sweep, "plan_packing", lambda settings: None)  # a cluster of no GPU
     monkeypatch.setattr(sweep, "check_resources", lambda settings: None)
     monkeypatch.setattr(sweep, "ship", lambda pretrained: {})
     monkeypatch.setattr(sweep, "fit_tuner", tune_fails)

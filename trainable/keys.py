@@ -12,7 +12,13 @@ IOU = "iou"
 DICE = "dice"
 ROC_AUC = "roc_auc"
 AVERAGE_PRECISION = "average_precision"
-DICE_PER_IMAGE = "dice_per_image"
+# Per lesion image (images whose reference mask is not empty), then reduced over them.
+DICE_PER_IMAGE = "dice_per_image"  # mean
+DICE_PER_IMAGE_SD = "dice_per_image_sd"  # sample standard deviation (ddof=1)
+DICE_PER_IMAGE_MEDIAN = "dice_per_image_median"
+HD95 = "hd95"  # mean 95th-percentile Hausdorff distance, pixels at the evaluation size
+HD95_MEDIAN = "hd95_median"
+MISSED_LESION_RATE = "missed_lesion_rate"  # lesion images with no predicted pixel
 NORMAL_FP_RATE = "normal_fp_rate"
 
 METRIC_KEYS: tuple[str, ...] = (
@@ -25,6 +31,11 @@ METRIC_KEYS: tuple[str, ...] = (
     ROC_AUC,
     AVERAGE_PRECISION,
     DICE_PER_IMAGE,
+    DICE_PER_IMAGE_SD,
+    DICE_PER_IMAGE_MEDIAN,
+    HD95,
+    HD95_MEDIAN,
+    MISSED_LESION_RATE,
     NORMAL_FP_RATE,
 )
 
@@ -36,7 +47,9 @@ BEST_COMBINED_LOSS = "best_combined_loss"  # the selected epoch's combined loss
 BEST_EPOCH = "best_epoch"
 LR = "lr"
 EPOCH_SECONDS = "epoch_seconds"
+TRAIN_SECONDS = "train_seconds"  # of the epoch's seconds, those training (the rest evaluates)
 IMAGES_PER_SECOND = "images_per_second"
+PEAK_GPU_BYTES = "peak_gpu_bytes"  # the trial's peak allocated GPU memory so far; NaN on a CPU
 TEST_LOSS = "test_loss"  # of the best-so-far model
 
 
@@ -58,9 +71,15 @@ SELECTED_METRICS = tuple(selected(m) for m in METRIC_KEYS)
 
 # The objectives a sweep may rank configs by, with their direction: the selected model's
 # held-out values (never the test part's), or the combined loss with its training term.
-LOWER_IS_BETTER = {"loss", NORMAL_FP_RATE}
+# A spread describes a model but ranks none (a uniformly poor model has a small one).
+LOWER_IS_BETTER = {"loss", HD95, HD95_MEDIAN, MISSED_LESION_RATE, NORMAL_FP_RATE}
+NOT_OBJECTIVES = {DICE_PER_IMAGE_SD}
 OBJECTIVES: dict[str, str] = {
-    **{selected(m): "min" if m in LOWER_IS_BETTER else "max" for m in ("loss", *METRIC_KEYS)},
+    **{
+        selected(m): "min" if m in LOWER_IS_BETTER else "max"
+        for m in ("loss", *METRIC_KEYS)
+        if m not in NOT_OBJECTIVES
+    },
     BEST_COMBINED_LOSS: "min",
 }
 DEFAULT_OBJECTIVE = selected(DICE)
@@ -84,7 +103,9 @@ REPORTED = (
     OBJECTIVE_FOLD_STD,
     LR,
     EPOCH_SECONDS,
+    TRAIN_SECONDS,
     IMAGES_PER_SECOND,
+    PEAK_GPU_BYTES,
     *HELDOUT_METRICS,
     TEST_LOSS,
     *TEST_METRICS,

@@ -23,10 +23,23 @@ Zero-division rules:
 - recall when tp + fn == 0: 1.0 if fp == 0 else 0.0
 - dice, f1 and iou when their denominator is 0: 1.0 (empty truth, empty prediction)
 - roc_auc and average_precision: NaN when only one class of pixel is present
-- dice_per_image: mean of the per-image dice over images with a lesion, NaN when there are none
-  (nnU-Net: an empty reference makes Dice undefined)
 - normal_fp_rate: fraction of empty-mask ("normal") images with any predicted lesion pixel, NaN
   when there are none
+
+Per-image metrics are computed on lesion images only (a non-empty reference mask): as in
+nnU-Net, an empty reference makes a per-image Dice undefined (NaN), so normal images are left
+out of them (normal_fp_rate covers those). Each is reduced over the lesion images, NaN when
+there are none:
+
+- dice_per_image, dice_per_image_sd, dice_per_image_median: mean, sample standard deviation
+  (ddof=1, NaN with fewer than two lesion images) and median of the per-image Dice
+- hd95, hd95_median: mean and median of the per-image HD95, the symmetric 95th-percentile
+  Hausdorff distance in pixels at the size scored (the evaluation size); see :func:`hd95`.
+  A lesion image with no predicted pixel scores the image diagonal sqrt(H^2 + W^2), more than
+  any distance inside the image (the BraTS convention), so a miss counts as the worst outline
+  rather than vanishing from the mean
+- missed_lesion_rate: fraction of lesion images with no predicted pixel (the images that
+  score the diagonal)
 
 The soft Dice loss of a whole part, ``1 - 2 sum(p y) / (sum(p) + sum(y))`` with the sums taken
 over every pixel of every image (float64), is accumulated beside the counts: like the pooled
@@ -46,17 +59,25 @@ gives the same metrics as the CPU, and nothing waits for the GPU until the metri
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+from scipy import ndimage
 
 from trainable.keys import (  # the names live with the other keys; re-exported
     ACCURACY,
     AVERAGE_PRECISION,
     DICE,
     DICE_PER_IMAGE,
+    DICE_PER_IMAGE_MEDIAN,
+    DICE_PER_IMAGE_SD,
     F1,
+    HD95,
+    HD95_MEDIAN,
     IOU,
     METRIC_KEYS,
+    MISSED_LESION_RATE,
     NORMAL_FP_RATE,
     PRECISION,
     RECALL,
@@ -68,16 +89,27 @@ __all__ = [
     "AVERAGE_PRECISION",
     "DICE",
     "DICE_PER_IMAGE",
+    "DICE_PER_IMAGE_MEDIAN",
+    "DICE_PER_IMAGE_SD",
     "F1",
+    "HD95",
+    "HD95_MEDIAN",
     "IOU",
     "METRIC_KEYS",
+    "MISSED_LESION_RATE",
     "NORMAL_FP_RATE",
     "PRECISION",
     "RECALL",
     "ROC_AUC",
+    "THRESHOLD_GRID",
     "PixelStats",
+    "best_threshold",
     "compute_metrics",
+    "hd95",
 ]
+
+# The thresholds `--threshold auto` chooses from: 0.05, 0.10, ..., 0.95.
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
 def _ratio(num: np.ndarray, den: int) -> np.ndarray:
@@ -92,8 +124,62 @@ def _image_axes_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in shape[1:] if d != 1)
 
 
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else math.nan
+
+
+def _sd(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if values.size else math.nan
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """The mask's pixels with a 4-neighbour (6 in 3-D) outside it; outside the array is
+    background, so lesion pixels on the image border are boundary."""
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Symmetric 95th-percentile Hausdorff distance between the boundaries of two non-empty
+    bool masks, in pixels (Euclidean, pixel spacing 1): the larger of the two directed
+    distances' 95th percentiles (numpy's linear interpolation), each directed distance
+    being from a boundary pixel of one mask to the nearest boundary pixel of the other
+    (MONAI's ``compute_hausdorff_distance(percentile=95)``). Computed on the bounding box
+    of both masks plus a one-pixel margin, which changes no distance."""
+    box = ndimage.find_objects((pred | truth).astype(np.uint8))[0]
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+    pred_edge, truth_edge = _boundary(pred[box]), _boundary(truth[box])
+    to_truth = ndimage.distance_transform_edt(~truth_edge)[pred_edge]
+    to_pred = ndimage.distance_transform_edt(~pred_edge)[truth_edge]
+    return float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)))
+
+
+def best_threshold(
+    probs: np.ndarray | torch.Tensor,
+    masks: np.ndarray | torch.Tensor,
+    grid: tuple[float, ...] = THRESHOLD_GRID,
+) -> float:
+    """The threshold of ``grid`` with the highest pooled Dice of ``probs`` (strict ``>``)
+    against ``masks`` (the lowest such threshold on a tie): `--threshold auto` calls it on
+    the validation part only."""
+    probs = torch.as_tensor(probs)
+    truth = torch.as_tensor(masks, device=probs.device).reshape(probs.shape) != 0
+    true_pixels = int(truth.sum())
+    dices = []
+    for threshold in grid:
+        pred = probs > threshold
+        tp, predicted = int((pred & truth).sum()), int(pred.sum())
+        den = predicted + true_pixels
+        dices.append(2 * tp / den if den else 1.0)
+    return float(grid[int(np.argmax(dices))])
+
+
 class PixelStats:
-    """Accumulates confusion counts, probability histograms and per-image stats over batches."""
+    """Accumulates confusion counts, probability histograms and per-image stats over batches,
+    and keeps the predicted and true masks (bool, on the batch's device) for HD95."""
 
     def __init__(self, threshold: float = 0.5, bins: int = 2**16) -> None:
         """Set the decision ``threshold`` (strict ``>``) and the histogram resolution ``bins``."""
@@ -106,6 +192,9 @@ class PixelStats:
         self._soft: torch.Tensor | None = None  # float64: sum of p * y, sum of p + sum of y
         self._out_of_range: torch.Tensor | None = None  # any probability outside [0, 1]
         self._counts: list[torch.Tensor] = []  # per image: tp, fp, fn
+        # Per batch: predicted and true masks (bool, flat) and the images' shape.
+        self._masks: list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]] = []
+        self._hd95: np.ndarray | None = None  # per image, computed when first read
         self._pixels = 0
 
     def update(self, probs: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor) -> None:
@@ -142,6 +231,8 @@ class PixelStats:
         pred_i = pred.sum(dim=1)
         true_i = truth.sum(dim=1)
         self._counts.append(torch.stack([tp_i, pred_i - tp_i, true_i - tp_i], dim=1))
+        self._masks.append((pred, truth, _image_axes_shape(masks.shape) or (1,)))
+        self._hd95 = None
         self._pixels += probs.numel()
 
         # Bin index floor(p * bins), with p == 1.0 folded into the last bin; positives are
@@ -193,6 +284,22 @@ class PixelStats:
         )
         return dice
 
+    def per_image_hd95(self) -> np.ndarray:
+        """HD95 (:func:`hd95`) of every image in update order: NaN for images without a
+        lesion, the image diagonal for a lesion image with no predicted pixel."""
+        if self._hd95 is None:
+            values = []
+            for pred, truth, shape in self._masks:
+                pred = pred.cpu().numpy().reshape(-1, *shape)
+                truth = truth.cpu().numpy().reshape(-1, *shape)
+                for p, t in zip(pred, truth, strict=True):
+                    if not t.any():
+                        values.append(math.nan)
+                    else:
+                        values.append(hd95(p, t) if p.any() else math.hypot(*shape))
+            self._hd95 = np.array(values, dtype=np.float64)
+        return self._hd95
+
     def curves(self) -> dict[str, np.ndarray]:
         """ROC and PR points, one per bin edge from threshold 1 down to 0 (``bins + 1`` points).
 
@@ -235,10 +342,11 @@ class PixelStats:
             average_precision = float(np.sum(np.diff(recall) * curves["precision"][1:]))
         else:
             roc_auc = average_precision = np.nan
-        dice_i = self.per_image_dice()
-        lesion_dice = dice_i[~np.isnan(dice_i)]
-        normal = counts[:, 0] + counts[:, 2] == 0  # images without a lesion
-        normal_fp = counts[normal, 1] > 0
+        lesion = counts[:, 0] + counts[:, 2] > 0  # images with a lesion
+        lesion_dice = self.per_image_dice()[lesion]
+        lesion_hd95 = self.per_image_hd95()[lesion]
+        missed = counts[lesion, 0] + counts[lesion, 1] == 0
+        normal_fp = counts[~lesion, 1] > 0
         return {
             ACCURACY: (tp + tn) / total,
             PRECISION: tp / (tp + fp) if tp + fp else float(fn == 0),
@@ -248,8 +356,13 @@ class PixelStats:
             DICE: dice,
             ROC_AUC: roc_auc,
             AVERAGE_PRECISION: average_precision,
-            DICE_PER_IMAGE: float(lesion_dice.mean()) if lesion_dice.size else np.nan,
-            NORMAL_FP_RATE: float(normal_fp.mean()) if normal_fp.size else np.nan,
+            DICE_PER_IMAGE: _mean(lesion_dice),
+            DICE_PER_IMAGE_SD: _sd(lesion_dice),
+            DICE_PER_IMAGE_MEDIAN: _median(lesion_dice),
+            HD95: _mean(lesion_hd95),
+            HD95_MEDIAN: _median(lesion_hd95),
+            MISSED_LESION_RATE: _mean(missed),
+            NORMAL_FP_RATE: _mean(normal_fp),
         }
 
 

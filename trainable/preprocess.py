@@ -8,7 +8,9 @@ served stale. Trials receive these arrays (through Ray's object store), not file
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -21,12 +23,27 @@ from tqdm import tqdm
 from results import storage
 from trainable.dataset import BusiClass, Sample, data_warnings, discover, read_sample
 from trainable.errors import UserError
-from trainable.integrity import analysis_image, near_duplicate_groups
+from trainable.integrity import (
+    LINKS_FILE,
+    Conflict,
+    ReviewedLinks,
+    analysis_image,
+    analysis_mask,
+    find_duplicates,
+    read_links,
+)
 
 log = logging.getLogger(__name__)
 
 # Bump when the preprocessing changes, so old caches are not reused.
-_PREPROCESS_VERSION = 3  # 3: the mid-grey mask rule, data warnings
+_PREPROCESS_VERSION = 4  # 3: the mid-grey mask rule, data warnings; 4: voted groups, conflicts
+
+
+class ConflictPolicy(enum.StrEnum):
+    """What a run does with copies of one frame whose labels or masks contradict."""
+
+    EXCLUDE = "exclude"  # leave every such copy out: neither trained on nor scored
+    KEEP = "keep"  # use them as they are (the reference protocol's data)
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,10 @@ class BusiArrays:
     groups: np.ndarray
     # Legal but suspicious data (see dataset.data_warnings), said by `data check` and `run`.
     warnings: tuple[str, ...] = ()
+    # Copies of one frame whose labels or masks contradict (integrity.frame_conflicts).
+    conflicts: tuple[Conflict, ...] = ()
+    # The images `apply_conflicts` left out, by name.
+    excluded: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -51,12 +72,17 @@ class BusiArrays:
 
 
 def dataset_fingerprint(samples: list[Sample], root: Path) -> str:
-    """A hash of every file's relative path and bytes: the dataset's content."""
+    """A hash of every file's relative path and bytes: the dataset's content, with the
+    reviewed links file when there is one (it changes the groups, so the split)."""
     digest = hashlib.blake2b(digest_size=16)
     for sample in samples:
         for path in (sample.image_path, *sample.mask_paths):
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
+    links = Path(root) / LINKS_FILE
+    if links.is_file():
+        digest.update(LINKS_FILE.encode())
+        digest.update(links.read_bytes())
     return digest.hexdigest()
 
 
@@ -75,6 +101,16 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
+def resize_rule(size: int) -> str:
+    """`resize_image` in words exact enough for another program to reproduce its input
+    (the export's model card); change the two together."""
+    return (
+        f"cv2.resize(image, ({size}, {size}), interpolation=cv2.INTER_AREA) when the uint8 "
+        f"grey image is at least {size} px high and at least {size} px wide, else "
+        "interpolation=cv2.INTER_LINEAR; the aspect ratio is not kept"
+    )
+
+
 def load_busi(
     root: Path, image_size: int, cache_dir: Path | None = None, progress: bool = True
 ) -> BusiArrays:
@@ -86,16 +122,17 @@ def load_busi(
     if cache_path.is_file():
         log.info("dataset cache hit: %s", cache_path)
         return read_cache(cache_path)
-    arrays = _decode(samples, image_size, progress)
+    links = read_links(root, [sample.name for sample in samples])
+    arrays = _decode(samples, image_size, progress, links)
     _write_cache(arrays, cache_path)
     log.info("dataset cached: %s", cache_path)
     return arrays
 
 
-def _decode(samples: list[Sample], size: int, progress: bool) -> BusiArrays:
+def _decode(samples: list[Sample], size: int, progress: bool, links: ReviewedLinks) -> BusiArrays:
     images = np.empty((len(samples), size, size), dtype=np.uint8)
     masks = np.empty((len(samples), size, size), dtype=np.uint8)
-    analysed, contents = [], []
+    analysed, analysed_masks, contents = [], [], []
     # disable=None: a bar only on a terminal, never drawn into a log file.
     for i, sample in enumerate(
         tqdm(samples, desc="decoding BUSI", disable=None if progress else True)
@@ -103,15 +140,19 @@ def _decode(samples: list[Sample], size: int, progress: bool) -> BusiArrays:
         content = read_sample(sample)
         images[i], masks[i] = resize_pair(content.image, content.mask, size)
         analysed.append(analysis_image(content.image))
+        analysed_masks.append(analysis_mask(content.mask))
         contents.append(content)
     names = tuple(s.name for s in samples)
+    labels = tuple(s.label for s in samples)
+    found, conflicts = find_duplicates(
+        names, [label.value for label in labels], analysed, analysed_masks, links
+    )
     groups = np.arange(len(samples), dtype=np.int32)
-    for group_id, members in enumerate(near_duplicate_groups(names, analysed)):
+    for group_id, members in enumerate(found):
         for name in members:
             groups[names.index(name)] = len(samples) + group_id
-    labels = tuple(s.label for s in samples)
     warnings = tuple(data_warnings(samples, contents))
-    return BusiArrays(names, labels, images, masks, groups, warnings)
+    return BusiArrays(names, labels, images, masks, groups, warnings, tuple(conflicts))
 
 
 def _write_cache(arrays: BusiArrays, path: Path) -> None:
@@ -127,6 +168,9 @@ def _write_cache(arrays: BusiArrays, path: Path) -> None:
             masks=arrays.masks,
             groups=arrays.groups,
             warnings=np.array(arrays.warnings, dtype=str),
+            conflicts=np.array(
+                [json.dumps([c.names, c.reason]) for c in arrays.conflicts], dtype=str
+            ),
         )
         partial.replace(path)
     except OSError as error:
@@ -148,6 +192,10 @@ def read_cache(path: Path) -> BusiArrays:
             groups=data["groups"],
             # Caches written before version 3 (benchmark bundles) have no warnings.
             warnings=tuple(str(w) for w in data.get("warnings", ())),
+            conflicts=tuple(
+                Conflict(tuple(names), reason)
+                for names, reason in (json.loads(str(c)) for c in data.get("conflicts", ()))
+            ),
         )
 
 
@@ -164,6 +212,33 @@ def resized(data: BusiArrays, size: int) -> BusiArrays:
         masks=np.stack([p[1] for p in pairs]),
         groups=data.groups,
         warnings=data.warnings,
+        conflicts=data.conflicts,
+        excluded=data.excluded,
+    )
+
+
+def apply_conflicts(data: BusiArrays, policy: ConflictPolicy) -> BusiArrays:
+    """The dataset without the contradicting copies of one frame (EXCLUDE), with a warning
+    naming them; unchanged with KEEP. Left out of the data, not only of the scores: no
+    copy can be trusted over the other, and training on both teaches both answers."""
+    if ConflictPolicy(policy) is ConflictPolicy.KEEP or not data.conflicts:
+        return data
+    dropped = {name for conflict in data.conflicts for name in conflict.names}
+    rows = [i for i, name in enumerate(data.names) if name not in dropped]
+    listed = "; ".join(conflict.describe() for conflict in data.conflicts)
+    warning = (
+        f"left out {len(dropped)} images, copies of one frame whose labels or lesion masks "
+        f"contradict (--conflicts exclude; keep uses them): {listed}"
+    )
+    return BusiArrays(
+        names=tuple(data.names[i] for i in rows),
+        labels=tuple(data.labels[i] for i in rows),
+        images=data.images[rows],
+        masks=data.masks[rows],
+        groups=data.groups[rows],
+        warnings=(*data.warnings, warning),
+        conflicts=data.conflicts,
+        excluded=tuple(name for name in data.names if name in dropped),
     )
 
 
@@ -190,8 +265,12 @@ def load_sized(
     eval_size: int,
     cache_dir: Path | None = None,
     progress: bool = True,
+    conflicts: ConflictPolicy = ConflictPolicy.EXCLUDE,
 ) -> SizedData:
     """The dataset at each of `sizes` and at `eval_size`, each decoded from the PNGs
-    (cached per size), never resized from another size."""
+    (cached per size), never resized from another size, under the `conflicts` policy."""
     wanted = sorted({*sizes, eval_size})
-    return SizedData({s: load_busi(root, s, cache_dir, progress) for s in wanted}, eval_size)
+    return SizedData(
+        {s: apply_conflicts(load_busi(root, s, cache_dir, progress), conflicts) for s in wanted},
+        eval_size,
+    )

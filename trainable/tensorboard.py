@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from trainable.engine import EpochReport
-from trainable.keys import DICE, IOU, METRIC_KEYS
+from trainable.keys import DICE, DICE_PER_IMAGE, HD95, IOU, METRIC_KEYS
 
 IMAGE_TAG = "validation/examples"
 SCALAR_TAGS = (
@@ -26,7 +26,10 @@ SCALAR_TAGS = (
     "loss/combined",
     "heldout/dice",
     "heldout/iou",
+    "heldout/dice_per_image",
+    "heldout/hd95",
     "lr",
+    "threshold",  # the selected model's decision threshold
     *(f"test_at_selection/{m}" for m in METRIC_KEYS),
 )
 
@@ -67,7 +70,10 @@ class TrialWriter:
             report.combined_loss,
             report.heldout[DICE],
             report.heldout[IOU],
+            report.heldout[DICE_PER_IMAGE],
+            report.heldout[HD95],
             report.lr,
+            report.threshold,
             *(report.test.get(m, float("nan")) for m in METRIC_KEYS),
         )
         for tag, value in zip(SCALAR_TAGS, values, strict=True):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from collections import deque
@@ -72,6 +73,7 @@ class TrialSetup:
     num_workers: int = 0
     checkpoint_every: int = 10  # epochs between full states (see benchmarks/checkpoint_cost)
     compiled: bool = False  # torch.compile the model's forward (see benchmarks/gpu_throughput)
+    choose_threshold: bool = False  # --threshold auto: chosen on the validation part
     image_every: int = 5
     examples: int = 4
 
@@ -91,7 +93,8 @@ def to_tune_metrics(report: EpochReport, objective: str) -> dict[str, float]:
     """Exactly `keys.REPORTED`, every epoch."""
     fold_values = [objective_value(fold, objective) for fold in report.folds]
     metrics = {
-        keys.OBJECTIVE_FOLD_STD: float(np.std(fold_values)) if fold_values else math.nan,
+        # The sample SD (ddof=1): the folds are a sample of the splits the data allows.
+        keys.OBJECTIVE_FOLD_STD: float(np.std(fold_values, ddof=1)) if fold_values else math.nan,
         keys.EPOCH: report.epoch,
         keys.TRAIN_LOSS: report.train_loss,
         keys.HELDOUT_LOSS: report.heldout_loss,
@@ -101,7 +104,9 @@ def to_tune_metrics(report: EpochReport, objective: str) -> dict[str, float]:
         keys.SELECTED_LOSS: report.selected_heldout[LOSS],
         keys.LR: report.lr,
         keys.EPOCH_SECONDS: report.seconds,
+        keys.TRAIN_SECONDS: report.train_seconds,
         keys.IMAGES_PER_SECOND: report.images_per_second,
+        keys.PEAK_GPU_BYTES: report.peak_gpu_bytes,
         keys.TEST_LOSS: report.test_loss,
     }
     for m in METRIC_KEYS:
@@ -134,6 +139,12 @@ def selection_summary(
                 f"{1 - setup.base.selection_train_weight:g} x held-out loss"
             ),
             "heldout_loss": "soft Dice loss pooled over every pixel of the part",
+            "threshold": (
+                "chosen on the validation part: the highest pooled Dice on 0.05, 0.10, ..., "
+                "0.95 (the lowest on a tie), for the held-out and test metrics"
+                if setup.choose_threshold
+                else "fixed (the config's)"
+            ),
             "evaluation_size": eval_size,
             "split": split.policy.value,
             "split_seed": split.seed,
@@ -141,6 +152,7 @@ def selection_summary(
             "counts": {**counts, "test": len(split.test)},
         },
         "selected_epoch": report.best_epoch,
+        "threshold": report.threshold,
         "models": model_files(setup.folds),
         keys.COMBINED_LOSS: report.best_combined_loss,
         "heldout": report.selected_heldout,
@@ -153,12 +165,13 @@ def selection_summary(
             "metric": setup.objective,
             "per_fold": values,
             "mean": float(np.mean(values)),
-            "std": float(np.std(values)),
+            "std": float(np.std(values, ddof=1)),  # sample SD, as reported every epoch
         }
         summary["folds"] = [
             {
                 "fold": k,
                 "selected_epoch": fold.best_epoch,
+                "threshold": fold.threshold,
                 keys.COMBINED_LOSS: fold.best_combined_loss,
                 "heldout": fold.selected_heldout,
                 keys.TEST_LOSS: fold.test_loss,
@@ -169,9 +182,12 @@ def selection_summary(
     return summary
 
 
-def write_selection(directory: Path, report: EpochReport, names: list[str]) -> None:
+def write_selection(
+    directory: Path, report: EpochReport, names: list[str], groups: np.ndarray
+) -> None:
     """What the reporter needs about the selected model on the test part: ROC/PR curves,
-    per-image Dice and the predicted masks (bit-packed)."""
+    per-image Dice and the predicted masks (bit-packed), and each image's near-duplicate
+    group (a bootstrap of the test part resamples whole groups)."""
     assert report.test_stats is not None and report.test_predictions is not None
     curves = report.test_stats.curves()
     # 65,537 curve points are more than a plot needs; keep about a thousand.
@@ -180,7 +196,9 @@ def write_selection(directory: Path, report: EpochReport, names: list[str]) -> N
         directory / SELECTION_FILE,
         epoch=report.epoch,
         names=np.array(names),
+        groups=np.asarray(groups, dtype=np.int64),
         per_image_dice=report.test_stats.per_image_dice(),
+        per_image_hd95=report.test_stats.per_image_hd95(),
         per_image_counts=report.test_stats.per_image_counts(),
         predictions=np.packbits(report.test_predictions, axis=-1),
         **{name: values[::step] for name, values in curves.items()},
@@ -188,21 +206,43 @@ def write_selection(directory: Path, report: EpochReport, names: list[str]) -> N
 
 
 def log_placement(
-    storage: TrialStorage, device: torch.device, resumed_after_epoch: int, note: str = ""
+    storage: TrialStorage,
+    device: torch.device,
+    resumed_after_epoch: int,
+    note: str = "",
+    startup: dict[str, float] | None = None,
 ) -> None:
     """One line per (re)start of the trial, written to its storage folder (so a start on
     another node, or after --resume, adds to the record instead of replacing it): where it
-    ran and where it resumed from."""
+    ran, where it resumed from, and (`startup`) when it entered, how long its encoder
+    weights took to come from the object store and its worker process (pid, start time):
+    benchmarks.gpu_sweep splits a first epoch's cost with them."""
     entry = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
         "device": str(device),
         "resumed_after_epoch": resumed_after_epoch,
         "time": time.time(),
+        **(startup or {}),
     }
     if note:
         entry["note"] = note
     storage.append_line(PLACEMENT_FILE, json.dumps(entry))
+
+
+def process_started() -> float | None:
+    """When this worker process started (wall clock, to about a second: /proc counts in
+    clock ticks from a boot time in whole seconds); None off Linux."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 class DeterministicFailure(RuntimeError):
@@ -370,11 +410,12 @@ def train_busi(
     """The function trainable: one training run, reported every epoch. `data` and the
     pretrained encoders' `weights` (an object per encoder) come from the driver through
     Ray's object store."""
+    entered = time.time()
     trial_dir = Path(tune.get_context().get_trial_dir())
     storage = trial_storage()
     _refuse_known_failure(storage)
     try:
-        _train(tune_config, data, setup, trial_dir, storage, weights or {})
+        _train(tune_config, data, setup, trial_dir, storage, weights or {}, entered)
     except DETERMINISTIC as error:
         _record_failure(storage, error)
         raise
@@ -387,12 +428,20 @@ def _train(
     trial_dir: Path,
     storage: TrialStorage,
     weights: dict[tuple[str, str], ray.ObjectRef],
+    entered: float,
 ) -> None:
     # Ray logs every checkpoint it persists (one line per trial per epoch); Tune's own
     # results already say where they are.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = resolve_config(setup, tune_config)
+    fetching = time.perf_counter()
     encoder_state = shipped_weights(config, weights)
+    startup = {
+        "entered": entered,
+        "weights_s": time.perf_counter() - fetching,
+        "pid": os.getpid(),
+        "process_started": process_started(),
+    }
     data, truth = sized.at(config.image_size), sized.evaluation
     device = pick_device()
     # A GPU trial's CPUs feed it: DataLoader workers (one thread each) and the trainer's
@@ -412,7 +461,7 @@ def _train(
 
     # A checkpoint points to one training state per fold (one without cross-validation).
     resume_from, note = load_checkpoint(tune.get_checkpoint(), storage, device)
-    log_placement(storage, device, resume_from[0]["epoch"] if resume_from else 0, note)
+    log_placement(storage, device, resume_from[0]["epoch"] if resume_from else 0, note, startup)
 
     heldout = split.test if setup.select_on_test else split.validation
     examples = heldout[: setup.examples]
@@ -439,7 +488,8 @@ def _train(
             for fold, state, file in zip(report.folds or (report,), states, files, strict=True):
                 if fold.improved:
                     weights[file] = state.model.state_dict()
-            write_selection(trial_dir, report, [data.names[i] for i in split.test])
+            test = split.test
+            write_selection(trial_dir, report, [data.names[i] for i in test], data.groups[test])
             summary = selection_summary(report, setup, splits, truth.image_size)
             (trial_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         writer.flush()
@@ -451,6 +501,7 @@ def _train(
         "num_workers": workers,
         "encoder_state": encoder_state,
         "compiled": setup.compiled,
+        "choose_threshold": setup.choose_threshold,
     }
     try:
         if setup.folds > 1:

@@ -15,6 +15,7 @@ from results.settings import RunSettings, Scheduler
 from trainable import keys
 from trainable.config import TrainConfig
 from trainable.errors import UserError
+from trainable.preprocess import ConflictPolicy
 from trainable.splits import SplitPolicy
 
 # The demo: a synthetic set and a model small enough for a laptop CPU in minutes.
@@ -157,9 +158,20 @@ def _add_run_parser(commands) -> None:
         "--metric",
         default=keys.DEFAULT_OBJECTIVE,
         help="what configs are ranked by: the selected model's value on the validation "
-        "part, selected_heldout_<loss|dice|iou|...>, maximised or minimised as the metric "
-        "wants; or best_combined_loss, the epoch rule's own value, which holds 20%% "
-        "training loss and so penalises augmentation (default: %(default)s)",
+        "part, selected_heldout_<loss|dice|iou|dice_per_image|hd95|...>, maximised or "
+        "minimised as the metric wants (hd95: pixels, minimised); or best_combined_loss, "
+        "the epoch rule's own value, which holds 20%% training loss and so penalises "
+        "augmentation (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--threshold",
+        type=_number_or_auto,
+        default=None,
+        help="probability above which a pixel is lesion (every metric but the loss and the "
+        "curves): a number, or auto: each trial chooses it on its validation part (the "
+        "highest pooled Dice on 0.05, 0.10, ..., 0.95), records it in metrics.json and "
+        "scores its test part at it; not with --reference, which has no validation part "
+        f"(default: {TrainConfig.reference().threshold})",
     )
     sweep.add_argument(
         "--seed",
@@ -175,12 +187,38 @@ def _add_run_parser(commands) -> None:
         "leaks near-duplicates across parts) (default: grouped; --reference: random)",
     )
     sweep.add_argument(
+        "--conflicts",
+        choices=[p.value for p in ConflictPolicy],
+        default=None,
+        help="exclude leaves out the copies of one frame whose labels or lesion masks "
+        "contradict (`data check` lists them), neither trained on nor scored; keep uses "
+        "them (default: exclude; --reference: keep)",
+    )
+    sweep.add_argument(
         "--folds",
         type=int,
         default=1,
         help="K > 1: each trial trains K models in lockstep, one per fold of the training "
         "part (grouped and stratified like the split), and is ranked by their mean; its "
         "test metrics are the K models' ensemble (default: %(default)s, one validation part)",
+    )
+    final = run.add_argument_group("the final round: the winner over seeds")
+    final.add_argument(
+        "--final-seeds",
+        type=int,
+        default=None,
+        help="after the last trial, retrain the reference config and the --final-top best "
+        "configs with S fresh training seeds each (a Tune run <name>-final beside the sweep, "
+        "full budget, same split), pick the winner on their mean validation objective and "
+        "say with intervals over seeds and test-image groups whether it beats the "
+        "reference on test; 0: off, the sweep's best trial is the winner (default: 2 when "
+        "trials run on GPUs, 0 on CPUs)",
+    )
+    final.add_argument(
+        "--final-top",
+        type=int,
+        default=3,
+        help="configs of the final round besides the reference (default: %(default)s)",
     )
     where = run.add_argument_group("where and how")
     where.add_argument(
@@ -206,9 +244,11 @@ def _add_run_parser(commands) -> None:
     )
     where.add_argument(
         "--gpus-per-trial",
-        type=float,
+        type=_number_or_auto,
         default=None,
-        help="fractions pack trials on one GPU (default: 1 if the cluster has GPUs, else 0)",
+        help="a fraction packs trials on one GPU; auto measures the heaviest trial's GPU "
+        "memory on the cluster and packs what fits with 10%% free, at most one trial per 2 "
+        "of the node's CPUs per GPU, and says the plan (default: auto; 0 without GPUs)",
     )
     where.add_argument(
         "--cpus-per-trial",
@@ -263,6 +303,24 @@ def _add_run_parser(commands) -> None:
     run.set_defaults(handler=_run)
 
 
+AUTO = "auto"
+
+
+def _number_or_auto(value: str) -> float | str:
+    """A flag's value: a number, or "auto" (--threshold, --gpus-per-trial)."""
+    if value == AUTO:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number or auto") from None
+
+
+def _gpus(value: float | str | None) -> float | None:
+    """--gpus-per-trial for the settings: None (auto) is planned once Ray is up."""
+    return None if value == AUTO else value
+
+
 def _add_data_parser(commands) -> None:
     data = commands.add_parser("data", help="check a BUSI folder, or write a synthetic one")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -273,6 +331,12 @@ def _add_data_parser(commands) -> None:
         nargs="?",
         default=Path("Dataset_BUSI_with_GT"),
         help="the BUSI folder (default: %(default)s)",
+    )
+    check.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as JSON: every near-duplicate group and contradicting copy "
+        "by name, and their counts (default: text)",
     )
     check.set_defaults(handler=_data_check)
     synth = data_commands.add_parser("synth", help="write a synthetic BUSI-layout dataset")
@@ -295,6 +359,13 @@ def _add_report_parser(commands) -> None:
         "EXPERIMENT_DIR/report/: report.md, trials.csv and PNG plots.",
     )
     report.add_argument("dir", help="the experiment folder, <storage>/<name> (or s3://…)")
+    report.add_argument(
+        "--all-test-metrics",
+        action="store_true",
+        help="also write every trial's test metrics into trials.csv; the report shows those "
+        "of the winner and the reference config only, since picking among trials by their "
+        "test numbers would be picking on test (default: off)",
+    )
     report.set_defaults(handler=_report)
 
 
@@ -303,13 +374,24 @@ def _add_confirm_parser(commands) -> None:
         "confirm",
         help="retrain the reference and the best config over seeds; is the gain real?",
         description="Retrain the in-sweep reference config and the best config(s) for the "
-        "full budget with K training seeds each (same split, no early stopping) as one Ray "
-        "Tune run <name>-confirm beside the sweep, then compare them on the test part with "
-        "95% intervals. Writes EXPERIMENT_DIR/report/confirm.json.",
+        "full budget with K fresh training seeds each (no early stopping) as a Ray Tune run "
+        "<name>-confirm beside the sweep, on the sweep's split and with --split-seeds on "
+        "other splits too; pick the winner on validation, then compare each config with "
+        "the reference on the test part: the primary endpoint is the metric the sweep "
+        "optimised (95% interval over seeds, test-image groups and splits), the others are "
+        "secondary (Bonferroni-corrected). Writes EXPERIMENT_DIR/report/confirm.json.",
     )
     confirm.add_argument("dir", help="the sweep's folder, <storage>/<name> (or s3://…)")
     confirm.add_argument(
         "--seeds", type=int, default=3, help="training seeds per config (default: %(default)s)"
+    )
+    confirm.add_argument(
+        "--split-seeds",
+        type=int,
+        default=1,
+        help="splits to retrain on: the sweep's, then other draws of its split policy, each "
+        "a Tune run <name>-confirm-split<seed>, so that the split's own noise counts "
+        "(default: %(default)s, the sweep's split only)",
     )
     confirm.add_argument(
         "--top",
@@ -324,9 +406,11 @@ def _add_confirm_parser(commands) -> None:
     )
     confirm.add_argument(
         "--gpus-per-trial",
-        type=float,
+        type=_number_or_auto,
         default=None,
-        help="fractions pack trials on one GPU (default: 1 if the cluster has GPUs, else 0)",
+        help="a fraction packs trials on one GPU; auto measures the heaviest trial's GPU "
+        "memory on the cluster and packs what fits with 10%% free, at most one trial per 2 "
+        "of the node's CPUs per GPU, and says the plan (default: auto; 0 without GPUs)",
     )
     confirm.add_argument(
         "--cpus-per-trial",
@@ -346,9 +430,9 @@ def _add_evaluate_parser(commands) -> None:
         help="a trial's selected model on the validation or test part, or on other data",
         description="Load a trial's selected model (default: the best trial) and evaluate "
         "it on a part of the experiment's own split, or with --data on every image of "
-        "another BUSI-layout folder, at the experiment's evaluation size. Prints the "
-        "pooled loss and every metric; on the experiment's parts also what the trial "
-        "recorded.",
+        "another BUSI-layout folder, at the experiment's evaluation size, through the "
+        "models `predict` runs (with its --tta and --ensemble too). Prints the pooled loss "
+        "and every metric; on the experiment's parts also what the trial recorded.",
     )
     evaluate.add_argument("dir", help="the experiment folder, <storage>/<name> (or s3://…)")
     evaluate.add_argument(
@@ -373,6 +457,20 @@ def _add_evaluate_parser(commands) -> None:
         help="images per forward pass; changes no result (default: %(default)s)",
     )
     evaluate.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help="flip: average with the horizontally flipped pass, as `predict --tta flip` "
+        "(default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="average the probabilities of the K best trials, as `predict --ensemble K`, at "
+        "the best trial's threshold (default: %(default)s)",
+    )
+    evaluate.add_argument(
         "--json", action="store_true", help="print one JSON object instead (default: off)"
     )
     evaluate.set_defaults(handler=_evaluate)
@@ -388,7 +486,8 @@ def _add_predict_parser(commands) -> None:
         "image's size), <name>_overlay.png and predictions.csv into --out.",
     )
     predict.add_argument(
-        "source", help="an experiment folder <storage>/<name> (or s3://…), or an exported .pt"
+        "source",
+        help="an experiment folder <storage>/<name> (or s3://…), or an exported .pt or .onnx",
     )
     predict.add_argument("--images", type=Path, required=True, help="folder of images (required)")
     predict.add_argument("--out", type=Path, required=True, help="output folder (required)")
@@ -427,10 +526,11 @@ def _add_predict_parser(commands) -> None:
 def _add_export_parser(commands) -> None:
     export = commands.add_parser(
         "export",
-        help="a trial's selected model as a TorchScript file with a JSON model card",
+        help="a trial's selected model as a TorchScript or ONNX file with a JSON model card",
         description="Write the selected model of the best trial (or --trial) as one "
-        "TorchScript file (grey values 0-255 in, lesion probabilities out, normalisation "
-        "inside) and a model card <out>.json beside it. `predict` accepts the file.",
+        "TorchScript or ONNX file (grey values 0-255 in, lesion probabilities out, "
+        "normalisation inside) and a model card <out>.json beside it. `predict` accepts "
+        "the file.",
     )
     export.add_argument("dir", help="the experiment folder, <storage>/<name> (or s3://…)")
     export.add_argument("--out", type=Path, required=True, help="the file to write (required)")
@@ -439,9 +539,10 @@ def _add_export_parser(commands) -> None:
     )
     export.add_argument(
         "--format",
-        choices=["torchscript"],
+        choices=["torchscript", "onnx"],
         default="torchscript",
-        help="file format; libtorch and torch.jit.load read it (default: %(default)s)",
+        help="torchscript: for torch.jit.load and libtorch; onnx: for onnxruntime and other "
+        'ONNX runtimes, needs pip install "busi-tune[onnx]" (default: %(default)s)',
     )
     export.set_defaults(handler=_export)
 
@@ -485,9 +586,10 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         raise UserError("run: --resume needs the --name of the experiment to continue")
     if args.data is None and not args.resume:  # on resume: the saved data, unless given
         raise UserError("run: give --data DIR (a BUSI folder), --demo, or --resume --name NAME")
+    fixed = {} if args.threshold in (None, AUTO) else {"threshold": args.threshold}
     try:
         base = TrainConfig.reference().replace(
-            seed=args.seed, **{name: chosen[name] for name in TRAINING_FLAGS}
+            seed=args.seed, **{name: chosen[name] for name in TRAINING_FLAGS}, **fixed
         )
     except ValueError as error:
         raise UserError(f"run: {error}") from None
@@ -503,18 +605,22 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         metric=args.metric,
         seed=args.seed,
         split=SplitPolicy(args.split or ("random" if args.reference else "grouped")),
+        conflicts=ConflictPolicy(args.conflicts or ("keep" if args.reference else "exclude")),
         folds=args.folds,
         storage=args.storage,
         name=args.name,
         shared_storage=args.shared_storage,
         resume=args.resume,
         address=args.address,
-        gpus_per_trial=args.gpus_per_trial,
+        gpus_per_trial=_gpus(args.gpus_per_trial),
         cpus_per_trial=args.cpus_per_trial,
         max_failures=args.max_failures,
         checkpoint_every=args.checkpoint_every,
         reuse_actors=args.reuse_actors,
         compiled=args.compile,
+        choose_threshold=args.threshold == AUTO,
+        final_seeds=args.final_seeds,
+        final_top=args.final_top,
         local_gpus=args.local_gpus,
         cache_dir=args.cache_dir,
     )
@@ -547,17 +653,45 @@ def _run(args: argparse.Namespace) -> int:
     if results.num_errors == len(results):
         print("error: every trial errored; see the lines above", file=sys.stderr)
         return 1
+    if settings.final_seeds and not settings.reference_only:
+        return _final_round(settings, None if args.verbose else ConsoleLines())
+    return 0
+
+
+def _final_round(settings: RunSettings, write) -> int:
+    """After the last trial: the winner over fresh seeds (--final-seeds)."""
+    from results.confirm import choose_candidates, confirmation_lines
+    from results.experiment import load_experiment
+    from tuner import confirm, interrupts, sweep
+
+    experiment = load_experiment(settings.experiment_dir)
+    try:
+        candidates = choose_candidates(experiment, settings.final_top)
+    except UserError as error:  # no reference trial, or nothing to compare it with
+        print(f"final round left out: {error}", file=sys.stderr)
+        return 0
+    print(
+        f"final round: {', '.join(c.label for c in candidates)}, {settings.final_seeds} fresh "
+        f"seeds each, the whole budget ({settings.base.epochs} epochs)"
+    )
+    result = confirm.final_round(settings, experiment, candidates, write)
+    if result is None:  # Ctrl-C or SIGTERM
+        print(f"interrupted; continue with: {sweep.resume_command(settings)}", file=sys.stderr)
+        return interrupts.exit_status()
+    print("\n".join(confirmation_lines(result)))
     return 0
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from trainable.integrity import check_dataset, format_report
+    import json
+
+    from trainable.integrity import check_dataset, format_report, report_json
 
     if not args.dir.is_dir():
         raise UserError(f"data check: {args.dir}: no such folder; give the BUSI folder")
 
     report = check_dataset(args.dir, progress=True)
-    print(format_report(report))
+    print(json.dumps(report_json(report), indent=1) if args.json else format_report(report))
     return 0 if report.usable else 1
 
 
@@ -588,7 +722,7 @@ def _report(args: argparse.Namespace) -> int:
     from results.report import REPORT_DIR, format_terminal_table, write_report
 
     experiment = load_experiment(args.dir)
-    paths = write_report(experiment)
+    paths = write_report(experiment, all_test_metrics=args.all_test_metrics)
     print(format_terminal_table(experiment))
     print(f"report:  {paths.markdown}")
     print(f"trials:  {paths.trials_csv}")
@@ -606,23 +740,34 @@ def _confirm(args: argparse.Namespace) -> int:
     from tuner import confirm as retrain
     from tuner.progress import ConsoleLines
 
-    if args.seeds < 2 or args.top < 1:
+    if args.seeds < 1 or args.split_seeds < 1 or args.seeds * args.split_seeds < 2:
         raise UserError(
-            "confirm: --seeds must be at least 2 (an interval needs two) and --top at least 1"
+            "confirm: --seeds × --split-seeds must be at least 2 (an interval needs two runs "
+            "of a config), each at least 1"
         )
+    if args.top < 1:
+        raise UserError("confirm: --top must be at least 1")
     experiment = load_experiment(args.dir)
     candidates = confirm.choose_candidates(experiment, args.top)
     seeds = confirm.training_seeds(experiment.settings.base.seed, args.seeds)
-    confirm_dir = retrain.run(
+    splits = confirm.split_seeds(experiment.settings.seed, args.split_seeds)
+    locations, complete = retrain.run(
         experiment,
         candidates,
         seeds,
+        splits,
         address=args.address,
         cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
+        gpus_per_trial=_gpus(args.gpus_per_trial),
         write=None if args.verbose else ConsoleLines(),
     )
-    result = confirm.confirmation(experiment, candidates, load_experiment(confirm_dir))
+    if not complete:
+        from tuner import interrupts
+
+        print(f"interrupted; the runs so far: {', '.join(locations)}", file=sys.stderr)
+        return interrupts.exit_status()
+    retrained = [load_experiment(location) for location in locations]
+    result = confirm.confirmation(experiment, candidates, retrained)
     path = confirm.save_confirmation(result, experiment.path / REPORT_DIR)
     if experiment.is_remote:  # kept with the experiment
         remote = storage.join(experiment.location, REPORT_DIR, path.name)
@@ -640,10 +785,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from results.experiment import load_experiment
     from tuner import evaluate
 
+    if args.trial is not None and args.ensemble > 1:
+        raise UserError("--trial and --ensemble: choose one trial or the K best, not both")
     experiment = load_experiment(args.dir)
     trial = evaluate.pick_trial(experiment, args.trial)
     result = evaluate.evaluate_trial(
-        experiment, trial, evaluate.Part(args.part), args.data, args.batch_size
+        experiment,
+        trial,
+        evaluate.Part(args.part),
+        args.data,
+        args.batch_size,
+        flip=args.tta == "flip",
+        ensemble=args.ensemble,
     )
     print(json.dumps(result.to_json()) if args.json else evaluate.format_result(result))
     return 0
@@ -657,18 +810,32 @@ def _predict(args: argparse.Namespace) -> int:
     flip = args.tta == "flip"
     if Path(args.source).is_file():
         model = segmenter.from_export(Path(args.source), flip, args.threshold)
+        known = predict.known_from_card(segmenter.card_path(Path(args.source)))
     else:
         from results.experiment import load_experiment
+        from tuner.evaluate import pick_trial
 
         experiment = load_experiment(args.source)
         model = segmenter.from_experiment(
             experiment, args.trial, args.ensemble, flip, args.threshold
         )
+        # Every trial of an experiment has the same split: the first model's says it.
+        known = predict.known_from_experiment(experiment, pick_trial(experiment, args.trial))
     predict.prepare_output(args.out, args.images, args.overwrite)
-    predictions, skipped = predict.predict_folder(model, args.images, args.out, args.batch_size)
+    if known.unknown is not None:
+        print(
+            f"in_experiment unknown for every image: {known.unknown} (predict where the "
+            "data is, or with a model exported there)",
+            file=sys.stderr,
+        )
+    predictions, skipped = predict.predict_folder(
+        model, args.images, args.out, args.batch_size, known=known
+    )
     for line in skipped:
         print(f"skipped: {line}", file=sys.stderr)
     print(f"segmented {len(predictions)} images with {model.describe()}")
+    if line := predict.summary(predictions):
+        print(line)
     print(f"masks, overlays: {args.out}")
     print(f"table:           {args.out / predict.CSV_FILE}")
     return 0

@@ -1,5 +1,7 @@
 """`python -m tuner evaluate`: a trial's selected model on a part of its experiment's
-split, or on every image of another BUSI folder, by the same code the trial used.
+split, or on every image of another BUSI folder, by the same code the trial used, through
+the segmenter `predict` uses: with its flip test-time augmentation or an ensemble of the K
+best trials too, so that what `predict` offers is measured.
 
 On the experiment's own parts it reproduces what the trial recorded at selection
 (metrics.json), at any batch size: the loss and metrics are pooled over the whole part.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,12 @@ import torch
 from results import storage
 from results.experiment import Experiment, Trial
 from results.layout import MODEL_FILE, SPLIT_FILE
-from trainable.engine import LOSS, Precision, evaluate, pick_device, score_probabilities
+from trainable.engine import LOSS, pick_device
 from trainable.errors import UserError
 from trainable.keys import METRIC_KEYS
+from trainable.metrics import PixelStats
 from trainable.model import build_model
 from trainable.preprocess import load_sized
-from trainable.splits import experiment_splits, manifest_of
 
 
 class Part(enum.StrEnum):
@@ -34,12 +37,15 @@ class Part(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Result:
-    trial: str
+    trial: str  # the trial (an ensemble's best) whose split and records are used
     source: str  # "validation", "test", or the folder evaluated
     images: int
     evaluation_size: int
     values: dict[str, float]  # "loss" and every METRIC_KEYS key
     recorded: dict[str, float] | None  # what the trial recorded for this part, if any
+    models: tuple[str, ...] = ()  # the models averaged (one, or one per fold or trial)
+    tta: str = "none"
+    threshold: float = 0.5
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +53,9 @@ class Result:
             "part": self.source,
             "images": self.images,
             "evaluation_size": self.evaluation_size,
+            "models": list(self.models),
+            "tta": self.tta,
+            "threshold": self.threshold,
             **self.values,
         }
 
@@ -98,6 +107,14 @@ def reason(error: Exception) -> str:
     return first.split(". ")[0][:120]
 
 
+def trial_threshold(trial: Trial) -> float:
+    """The threshold the trial scored its parts at: the one metrics.json records (chosen on
+    the validation part under --threshold auto), else its config's."""
+    if trial.selected is not None and trial.selected.threshold is not None:
+        return trial.selected.threshold
+    return trial.config.threshold
+
+
 def _recorded(trial: Trial, part: Part, reference_only: bool) -> dict[str, float] | None:
     """metrics.json's values for `part`: the held-out part is validation in a sweep and
     test in a --reference run, whose test values are recorded too."""
@@ -108,18 +125,20 @@ def _recorded(trial: Trial, part: Part, reference_only: bool) -> dict[str, float
     return None if reference_only else trial.selected.heldout
 
 
-def _saved_split(path: Path) -> str:
-    """The split's hash the trial recorded in split.json; one line when it cannot."""
+def recorded_part(path: Path, side: str) -> list[str]:
+    """The names of one part of the split the trial recorded in split.json (its
+    "validation" or "test"); one line when it cannot. Read, never recomputed: the split
+    depends on the near-duplicate grouping, which may have changed since the run."""
     try:
-        saved = json.loads(path.read_text())["sha256"]
+        names = json.loads(path.read_text())[side]
     except (OSError, ValueError, KeyError, TypeError) as error:  # JSON's errors are ValueErrors
         raise UserError(
-            f"{path}: missing or damaged ({type(error).__name__}); the trial's split cannot be "
-            "checked: restore the file from a copy, or evaluate another --trial"
+            f"{path}: missing or damaged ({type(error).__name__}); the trial's {side} part is "
+            "unknown: restore the file from a copy, or evaluate another --trial"
         ) from None
-    if not isinstance(saved, str):
-        raise UserError(f"{path}: damaged (its sha256 is not a string); restore it from a copy")
-    return saved
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise UserError(f"{path}: damaged (its {side} is not a list of names); restore it")
+    return names
 
 
 def evaluate_trial(
@@ -128,17 +147,29 @@ def evaluate_trial(
     part: Part = Part.TEST,
     data_dir: Path | None = None,
     batch_size: int = 16,
+    flip: bool = False,
+    ensemble: int = 1,
 ) -> Result:
+    """`trial`'s selected model (with `ensemble` > 1, the K best trials', `trial` being the
+    best) through `predict`'s segmenter, with flip TTA if asked, at the trial's threshold."""
+    from tuner import segmenter  # it imports this module
+
     settings = experiment.settings
     config = trial.config
     if config is None:
         raise UserError(f"{trial.path}: no config.json; cannot rebuild the trial's model")
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    device = pick_device()
+    model = segmenter.from_experiment(
+        experiment, trial.name if ensemble == 1 else None, ensemble, flip, device=device
+    )
     eval_size = settings.base.image_size
-    # Cached in the reader's cache ($BUSI_TUNE_CACHE), never in a folder the experiment's
-    # settings name: they may come from elsewhere.
-    sized = load_sized(data_dir or settings.data, (config.image_size,), eval_size, None, False)
+    # Every size a model works at, each decoded from the PNGs as the trials were, cached in
+    # the reader's cache ($BUSI_TUNE_CACHE), never in a folder the experiment's settings
+    # name: they may come from elsewhere.
+    sizes = (config.image_size, *(member.input_size for member in model.members))
+    sized = load_sized(data_dir or settings.data, sizes, eval_size, None, False, settings.conflicts)
     inputs = sized.at(config.image_size)
     folds = settings.folds
     if data_dir is None:
@@ -147,51 +178,59 @@ def evaluate_trial(
                 "--part validation: a --reference run has none, and a cross-validated "
                 "trial's are per fold (metrics.json lists them)"
             )
-        splits = experiment_splits(
-            inputs, settings.split, settings.seed, folds, not settings.reference_only
-        )
-        saved = _saved_split(trial.path / SPLIT_FILE)
-        if manifest_of(splits, inputs.names)["sha256"] != saved:
+        names = recorded_part(trial.path / SPLIT_FILE, part.value)
+        position = {name: i for i, name in enumerate(inputs.names)}
+        missing = [name for name in names if name not in position]
+        if missing:
             raise UserError(
-                f"{settings.data}: gives another split than {trial.path / SPLIT_FILE}; "
-                "the data changed since the run (pass the data it ran on)"
+                f"{settings.data}: lacks {len(missing)} of the {len(names)} "
+                f"images of the trial's {part.value} part (e.g. {missing[0]!r}); pass the data "
+                "it ran on"
             )
-        indices = splits[0].validation if part is Part.VALIDATION else splits[0].test
+        indices = np.array([position[name] for name in names], dtype=np.int64)
         source, recorded = part.value, _recorded(trial, part, settings.reference_only)
     else:
         indices = np.arange(len(inputs))
         source, recorded = str(data_dir), None
-    device = pick_device()
-    precision = Precision.for_device(device, config)
-    truth = sized.evaluation
-    runs = []
-    for model in load_selected_models(experiment, trial, device):
-        if precision.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        runs.append(
-            evaluate(
-                model, inputs, truth, indices, device, precision, config.threshold, batch_size,
-                keep_probabilities=folds > 1,
-            )
-        )  # fmt: skip
-    if len(runs) > 1:  # the folds' ensemble, exactly as the trial scored it
-        probabilities = torch.stack([run.probabilities for run in runs]).mean(0)
-        runs = [score_probabilities(probabilities, truth.masks[indices], config.threshold)]
-    return Result(trial.name, source, len(indices), eval_size, runs[0].metrics(), recorded)
+    masks = sized.evaluation.masks
+    stats = PixelStats(threshold=model.threshold)
+    for start in range(0, len(indices), batch_size):
+        rows = indices[start : start + batch_size]
+        probs = model.averaged(lambda size, rows=rows: sized.at(size).images[rows])
+        stats.update(probs, masks[rows])
+    values = {LOSS: stats.dice_loss(), **stats.compute()}
+    return Result(
+        trial.name,
+        source,
+        len(indices),
+        eval_size,
+        values,
+        recorded,
+        tuple(member.name for member in model.members),
+        "flip" if flip else "none",
+        model.threshold,
+    )
 
 
 def format_result(result: Result) -> str:
+    models = ", ".join(result.models) or result.trial
     lines = [
-        f"trial {result.trial} on {result.source}: {result.images} images, "
-        f"evaluated at {result.evaluation_size} px, pixels pooled over the part"
+        f"{models}{' with flip TTA' if result.tta == 'flip' else ''} on {result.source}: "
+        f"{result.images} images, evaluated at {result.evaluation_size} px, threshold "
+        f"{result.threshold:g}, pixels pooled over the part (per-image values over its "
+        "lesion images; hd95 in pixels)"
     ]
-    header = f"{'':<18}{'now':>8}"
+    if result.recorded is not None and (result.tta != "none" or len(result.models) > 1):
+        lines.append(f"recorded: what {result.trial} recorded (one model, no TTA)")
+    keys = (LOSS, *METRIC_KEYS)
+    width = max(len(key) for key in keys) + 2
+    header = f"{'':<{width}}{'now':>9}"
     if result.recorded is not None:
         header += f"{'recorded':>10}"
     lines.append(header)
-    for key in (LOSS, *METRIC_KEYS):
-        line = f"{key:<18}{result.values[key]:>8.4f}"
-        if result.recorded is not None:
-            line += f"{result.recorded[key]:>10.4f}"
+    for key in keys:
+        line = f"{key:<{width}}{result.values[key]:>9.4f}"
+        if result.recorded is not None:  # files from before a metric existed lack it
+            line += f"{result.recorded.get(key, math.nan):>10.4f}"
         lines.append(line)
     return "\n".join(lines)

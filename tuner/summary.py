@@ -63,11 +63,16 @@ def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
             f"{title}: {Path(best.path).name} ({settings.metric} = "
             f"{best.metrics[settings.metric]:.4f})"
         )
+        final = settings.final_seeds and not settings.reference_only
         if selected:
             lines.append(
                 f"selected epoch {selected['selected_epoch']}; selection on the "
                 f"{selected['protocol']['selection']}"
             )
+        if selected and final:
+            # Test numbers only for the winner, which the final round picks below.
+            lines.append("test metrics: the final round's winner's, below")
+        elif selected:
             lines.append("test metrics at the selected epoch vs the published reference:")
             lines.append(comparison_table(_test_with_loss(selected)))
             details = storage.join(settings.experiment_dir, Path(best.path).name, METRICS_FILE)

@@ -47,6 +47,7 @@ from trainable.synth import SYNTHETIC_MARKER
 from trainable.tune_adapter import TrialSetup, train_busi
 from tuner import interrupts, origin
 from tuner.lock import lock_experiment
+from tuner.packing import plan as plan_packing
 from tuner.progress import (
     TrialHParams,
     TrialLines,
@@ -65,6 +66,9 @@ TUNE_STATE_FILE = "tuner.pkl"  # Tune's own files, needed to resume
 TUNE_RUN_STATE = "experiment_state-*.json"
 CONNECT_TIMEOUT_S = 15
 MAX_DEFAULT_CPUS = 8  # more DataLoader workers than this rarely help one GPU
+# --final-seeds when trials run on GPUs. On CPUs the final round is off: there it would
+# cost more than a CPU-sized sweep itself (confirm does it on demand).
+GPU_FINAL_SEEDS = 2
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 
@@ -151,7 +155,11 @@ def create_experiment(settings: RunSettings, data: SizedData) -> None:
         settings.study_path.unlink(missing_ok=True)
     try:
         save_settings(settings, storage.join(location, SETTINGS_FILE))
-        provenance = {**data_provenance(settings.data), "warnings": list(data.evaluation.warnings)}
+        provenance = {
+            **data_provenance(settings.data),
+            "warnings": list(data.evaluation.warnings),
+            "excluded": list(data.evaluation.excluded),  # --conflicts exclude left them out
+        }
         text = json.dumps(provenance, indent=2) + "\n"
         storage.write_bytes(storage.join(location, DATA_FILE), text.encode())
         origin.write_origin(location)
@@ -242,7 +250,9 @@ def load_data(settings: RunSettings) -> SizedData:
     sizes = (settings.base.image_size,)
     if not settings.reference_only:
         sizes = get_space(settings.space).image_sizes(settings.base)
-    return load_sized(settings.data, sizes, settings.base.image_size, settings.cache_dir)
+    return load_sized(
+        settings.data, sizes, settings.base.image_size, settings.cache_dir, True, settings.conflicts
+    )
 
 
 def init_ray(settings: RunSettings) -> None:
@@ -305,6 +315,18 @@ def default_cpus_per_trial(nodes: list[dict[str, float]], gpus: float) -> int:
     return max(1, min(min(shares, default=1), MAX_DEFAULT_CPUS))
 
 
+def resolve_gpus(settings: RunSettings) -> RunSettings:
+    """--gpus-per-trial as given, or planned for this cluster (tuner.packing; saved with
+    the run, and said in one line): 0 on a cluster without GPUs."""
+    if settings.gpus_per_trial is not None:
+        return settings
+    packing = plan_packing(settings)
+    if packing is None:
+        return dataclasses.replace(settings, gpus_per_trial=0.0)
+    print(packing.line())
+    return dataclasses.replace(settings, gpus_per_trial=packing.gpus_per_trial)
+
+
 def resolve_cpus(settings: RunSettings) -> RunSettings:
     """--cpus-per-trial as given, or its default for this cluster (saved with the run)."""
     if settings.cpus_per_trial is not None:
@@ -312,6 +334,15 @@ def resolve_cpus(settings: RunSettings) -> RunSettings:
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     cpus = default_cpus_per_trial(nodes, gpus_per_trial(settings))
     return dataclasses.replace(settings, cpus_per_trial=cpus)
+
+
+def resolve_final_seeds(settings: RunSettings) -> RunSettings:
+    """--final-seeds as given, or its default for where the trials run (saved with the
+    run, so a resumed sweep ends with the same final round)."""
+    if settings.final_seeds is not None or settings.reference_only:
+        return settings
+    seeds = GPU_FINAL_SEEDS if gpus_per_trial(settings) > 0 else 0
+    return dataclasses.replace(settings, final_seeds=seeds)
 
 
 def check_resources(settings: RunSettings) -> None:
@@ -330,9 +361,8 @@ def check_resources(settings: RunSettings) -> None:
 
 
 def gpus_per_trial(settings: RunSettings) -> float:
-    if settings.gpus_per_trial is not None:
-        return settings.gpus_per_trial
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    """As resolve_gpus left it (None before it ran: no GPU)."""
+    return settings.gpus_per_trial or 0.0
 
 
 def resolve_pretrained(
@@ -369,6 +399,7 @@ def build_trainable(
         cpus=settings.cpus_per_trial,
         checkpoint_every=settings.checkpoint_every,
         compiled=settings.compiled,
+        choose_threshold=settings.choose_threshold,
         # One CPU trains; the others run DataLoader workers (augmentation).
         num_workers=settings.cpus_per_trial - 1,
     )
@@ -414,10 +445,12 @@ def build_run_config(
     settings: RunSettings,
     write: Callable[[str], None] | None = None,
     scheduler: TrialScheduler | None = None,
+    namer: TrialNamer | None = None,
 ) -> tune.RunConfig:
     """With `write`, quiet: Ray's live table and notices give way to one line per ended
-    trial; without, Ray's own output (`-v`). With the sweep's `scheduler`, its state
-    goes with Tune's snapshots (SchedulerState)."""
+    trial (named by `namer`, default the sweep's or a --reference run's); without, Ray's
+    own output (`-v`). With the sweep's `scheduler`, its state goes with Tune's
+    snapshots (SchedulerState)."""
     # One TensorBoard run per trial, the trial's own: Ray's logger would add a second.
     # Tune adds its default loggers unless told not to; the two the reporter reads are
     # added here instead.
@@ -431,7 +464,7 @@ def build_run_config(
     if scheduler is not None:
         callbacks.append(SchedulerState(scheduler))
     if write is not None:
-        namer = TrialNamer(sweep=not settings.reference_only)
+        namer = namer or TrialNamer(sweep=not settings.reference_only)
         trials = 1 if settings.reference_only else settings.trials
         callbacks.append(
             TrialLines(write, namer, settings.metric, settings.mode, trials, settings.base.epochs)
@@ -483,7 +516,7 @@ def run(
         for warning in data.evaluation.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         init_ray(settings)
-        settings = resolve_cpus(settings)
+        settings = resolve_final_seeds(resolve_cpus(resolve_gpus(settings)))
         check_resources(settings)
         weights = ship(pretrained)
         del pretrained  # up to a GB of arrays: the object store holds them now
