@@ -19,6 +19,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """A script's main() run in-process (a benchmark's) may configure the root logger with
+    handlers bound to this test's captured streams, which close after it: later tests
+    would log into closed files. Each test leaves the root logger as it found it."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def busi_root() -> Path:
     """The real BUSI dataset, from the BUSI_DATA environment variable."""
