@@ -14,20 +14,9 @@ from trainable import engine
 from trainable.checkpointing import Snapshots, TrialStorage
 from trainable.engine import NonFiniteLossError, TrainingState, fit
 from trainable.metrics import METRIC_KEYS
-from trainable.preprocess import BusiArrays
 from trainable.splits import Split, SplitPolicy, make_split
 
 CPU = torch.device("cpu")
-
-
-def _subset(data: BusiArrays, rows: list[int]) -> BusiArrays:
-    return BusiArrays(
-        names=tuple(data.names[i] for i in rows),
-        labels=tuple(data.labels[i] for i in rows),
-        images=data.images[rows],
-        masks=data.masks[rows],
-        groups=data.groups[rows],
-    )
 
 
 def _reports(config, data, split, **kwargs):
@@ -40,7 +29,7 @@ def _reports(config, data, split, **kwargs):
 
 def test_overfits_four_images(synth_arrays, tiny_config):
     lesions = [i for i, label in enumerate(synth_arrays.labels) if label != "normal"][:4]
-    data = _subset(synth_arrays, lesions)
+    data = synth_arrays.rows(lesions)
     everything = np.arange(4)
     split = Split(SplitPolicy.RANDOM, 0, everything, everything, everything)
     config = tiny_config.replace(epochs=30, batch_size=4, lr=3e-3)

@@ -8,6 +8,7 @@ served stale. Trials receive these arrays (through Ray's object store), not file
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import json
@@ -69,6 +70,18 @@ class BusiArrays:
     @property
     def image_size(self) -> int:
         return int(self.images.shape[-1])
+
+    def rows(self, rows: list[int], **changes) -> BusiArrays:
+        """These images only, in this order, with `changes` to the other fields."""
+        return dataclasses.replace(
+            self,
+            names=tuple(self.names[i] for i in rows),
+            labels=tuple(self.labels[i] for i in rows),
+            images=self.images[rows],
+            masks=self.masks[rows],
+            groups=self.groups[rows],
+            **changes,
+        )
 
 
 def dataset_fingerprint(samples: list[Sample], root: Path) -> str:
@@ -230,16 +243,8 @@ def apply_conflicts(data: BusiArrays, policy: ConflictPolicy) -> BusiArrays:
         f"left out {len(dropped)} images, copies of one frame whose labels or lesion masks "
         f"contradict (--conflicts exclude; keep uses them): {listed}"
     )
-    return BusiArrays(
-        names=tuple(data.names[i] for i in rows),
-        labels=tuple(data.labels[i] for i in rows),
-        images=data.images[rows],
-        masks=data.masks[rows],
-        groups=data.groups[rows],
-        warnings=(*data.warnings, warning),
-        conflicts=data.conflicts,
-        excluded=tuple(name for name in data.names if name in dropped),
-    )
+    excluded = tuple(name for name in data.names if name in dropped)
+    return data.rows(rows, warnings=(*data.warnings, warning), excluded=excluded)
 
 
 @dataclass(frozen=True)
