@@ -41,8 +41,8 @@ import pyarrow.fs
 import torch
 
 from benchmarks.common import machine, report, table
+from results.config import TrainConfig
 from trainable.checkpointing import Snapshots, TrialStorage, allocate, snapshot
-from trainable.config import TrainConfig
 from trainable.model import build_model
 
 GB = 1e9

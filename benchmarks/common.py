@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from results.layout import PLACEMENT_FILE
+from results.records import Placement
 from trainable.preprocess import BusiArrays, load_busi, read_cache, resized
 
 # Relative to the repository root, where the benchmarks run.
@@ -88,6 +90,12 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
     return str(value)
+
+
+def first_start(trial: Path) -> Placement:
+    """The first line of a trial's placement.jsonl: its first start."""
+    path = trial / PLACEMENT_FILE
+    return Placement.from_line(path.read_text().splitlines()[0], path)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from benchmarks.common import add_data_flags, report, table
+from results.config import TrainConfig
+from results.settings import SplitPolicy
 from search_spaces import AUGMENTATION_PROBABILITIES, AUGMENTATION_STRENGTHS
 from trainable.augment import build_augmentation, normalise
-from trainable.config import TrainConfig
 from trainable.dataset import Sample, discover, load_sample
 from trainable.engine import (
     Precision,
@@ -36,7 +37,7 @@ from trainable.engine import (
 )
 from trainable.model import build_loss, build_model
 from trainable.preprocess import BusiArrays, load_busi, resize_pair
-from trainable.splits import SplitPolicy, make_split
+from trainable.splits import make_split
 
 
 def heaviest_augmentation(config: TrainConfig) -> TrainConfig:

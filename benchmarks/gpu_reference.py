@@ -26,10 +26,11 @@ import torch
 
 from benchmarks.common import add_data_flags, data_source, load_arrays, machine, table, write_json
 from results.compare import comparison_table
-from trainable.config import TrainConfig
+from results.config import TrainConfig
+from results.settings import SplitPolicy
 from trainable.engine import EpochReport, Precision, TrainingState, fit, pick_device
 from trainable.metrics import DICE
-from trainable.splits import SplitPolicy, make_split
+from trainable.splits import make_split
 
 log = logging.getLogger("benchmarks.gpu_reference")
 

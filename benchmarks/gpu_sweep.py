@@ -38,11 +38,11 @@ from typing import Any
 
 import ray
 
-from benchmarks.common import DEFAULT_DATA, machine, report, table
-from results.layout import PLACEMENT_FILE, RESULT_FILE
+from benchmarks.common import DEFAULT_DATA, first_start, machine, report, table
+from results import keys
+from results.config import TrainConfig
+from results.layout import RESULT_FILE
 from results.settings import RunSettings, Scheduler
-from trainable import keys
-from trainable.config import TrainConfig
 from tuner import searcher, sweep
 from tuner.progress import ConsoleLines
 
@@ -119,21 +119,20 @@ def timing_the_searcher(driver_seconds: list[float]) -> Iterator[None]:
 def worker_starts(trials: list[Path]) -> dict[str, float]:
     """Seconds from a trial's worker process starting to the trial running in it; 0 for
     a trial that ran in a worker an earlier trial left (--reuse-actors)."""
-    starts = [
-        (json.loads((t / PLACEMENT_FILE).read_text().splitlines()[0]), t.name) for t in trials
-    ]
+    starts = [(first_start(t), t.name) for t in trials]
     seen, found = set(), {}
-    for start, name in sorted(starts, key=lambda item: item[0]["entered"]):
-        reused = start["pid"] in seen or start["process_started"] is None
-        found[name] = 0.0 if reused else start["entered"] - start["process_started"]
-        seen.add(start["pid"])
+    for start, name in sorted(starts, key=lambda item: item[0].startup["entered"]):
+        begun = start.startup
+        reused = begun["pid"] in seen or begun["process_started"] is None
+        found[name] = 0.0 if reused else begun["entered"] - begun["process_started"]
+        seen.add(begun["pid"])
     return found
 
 
 def trial_figures(trial: Path, worker_start: float) -> dict[str, Any]:
     """A trial's epochs and its start-up in parts, from the files it wrote."""
     rows = [json.loads(line) for line in (trial / RESULT_FILE).read_text().splitlines()]
-    start = json.loads((trial / PLACEMENT_FILE).read_text().splitlines()[0])
+    start = first_start(trial)
     epochs = [r[keys.EPOCH_SECONDS] for r in rows]
     train = [r[keys.TRAIN_SECONDS] for r in rows]
     evaluate = [e - t for e, t in zip(epochs, train, strict=True)]
@@ -145,18 +144,18 @@ def trial_figures(trial: Path, worker_start: float) -> dict[str, Any]:
     # The first result arrives when the first epoch ends: what came before it and after
     # the trial entered is its setup.
     first_result = rows[0]["timestamp"]
-    setup = first_result - epochs[0] - start["entered"]
+    setup = first_result - epochs[0] - start.startup["entered"]
     return {
         "trial": trial.name,
-        "device": start["device"],
+        "device": start.device,
         "epochs": len(rows),
         "first_epoch_s": epochs[0],
         "steady_epoch_s": statistics.median(epochs[steady]),
         "first_over_steady": epochs[0] / statistics.median(epochs[steady]),
         "tax_parts_s": {
             "worker_start": worker_start,
-            "weights_from_object_store": start["weights_s"],
-            "setup_and_model_build": setup - start["weights_s"],
+            "weights_from_object_store": start.startup["weights_s"],
+            "setup_and_model_build": setup - start.startup["weights_s"],
             "first_training_beyond_steady": train[0] - steady_train,
             "first_evaluation_beyond_steady": evaluate[0] - steady_eval,
         },

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import add_data_flags, data_source, load_arrays, machine, table, write_json
-from trainable.config import TrainConfig
+from results.config import TrainConfig
+from results.settings import SplitPolicy
 from trainable.engine import (
     Precision,
     build_optimizer,
@@ -34,7 +35,7 @@ from trainable.engine import (
     train_one_epoch,
 )
 from trainable.model import build_loss, build_model
-from trainable.splits import SplitPolicy, make_split
+from trainable.splits import make_split
 
 # name: (autocast dtype, channels-last, torch.compile); bf16+channels-last is what a
 # trial runs on CUDA, and with `run --compile` the compiled mode.

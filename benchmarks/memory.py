@@ -27,8 +27,8 @@ import ray
 from ray import tune
 
 from benchmarks.common import OWN_RAY, add_data_flags, table, write_json
+from results.config import TrainConfig
 from results.settings import RunSettings
-from trainable.config import TrainConfig
 from tuner import sweep
 from tuner.progress import TrialNamer
 

@@ -41,7 +41,7 @@ def time_imports() -> dict[str, float]:
 
 
 def time_model_builds(encoders: list[str]) -> dict[str, float]:
-    from trainable.config import TrainConfig
+    from results.config import TrainConfig
     from trainable.model import build_model
 
     seconds = {}
@@ -53,9 +53,10 @@ def time_model_builds(encoders: list[str]) -> dict[str, float]:
 
 def time_first_batches(args: argparse.Namespace) -> dict[str, float]:
     from benchmarks.common import load_arrays
-    from trainable.config import TrainConfig
+    from results.config import TrainConfig
+    from results.settings import SplitPolicy
     from trainable.engine import make_train_loader
-    from trainable.splits import SplitPolicy, make_split
+    from trainable.splits import make_split
 
     data = load_arrays(args, args.image_size)
     split = make_split(data, SplitPolicy.RANDOM, seed=0, with_validation=True)

@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import DEFAULT_DATA, OWN_RAY, report, table
-from results.layout import PLACEMENT_FILE
-from trainable import keys
-from trainable.config import TrainConfig
+from benchmarks.common import DEFAULT_DATA, OWN_RAY, first_start, report, table
+from results import keys
+from results.config import TrainConfig
+from results.settings import SplitPolicy
 from trainable.engine import fit
 from trainable.preprocess import load_busi
-from trainable.splits import SplitPolicy, make_split
+from trainable.splits import make_split
 
 CPU = torch.device("cpu")
 IMPORTS = "import tuner.cli, tuner.sweep, tuner.summary"  # what `python -m tuner run` loads
@@ -68,8 +68,7 @@ def trial_run(
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}{done.stderr}")
     (trial,) = (storage / name).glob("trial_*")
     results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
-    placement = json.loads((trial / PLACEMENT_FILE).read_text().splitlines()[0])
-    started = placement["time"]  # the trial function running, before `fit`
+    started = first_start(trial).time  # the trial function running, before `fit`
     return {
         "epoch_seconds": [r[keys.EPOCH_SECONDS] for r in results],
         "iteration_seconds": [r["time_this_iter_s"] for r in results],

@@ -22,8 +22,8 @@ from typing import Any
 import ray
 
 from benchmarks.common import machine, report, table
+from results.config import TrainConfig
 from results.settings import RunSettings, Scheduler
-from trainable.config import TrainConfig
 from trainable.synth import write_synthetic_busi
 from tuner import sweep
 

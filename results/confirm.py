@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from results import escape
+from results import escape, keys
+from results.errors import UserError
 from results.experiment import FINISHED, Experiment, Trial
 from results.intervals import (
     CONFIDENCE,
@@ -42,10 +43,7 @@ from results.intervals import (
     t_interval,
     verdict,
 )
-from results.layout import own_folder
-from trainable import keys
-from trainable.errors import UserError
-from trainable.keys import (
+from results.keys import (
     ACCURACY,
     DICE,
     DICE_PER_IMAGE,
@@ -55,6 +53,7 @@ from trainable.keys import (
     RECALL,
     ROC_AUC,
 )
+from results.layout import own_folder
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +185,7 @@ def pick_winner(
     scored = [c for c in candidates if math.isfinite(validation[c.label].mean)]
     if not scored:
         return None
-    sign = 1 if mode == "min" else -1
+    sign = keys.best_first(mode)
     winner = min(scored, key=lambda c: sign * validation[c.label].mean)
     return {
         "label": winner.label,

@@ -12,15 +12,16 @@ import json
 import logging
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 
-from results import storage
-from results.compare import COMPARED
+from results import keys, storage
+from results.config import TrainConfig
+from results.errors import UserError
 from results.layout import (
     CONFIG_FILE,
     DATA_FILE,
@@ -32,16 +33,22 @@ from results.layout import (
     RESULT_FILE,
     SELECTION_FILE,
     SETTINGS_FILE,
+    TUNE_TRIAL_ID,
+)
+from results.records import (
+    DataProvenance,
+    NewerFormatError,
+    Outcome,
+    Placement,
+    Selected,
+    SelectionArrays,
+    is_integer,
+    is_number,
     load_settings,
-    open_study,
-    optuna_states,
+    read_selection,
     type_problem,
 )
 from results.settings import RunSettings, study_file_name
-from search_spaces import get_space
-from trainable import keys
-from trainable.config import TrainConfig
-from trainable.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,149 +71,6 @@ def trial_state(errored: bool, epochs_run: int, budget: int, ended: bool = True)
 
 
 @dataclass(frozen=True)
-class Selected:
-    """metrics.json: the selected epoch and its test metrics, with the protocol behind them."""
-
-    epoch: int
-    selection: str  # which part chose the epoch: validation (honest) or test (optimistic)
-    split: str
-    split_seed: int
-    counts: dict[str, int]
-    combined_loss: float
-    test: dict[str, float]  # "loss" (the test Dice loss) and the metric keys
-    # Cross-validation: the objective per fold, its mean and std (None with one split).
-    folds: dict[str, Any] | None = None
-    models: tuple[str, ...] = ()  # the selected weights' file names in the trial folder
-    heldout: dict[str, float] | None = None  # "loss" and metrics on the held-out part
-    # The selected model's decision threshold (None in files from before it was recorded:
-    # the config's); chosen on the validation part under --threshold auto.
-    threshold: float | None = None
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Selected:
-        """Raises KeyError, TypeError or ValueError for a file that is not one."""
-        protocol = raw["protocol"]
-        selected = cls(
-            epoch=raw["selected_epoch"],
-            selection=protocol["selection"],
-            split=protocol["split"],
-            split_seed=protocol["split_seed"],
-            counts=protocol["counts"],
-            combined_loss=raw[keys.COMBINED_LOSS],
-            test={"loss": raw[keys.TEST_LOSS], **raw["test"]},
-            folds=raw.get("objective"),
-            models=tuple(_list(raw.get("models", []))),
-            heldout=raw.get("heldout"),
-            threshold=raw.get("threshold"),
-        )
-        if problem := selected.problem():
-            raise ValueError(problem)
-        return selected
-
-    def problem(self) -> str | None:
-        """What is not of the type the reader relies on, or None: a file from elsewhere can
-        hold anything, and a model's name must not lead out of its trial folder."""
-        checks = {
-            "selected_epoch": _integer(self.epoch),
-            "protocol": all(isinstance(v, str) for v in (self.selection, self.split))
-            and _integer(self.split_seed)
-            and _mapping(self.counts, _integer),
-            "combined_loss": _number(self.combined_loss),
-            "test": _mapping(self.test, _number) and all(m in self.test for m in COMPARED),
-            "objective": self.folds is None
-            or (
-                isinstance(self.folds, dict)
-                and _number(self.folds.get("std"))
-                and isinstance(self.folds.get("per_fold"), list)
-                and all(_number(v) for v in self.folds["per_fold"])
-            ),
-            "models": all(_file_name(name) for name in self.models),
-            "heldout": self.heldout is None or _mapping(self.heldout, _number),
-            "threshold": self.threshold is None or _number(self.threshold),
-        }
-        wrong = [key for key, ok in checks.items() if not ok]
-        return f"{', '.join(wrong)} not as written by a trial" if wrong else None
-
-
-def _list(value: Any) -> list:
-    if not isinstance(value, list):
-        raise TypeError("models is not a list")
-    return value
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _mapping(value: Any, check) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and check(v) for k, v in value.items()
-    )
-
-
-def _file_name(name: Any) -> bool:
-    """A plain file name in its folder: no path, no parent."""
-    separators = ("/", "\\", "\0")
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and not any(c in name for c in separators)
-    )
-
-
-@dataclass(frozen=True)
-class SelectionArrays:
-    """selection.npz: what the selected model did on the test part."""
-
-    epoch: int
-    names: tuple[str, ...]  # test images, in the order of the arrays below
-    per_image_dice: np.ndarray  # NaN for images without a lesion
-    per_image_counts: np.ndarray | None  # (N, 3) tp, fp, fn; None in older experiments
-    predictions: np.ndarray  # bool (N, S, S)
-    curves: dict[str, np.ndarray]  # fpr, tpr, precision, recall, thresholds
-    # Near-duplicate group id per image (BusiArrays.groups), which a bootstrap resamples
-    # whole; None in experiments from before it was recorded.
-    groups: np.ndarray | None = None
-
-
-def read_selection(path: Path) -> SelectionArrays:
-    """Raises ValueError (or the error NumPy's reader gives) for a file that is not one.
-    The predictions are square, at the evaluation size, whatever size the trial trained
-    at: their rows give the width their bits were packed from."""
-    with np.load(path) as raw:  # allow_pickle is off: arrays only
-        packed = raw["predictions"]
-        if packed.ndim != 3 or packed.shape[2] != -(-packed.shape[1] // 8):
-            raise ValueError("its predictions are not square masks")
-        arrays = SelectionArrays(
-            epoch=int(raw["epoch"]),
-            names=tuple(str(n) for n in raw["names"]),
-            per_image_dice=raw["per_image_dice"].astype(float),
-            per_image_counts=raw.get("per_image_counts"),
-            predictions=np.unpackbits(packed, axis=-1, count=packed.shape[1]).astype(bool),
-            curves={k: raw[k] for k in ("fpr", "tpr", "precision", "recall", "thresholds")},
-            groups=raw.get("groups"),
-        )
-    n, curves, counts = len(arrays.names), arrays.curves, arrays.per_image_counts
-    groups = arrays.groups
-    if (
-        arrays.per_image_dice.shape != (n,)
-        or (groups is not None and (groups.shape != (n,) or groups.dtype.kind not in "iu"))
-        or len(arrays.predictions) != n
-        or (counts is not None and (counts.shape != (n, 3) or counts.dtype.kind not in "iu"))
-        or curves["fpr"].ndim != 1
-        or curves["fpr"].shape != curves["tpr"].shape
-        or curves["precision"].ndim != 1
-        or curves["precision"].shape != curves["recall"].shape
-    ):
-        raise ValueError("its arrays do not match one another")
-    return arrays
-
-
-@dataclass(frozen=True)
 class Trial:
     name: str  # trial_004_cc4fd320
     number: int  # the sweep's counter: 001 is the reference point (000 in a --reference run)
@@ -219,7 +83,10 @@ class Trial:
     selected: Selected | None  # None for a trial that errored before its first epoch
     error: str | None  # the last line of error.txt
     optuna_state: str | None  # COMPLETE / PRUNED / FAIL / RUNNING, None without a study
-    # selection.npz and placement.jsonl once read (the report asks several times).
+    # The last line of placement.jsonl: node, GPU ids and device of the trial's last start
+    # (None without one, or with a damaged one, warned about).
+    last_start: Placement | None = None
+    # selection.npz once read (the report asks several times).
     _read: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -231,41 +98,20 @@ class Trial:
         """Wall time the trial trained (Tune's time_total_s at its last epoch)."""
         return _finite(self.rows[-1].get("time_total_s")) if self.rows else None
 
-    def last_start(self) -> dict[str, Any] | None:
-        """The last line of placement.jsonl (node, GPU ids and device of the trial's last
-        start); None without one, or with a damaged one (warned about once)."""
-        if "start" not in self._read:
-            self._read["start"] = self._read_start()
-        return self._read["start"]
-
-    def _read_start(self) -> dict[str, Any] | None:
-        placement = self.path / PLACEMENT_FILE
-        starts = placement.read_text(errors="replace").splitlines() if placement.is_file() else []
-        if not starts:
-            return None
-        try:
-            last = json.loads(starts[-1])
-            if isinstance(last["device"], str) and isinstance(last["gpu_ids"], list):
-                return last
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-        log.warning("%s: damaged (its last line is not a start); ignored", placement)
-        return None
-
     @property
     def on_gpu(self) -> bool:
         """Whether its last start trained on a CUDA device."""
-        start = self.last_start()
-        return start is not None and start["device"].startswith("cuda")
+        start = self.last_start
+        return start is not None and start.device.startswith("cuda")
 
     def device_time(self, cpus: int | None, gpus: float | None) -> str:
         """Run time times what the trial held: GPU-seconds on CUDA (`gpus` per trial, or
         the GPU ids it was given), CPU-seconds otherwise; "—" before its first epoch."""
-        start = self.last_start()
+        start = self.last_start
         if self.run_seconds is None or start is None:
             return "—"
         if self.on_gpu:
-            return f"{self.run_seconds * (gpus or len(start['gpu_ids']) or 1):.0f} GPU·s"
+            return f"{self.run_seconds * (gpus or len(start.gpu_ids) or 1):.0f} GPU·s"
         return f"{self.run_seconds * (cpus or 1):.0f} CPU·s"
 
     @property
@@ -315,7 +161,7 @@ class Experiment:
     reference: Trial | None  # the in-sweep reference trial (the base config)
     study_path: Path | None  # the Optuna study, None for a --reference run
     location: str  # where it lives: its folder, or a URI whose mirror `path` is
-    provenance: dict[str, Any] | None = None  # data.json: path, content hash, synthetic
+    provenance: DataProvenance | None = None  # data.json
 
     @property
     def is_sweep(self) -> bool:
@@ -342,7 +188,7 @@ class Experiment:
 def rank_trials(trials: tuple[Trial, ...], mode: str) -> list[Trial]:
     """Trials with a finite objective, best first (ties: the lower number first). A trial
     stopped early competes with the value it reached, as in Tune's own choice of the best."""
-    sign = 1 if mode == "min" else -1
+    sign = keys.best_first(mode)
     scored = [t for t in trials if t.objective is not None and t.completed]
     return sorted(scored, key=lambda t: (sign * t.objective, t.number))
 
@@ -376,7 +222,7 @@ def read_rows(trial_dir: Path) -> tuple[dict[str, Any], ...]:
             row = json.loads(line) if line.strip() else {}
         except json.JSONDecodeError:
             row = None
-        if not isinstance(row, dict) or not _integer(row.get(keys.EPOCH, 0)):
+        if not isinstance(row, dict) or not is_integer(row.get(keys.EPOCH, 0)):
             log.warning("%s: a damaged line (cut short, e.g. by a full disk); skipped", path)
             continue
         if keys.EPOCH in row:
@@ -393,7 +239,7 @@ def _last_error_line(path: Path) -> str | None:
 
 
 def _finite(value: Any) -> float | None:
-    return float(value) if _number(value) and math.isfinite(value) else None
+    return float(value) if is_number(value) and math.isfinite(value) else None
 
 
 def _params(trial_dir: Path) -> dict[str, Any]:
@@ -434,27 +280,47 @@ def _config(trial_dir: Path, base: TrainConfig, params: dict[str, Any]) -> Train
         return None
 
 
-def _selected(trial_dir: Path) -> Selected | None:
-    path = trial_dir / METRICS_FILE
-    metrics = _read_json(path)
-    if metrics is None:
+def _last_start(trial_dir: Path) -> Placement | None:
+    placement = trial_dir / PLACEMENT_FILE
+    starts = placement.read_text(errors="replace").splitlines() if placement.is_file() else []
+    if not starts:
         return None
     try:
-        return Selected.from_json(metrics)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        reason = f"no {error}" if isinstance(error, KeyError) else _first_line(error)
-        log.warning("%s: damaged (%s); ignored", path, reason)
+        return Placement.from_line(starts[-1], placement)
+    except NewerFormatError:
+        raise
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s: damaged (its last line is not a start); ignored", placement)
         return None
+
+
+def _selected(trial_dir: Path) -> Selected | None:
+    return _read_record(trial_dir / METRICS_FILE, Selected.from_text)
 
 
 def _errored(trial_dir: Path) -> bool:
     """Whether the trial's last attempt errored, as the driver recorded when it ended;
     error.txt also keeps the failed attempts of a trial that a retry or --resume finished.
     Without the record (an older experiment, a driver killed first): error.txt."""
-    outcome = _read_json(trial_dir / OUTCOME_FILE)
-    if isinstance(outcome, dict) and isinstance(outcome.get("errored"), bool):
-        return outcome["errored"]
+    outcome = _read_record(trial_dir / OUTCOME_FILE, Outcome.from_text)
+    if outcome is not None:
+        return outcome.errored
     return (trial_dir / ERROR_FILE).is_file()
+
+
+def _read_record(path: Path, parse: Callable[[str, Path], Any]) -> Any:
+    """A record, or None when its file is absent or damaged (with a warning: one bad
+    file does not stop a report); a newer format stops the reader in one line."""
+    if not path.is_file():
+        return None
+    try:
+        return parse(path.read_text(), path)
+    except NewerFormatError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+        reason = f"no {error}" if isinstance(error, KeyError) else _first_line(error)
+        log.warning("%s: damaged (%s); ignored", path, reason)
+        return None
 
 
 def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, str]) -> Trial:
@@ -481,15 +347,38 @@ def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, 
         selected=_selected(trial_dir),
         error=error,
         optuna_state=optuna_state,
+        last_start=_last_start(trial_dir),
     )
 
 
-def is_base_config(config: TrainConfig | None, settings: RunSettings) -> bool:
-    """True when the config has the base config's values on every key the space searches."""
+def is_base_config(config: TrainConfig | None, settings: RunSettings, searched: set[str]) -> bool:
+    """True when the config has the base config's values on every key the sweep searched."""
     if config is None:
         return False
     flat, base = config.to_flat(), settings.base.to_flat()
-    return all(flat[k] == base[k] for k in get_space(settings.space).keys)
+    return all(flat[k] == base[k] for k in searched)
+
+
+def open_study(path: Path | None, name: str) -> optuna.Study | None:
+    """The sweep's Optuna study, None when there is none (a --reference run); a damaged
+    file is one line naming it."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
+    except Exception as error:  # SQLAlchemy's or Optuna's, whatever the damage
+        raise UserError(
+            f"{path}: the Optuna study cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0]}); restore it from a copy, or start a new experiment"
+        ) from None
+
+
+def optuna_states(study: optuna.Study | None) -> dict[str, str]:
+    """Tune trial id -> Optuna state."""
+    trials = study.get_trials(deepcopy=False) if study else []
+    return {
+        t.user_attrs[TUNE_TRIAL_ID]: t.state.name for t in trials if TUNE_TRIAL_ID in t.user_attrs
+    }
 
 
 def load_experiment(location: str | Path) -> Experiment:
@@ -518,12 +407,14 @@ def _load_local(directory: Path, location: str) -> Experiment:
         sorted((read_trial(p, settings, states) for p in trial_dirs), key=lambda t: t.number)
     )
     ranked = rank_trials(trials, settings.mode)
+    # The space's keys are the ones its trials were sampled on (the study records them).
+    searched = {key for trial in trials for key in trial.params}
     return Experiment(
         path=directory,
         settings=settings,
         trials=trials,
         best=ranked[0] if ranked else None,
-        reference=next((t for t in trials if is_base_config(t.config, settings)), None),
+        reference=next((t for t in trials if is_base_config(t.config, settings, searched)), None),
         study_path=study_path if study_path and study_path.is_file() else None,
         provenance=_provenance(directory / DATA_FILE),
         location=location,
@@ -540,15 +431,6 @@ def _is_trial_dir(path: Path) -> bool:
     return False
 
 
-def _provenance(path: Path) -> dict[str, Any] | None:
+def _provenance(path: Path) -> DataProvenance | None:
     """data.json: where the data was, its content hash, its size, whether synthetic."""
-    data = _read_json(path)
-    if data is None:
-        return None
-    types = {"path": str, "content_hash": str, "images": int, "synthetic": bool}
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(key), kind) for key, kind in types.items()
-    ):
-        log.warning("%s: damaged (not the data's provenance); ignored", path)
-        return None
-    return data
+    return _read_record(path, DataProvenance.from_text)

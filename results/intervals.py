@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from trainable.keys import DICE, DICE_PER_IMAGE, F1, IOU, LOWER_IS_BETTER, PRECISION, RECALL
+from results.keys import DICE, DICE_PER_IMAGE, F1, IOU, LOWER_IS_BETTER, PRECISION, RECALL
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000

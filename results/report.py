@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import matplotlib
 import numpy as np
@@ -33,8 +33,9 @@ from matplotlib.ticker import MaxNLocator
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial
 
-from results import escape, storage
+from results import escape, keys, storage
 from results.compare import COMPARABLE, COMPARED, LOSS_NOT_COMPARED, deltas
+from results.config import TrainConfig, describe_params
 from results.confirm import (
     CONFIRM_FILE,
     FINAL,
@@ -46,14 +47,9 @@ from results.confirm import (
     interval_text,
     sweep_assessment,
 )
+from results.errors import UserError
 from results.experiment import ERRORED, FINISHED, Experiment, Trial
-from results.layout import FINAL_FILE, own_folder
-from results.reference import PublishedReference, load_reference
-from search_spaces import describe_params
-from trainable import keys
-from trainable.config import TrainConfig
-from trainable.errors import UserError
-from trainable.keys import (
+from results.keys import (
     AVERAGE_PRECISION,
     DICE,
     DICE_PER_IMAGE,
@@ -61,9 +57,23 @@ from trainable.keys import (
     NORMAL_FP_RATE,
     ROC_AUC,
 )
-from trainable.preprocess import load_busi
+from results.layout import FINAL_FILE, own_folder
+from results.reference import PublishedReference, load_reference
 
 log = logging.getLogger(__name__)
+
+
+class LabelledImages(Protocol):
+    """Images and masks by name, at one size (the trainable's `BusiArrays`)."""
+
+    names: tuple[str, ...]
+    images: np.ndarray
+    masks: np.ndarray
+
+
+# Reads a dataset folder at an image size. The caller passes the data pipeline's reader:
+# the reporter sits below the trainable and imports none of it.
+ImageReader = Callable[[Path, int], LabelledImages]
 
 REPORT_DIR = "report"
 MARKDOWN_FILE = "report.md"
@@ -333,14 +343,13 @@ def paper_differences(
     paper = TrainConfig.reference()
     said = []
     provenance = experiment.provenance
-    listed = provenance.get("excluded") if provenance else None  # absent before --conflicts
-    excluded = len(listed) if isinstance(listed, list) else 0
-    if provenance and provenance["synthetic"]:
+    excluded = len(provenance.excluded) if provenance else 0
+    if provenance and provenance.synthetic:
         said.append("synthetic data, not BUSI")
-    elif provenance and (excluded or provenance["images"] != reference.counts["images"]):
+    elif provenance and (excluded or provenance.images != reference.counts["images"]):
         left = f", {excluded} contradicting copies left out" if excluded else ""
         said.append(
-            f"{provenance['images'] - excluded} of {provenance['images']} images{left} "
+            f"{provenance.images - excluded} of {provenance.images} images{left} "
             f"(paper: all {reference.counts['images']})"
         )
     if settings.split.value == "grouped":
@@ -704,7 +713,7 @@ def plot_history(experiment: Experiment, path: Path) -> Plot:
     ]
     if len(complete) < 2:
         return Plot(title, None, _too_few_complete(experiment, len(complete)))
-    sign = 1 if experiment.settings.mode == "min" else -1
+    sign = keys.best_first(experiment.settings.mode)
     best_so_far = np.minimum.accumulate([sign * t.objective for t in complete]) * sign
     figure = _figure(8, 4)
     axis = figure.subplots()
@@ -926,7 +935,7 @@ def _overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np
     return rgb
 
 
-def plot_examples(experiment: Experiment, path: Path) -> Plot:
+def plot_examples(experiment: Experiment, path: Path, read_images: ImageReader | None) -> Plot:
     """(5) Test images of the winner's trial: input beside truth and prediction overlaid."""
     title = "Test images of the winner's trial: median and worst Dice, a typical lesion-free one"
     best = shown_trial(experiment)
@@ -936,8 +945,10 @@ def plot_examples(experiment: Experiment, path: Path) -> Plot:
     folder = _folder(settings.data)
     if not settings.data.is_dir():
         return Plot(title, None, f"absent: the data folder {folder} is gone")
+    if read_images is None:
+        return Plot(title, None, "absent: no image reader was given to the report")
     try:  # cached in the reader's cache ($BUSI_TUNE_CACHE), never where the settings say
-        data = load_busi(settings.data, settings.base.image_size, None, False)
+        data = read_images(settings.data, settings.base.image_size)
     except UserError as error:
         # Its words name local paths: said in the log, not in a report meant to be shared.
         log.warning("examples left out of the report: %s", error)
@@ -1129,15 +1140,13 @@ def provenance_line(experiment: Experiment) -> str:
     data = experiment.provenance
     if data is None:
         return f"data: folder {escape.code(_folder(experiment.settings.data))} (no data.json)"
-    if data["synthetic"]:
+    if data.synthetic:
         return (
-            f"**data: synthetic** ({data['images']} images written by `data synth` in "
-            f"folder {escape.code(_folder(data['path']))}): not ultrasound, not BUSI; the "
+            f"**data: synthetic** ({data.images} images written by `data synth` in "
+            f"folder {escape.code(_folder(data.path))}): not ultrasound, not BUSI; the "
             "comparison with the published numbers shows the pipeline working, not a result"
         )
-    listed = data.get("excluded")  # absent before --conflicts; anything in a damaged file
-    listed = listed if isinstance(listed, list) else []
-    excluded = [name for name in listed if isinstance(name, str)]
+    excluded = list(data.excluded)
     left_out = (
         f"; {len(excluded)} left out as copies of one frame whose labels or lesion masks "
         f"contradict (`--conflicts exclude`): {escape.code(', '.join(excluded))}"
@@ -1145,8 +1154,8 @@ def provenance_line(experiment: Experiment) -> str:
         else ""
     )
     return (
-        f"data: folder {escape.code(_folder(data['path']))}, {data['images']} images, content "
-        f"hash {escape.code(data['content_hash'])}{left_out}"
+        f"data: folder {escape.code(_folder(data.path))}, {data.images} images, content "
+        f"hash {escape.code(data.content_hash)}{left_out}"
     )
 
 
@@ -1242,10 +1251,15 @@ def _confirmation(path: Path) -> list[str]:
         ]
 
 
-def write_report(experiment: Experiment, all_test_metrics: bool = False) -> ReportPaths:
+def write_report(
+    experiment: Experiment,
+    all_test_metrics: bool = False,
+    read_images: ImageReader | None = None,
+) -> ReportPaths:
     """Write EXPERIMENT_DIR/report/ and say where everything went (for a remote
     experiment: written on its local mirror, then uploaded beside its trials). With
-    `all_test_metrics`, trials.csv holds every trial's test metrics too."""
+    `all_test_metrics`, trials.csv holds every trial's test metrics too; with
+    `read_images`, the examples plot shows the winner's test images."""
     reference = load_reference()
     result = assessment(experiment)
     directory = own_folder(experiment.path / REPORT_DIR)
@@ -1262,7 +1276,7 @@ def write_report(experiment: Experiment, all_test_metrics: bool = False) -> Repo
             plot_history(experiment, directory / HISTORY_PLOT),
             plot_importance(experiment, directory / IMPORTANCE_PLOT),
             plot_parallel(experiment, directory / PARALLEL_PLOT),
-            plot_examples(experiment, directory / EXAMPLES_PLOT),
+            plot_examples(experiment, directory / EXAMPLES_PLOT, read_images),
         ]
     markdown = directory / MARKDOWN_FILE
     text = render_markdown(experiment, reference, plots, directory, result)

@@ -7,12 +7,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from results import storage
-from trainable import keys
-from trainable.config import TrainConfig
-from trainable.errors import UserError
-from trainable.preprocess import ConflictPolicy
-from trainable.splits import SplitPolicy
+from results import keys, storage
+from results.config import TrainConfig
+from results.errors import UserError
+
+
+class SplitPolicy(enum.StrEnum):
+    RANDOM = "random"
+    GROUPED = "grouped"
+
+
+class ConflictPolicy(enum.StrEnum):
+    """What a run does with copies of one frame whose labels or masks contradict."""
+
+    EXCLUDE = "exclude"  # leave every such copy out: neither trained on nor scored
+    KEEP = "keep"  # use them as they are (the reference protocol's data)
 
 
 class Scheduler(enum.StrEnum):

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from trainable.errors import UserError
+from results.errors import UserError
 
 log = logging.getLogger(__name__)
 # Never mirrored: resume states (gigabytes), Tune's checkpoints, weights (fetched when a

@@ -4,6 +4,8 @@ Every space is built from the experiment's base config (the reference, possibly 
 for a CPU by the CLI flags) and samples only `TrainConfig` field names, so every point
 is a valid `TrainConfig` (the contract test checks it). The base config's own values are
 the first point of every sweep, so each sweep measures the reference itself.
+
+It imports only `results` below it (for `TrainConfig`); the trainable never sees a space.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from trainable.config import TrainConfig
+from results.config import TrainConfig
 
 DefineByRun = Callable[[optuna.Trial], dict[str, Any] | None]
 
@@ -226,23 +228,6 @@ SPACES: dict[str, SearchSpace] = {
         encoder_weights=wide_encoder_weights,
     ),
 }
-
-
-def describe_params(params: dict[str, Any]) -> str:
-    """The searched values on one line; augmentations by their probability only (the
-    strengths are in trials.csv)."""
-    if not params:
-        return "the base config"
-
-    def short(value: Any) -> str:
-        return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-    plain = [f"{k}={short(v)}" for k, v in sorted(params.items()) if not k.startswith("aug_")]
-    probabilities = {k: v for k, v in params.items() if k.startswith("aug_") and k.endswith("_p")}
-    used = [f"{k[4:-2]} {v:g}" for k, v in sorted(probabilities.items()) if v > 0]
-    if probabilities:
-        plain.append(f"aug: {', '.join(used)}" if used else "no aug")
-    return " ".join(plain)
 
 
 def get_space(name: str) -> SearchSpace:

@@ -72,7 +72,7 @@ def synth_arrays(synth_root, cache_dir):
 @pytest.fixture
 def tiny_config():
     """A CPU-sized config: small encoder, no pretrained weights, 64 px, 2 epochs."""
-    from trainable.config import TrainConfig
+    from results.config import TrainConfig
 
     return TrainConfig.reference().replace(
         encoder="resnet18", encoder_weights="none", image_size=64, epochs=2, batch_size=8
@@ -126,7 +126,7 @@ def _small_sweep(data: Path, storage: Path, name: str, base) -> Path:
 @pytest.fixture(scope="session")
 def twin_base():
     """4 trials of 3 epochs: small enough for CI, long enough for ASHA to stop a trial."""
-    from trainable.config import TrainConfig
+    from results.config import TrainConfig
 
     return TrainConfig.reference().replace(
         encoder="resnet18", encoder_weights="none", image_size=64, epochs=3, lr=1e-3
@@ -139,8 +139,9 @@ def twin_sweeps(tmp_path_factory, twin_base):
     (original, altered) experiment folders; the datasets are beside their parent."""
     import shutil
 
+    from results.settings import SplitPolicy
     from trainable.preprocess import load_busi
-    from trainable.splits import SplitPolicy, make_split
+    from trainable.splits import make_split
     from trainable.synth import write_synthetic_busi
 
     root = tmp_path_factory.mktemp("twins")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from results.config import TrainConfig
 from trainable.augment import GREY_MEAN, GREY_STD, build_augmentation, normalise
-from trainable.config import TrainConfig
 
 ALL_ON = {
     name: 1.0

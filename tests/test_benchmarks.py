@@ -95,8 +95,8 @@ def test_data_pipeline_tiny(bench, synth_root, cache_dir, tmp_path, capsys):
 
 
 def test_heaviest_augmentation_is_the_top_of_the_reference_space(bench):
+    from results.config import TrainConfig
     from search_spaces import AUGMENTATION_STRENGTHS
-    from trainable.config import TrainConfig
 
     config = bench("data_pipeline").heaviest_augmentation(TrainConfig.reference())
     assert config.aug_hflip_p == config.aug_elastic_p == 0.5

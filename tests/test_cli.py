@@ -220,8 +220,8 @@ def test_a_flag_of_another_command_says_which_and_demo_refuses_data(capsys):
 
 
 def test_the_printed_resume_command_works_from_any_folder(tmp_path, monkeypatch):
+    from results.config import TrainConfig
     from results.settings import RunSettings
-    from trainable.config import TrainConfig
     from tuner.sweep import resume_command
 
     monkeypatch.chdir(tmp_path)
@@ -234,8 +234,8 @@ def test_the_printed_resume_command_works_from_any_folder(tmp_path, monkeypatch)
 
 
 def test_printed_commands_survive_the_shell(tmp_path):
+    from results.config import TrainConfig
     from results.settings import RunSettings
-    from trainable.config import TrainConfig
     from tuner.summary import summarise
 
     settings = RunSettings(

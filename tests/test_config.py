@@ -1,6 +1,6 @@
 import pytest
 
-from trainable.config import Loss, Optimizer, TrainConfig
+from results.config import Loss, Optimizer, TrainConfig
 
 
 def test_reference_is_the_published_setup():

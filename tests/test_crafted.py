@@ -6,6 +6,7 @@ Ray, no training), so these are fast."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 import shutil
@@ -20,11 +21,12 @@ import test_report
 import torch
 
 from results import layout
+from results.errors import UserError
 from results.escape import code, text
 from results.experiment import load_experiment
 from results.report import PLOT_FILES, write_report
-from trainable.errors import UserError
 from trainable.model import build_model
+from trainable.preprocess import load_busi
 from tuner.cli import main
 from tuner.confirm import confirm_settings
 
@@ -161,7 +163,7 @@ def test_readers_use_their_own_cache_never_the_one_the_settings_name(
     experiment = load_experiment(handmade)
     assert experiment.settings.cache_dir is None
 
-    write_report(experiment)
+    write_report(experiment, read_images=functools.partial(load_busi, progress=False))
     assert len(list(reader_cache.glob("busi-*.npz"))) == 1  # decoded at 32 px, once
     # evaluate loads the best trial's model, decodes the data too, then finds no
     # split.json: one line naming it.

@@ -10,11 +10,12 @@ import pyarrow.fs
 import pytest
 import torch
 
+from results.settings import SplitPolicy
 from trainable import engine
 from trainable.checkpointing import Snapshots, TrialStorage
 from trainable.engine import NonFiniteLossError, TrainingState, fit
 from trainable.metrics import METRIC_KEYS
-from trainable.splits import Split, SplitPolicy, make_split
+from trainable.splits import Split, make_split
 
 CPU = torch.device("cpu")
 

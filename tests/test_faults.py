@@ -28,11 +28,12 @@ import torch
 from PIL import Image
 from ray import tune
 
-from results import layout
+from results import layout, records
+from results.config import TrainConfig
 from results.experiment import load_experiment
+from results.records import StatePointer
 from results.settings import RunSettings
-from trainable.checkpointing import TrialStorage, pointer
-from trainable.config import TrainConfig
+from trainable.checkpointing import TrialStorage
 from trainable.dataset import DataError, discover, load_sample, read_grey
 from trainable.integrity import check_dataset, format_report
 from trainable.preprocess import load_busi
@@ -229,7 +230,7 @@ def _stopped_experiment(synth_root: Path, storage: Path) -> Path:
     settings = _settings(synth_root, storage)
     experiment = Path(settings.experiment_dir)
     experiment.mkdir(parents=True)
-    layout.save_settings(settings, experiment / layout.SETTINGS_FILE)
+    records.save_settings(settings, experiment / layout.SETTINGS_FILE)
     (experiment / sweep.TUNE_STATE_FILE).write_bytes(b"pickled by Tune")
     (experiment / "experiment_state-2026-11-29_10-00-00.json").write_text("{}")
     origin.write_origin(str(experiment))
@@ -335,7 +336,7 @@ def _checkpoint(tmp_path: Path, state: bytes) -> tuple[tune.Checkpoint, TrialSto
     storage._write(storage.state_path(2), lambda stream: stream.write(state))
     folder = tmp_path / "checkpoint_000001"
     folder.mkdir()
-    (folder / layout.POINTER_FILE).write_text(pointer(storage.state_name(2), 2))
+    (folder / layout.POINTER_FILE).write_text(StatePointer(storage.state_name(2), 2).to_text())
     return tune.Checkpoint.from_directory(folder), storage
 
 

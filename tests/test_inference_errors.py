@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from results import layout
+from results import layout, records
+from results.config import TrainConfig
+from results.keys import METRIC_KEYS
 from results.settings import RunSettings
-from trainable.config import TrainConfig
-from trainable.keys import METRIC_KEYS
 from trainable.model import build_model
 from tuner.cli import main
 
@@ -39,7 +39,7 @@ def make_experiment(root: Path) -> Path:
     settings = RunSettings(data=root / "gone", base=BASE, storage=str(root), name="handmade")
     folder = Path(settings.experiment_dir)
     folder.mkdir()
-    layout.save_settings(settings, folder / layout.SETTINGS_FILE)
+    records.save_settings(settings, folder / layout.SETTINGS_FILE)
     trial = folder / TRIAL
     trial.mkdir()
     BASE.save(trial / layout.CONFIG_FILE)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from results.settings import ConflictPolicy
 from trainable.dataset import DataError, discover, load_sample
 from trainable.integrity import (
     LINKS_FILE,
@@ -27,7 +28,7 @@ from trainable.integrity import (
     read_links,
     report_json,
 )
-from trainable.preprocess import ConflictPolicy, dataset_fingerprint, load_sized
+from trainable.preprocess import dataset_fingerprint, load_sized
 from tuner.cli import main
 
 # --- duplicates on made-up images -----------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from scipy.spatial.distance import cdist
 from sklearn import metrics as skm
 
-from trainable.keys import OBJECTIVES, selected
+from results.keys import OBJECTIVES, selected
 from trainable.metrics import (
     ACCURACY,
     AVERAGE_PRECISION,

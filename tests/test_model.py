@@ -5,7 +5,7 @@ import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import save_file
 
-from trainable.errors import WeightsError
+from results.errors import WeightsError
 from trainable.model import build_loss, build_model, check_weights, pretrained_encoders
 
 
@@ -67,7 +67,7 @@ def test_unknown_encoder_or_weights_name(tiny_config):
 
 
 def test_reference_model_is_a_one_channel_resnext101_unet():
-    from trainable.config import TrainConfig
+    from results.config import TrainConfig
 
     config = TrainConfig.reference().replace(encoder_weights="none")
     model = build_model(config)

@@ -19,10 +19,9 @@ import pytest
 import ray
 
 from results import storage
+from results.config import TrainConfig
 from results.layout import PLACEMENT_FILE, RESULT_FILE, SETTINGS_FILE
-from results.settings import RunSettings, Scheduler
-from trainable.config import TrainConfig
-from trainable.splits import SplitPolicy
+from results.settings import RunSettings, Scheduler, SplitPolicy
 from tuner import sweep
 
 pytestmark = pytest.mark.slow

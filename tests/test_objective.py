@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from results import keys
 from results.layout import METRICS_FILE
-from trainable import keys
 from trainable.metrics import METRIC_KEYS
 from tuner.cli import main
 

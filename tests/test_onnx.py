@@ -22,7 +22,7 @@ from trainable.preprocess import resize_image
 from tuner import segmenter
 from tuner.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "inference.md"
 SIZE = 32  # the hand-made trial's input size, and its experiment's evaluation size
 # Real BUSI images of different sizes (all larger than SIZE: shrunk by INTER_AREA).
 REAL = ("benign (1)", "benign (100)", "malignant (1)", "malignant (50)", "normal (1)")
@@ -126,7 +126,7 @@ def test_the_readme_onnxruntime_example_gives_predicts_masks(
 ):
     """The README's example, run as written (in a folder holding its file names), on each
     image: the mask that `predict` wrote for it from the same .onnx, every pixel."""
-    snippet = re.search(r"```python\n(import json, cv2.*?)```", README.read_text(), re.S)[1]
+    snippet = re.search(r"```python\n(import json, cv2.*?)```", DOCS.read_text(), re.S)[1]
     _, onnx_file = exports
     predicted = tmp_path / "predicted"
     argv = ["predict", str(onnx_file), "--images", str(real_images), "--out", str(predicted)]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from results.config import TrainConfig
 from results.settings import RunSettings
-from trainable.config import TrainConfig
 from tuner.packing import Plan, heaviest_configs, trials_per_gpu
 
 GiB = 2**30

@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from results import layout
+from results import layout, records
+from results.config import TrainConfig
 from results.experiment import load_experiment
-from results.settings import RunSettings
-from trainable.config import TrainConfig
+from results.keys import METRIC_KEYS
+from results.settings import RunSettings, SplitPolicy
 from trainable.dataset import discover, read_grey, read_mask
-from trainable.keys import METRIC_KEYS
 from trainable.model import build_model
 from trainable.preprocess import dataset_fingerprint
-from trainable.splits import SplitPolicy, experiment_splits, manifest_of
+from trainable.splits import experiment_splits, manifest_of
 from tuner import predict
 from tuner.cli import main
 
@@ -44,7 +44,7 @@ def _make_experiment(storage: Path, data: Path, arrays, folds: int = 1) -> Path:
     settings = RunSettings(data=data, base=BASE, storage=str(storage), name="known", folds=folds)
     folder = Path(settings.experiment_dir)
     folder.mkdir(parents=True)
-    layout.save_settings(settings, folder / layout.SETTINGS_FILE)
+    records.save_settings(settings, folder / layout.SETTINGS_FILE)
     samples = discover(data.resolve())
     provenance = {
         "path": str(data.resolve()),

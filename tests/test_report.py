@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -19,8 +20,9 @@ from matplotlib.collections import LineCollection, PathCollection
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from results import confirm, layout
+from results import confirm, layout, records
 from results.compare import COMPARABLE
+from results.config import TrainConfig
 from results.confirm import Run
 from results.experiment import load_experiment
 from results.intervals import Interval, Scores, draws, estimate, resampled, t_interval, verdict
@@ -36,8 +38,8 @@ from results.report import (
 )
 from results.settings import RunSettings, Scheduler
 from search_spaces import get_space
-from trainable.config import TrainConfig
 from trainable.metrics import METRIC_KEYS
+from trainable.preprocess import load_busi
 from tuner.cli import main
 
 BASE = TrainConfig.reference().replace(
@@ -149,7 +151,7 @@ def handmade(tmp_path) -> Path:
     )
     experiment = Path(settings.experiment_dir)
     experiment.mkdir()
-    layout.save_settings(settings, experiment / layout.SETTINGS_FILE)
+    records.save_settings(settings, experiment / layout.SETTINGS_FILE)
     provenance = {"path": "/gone", "content_hash": "0f", "images": 39, "synthetic": True}
     (experiment / layout.DATA_FILE).write_text(json.dumps(provenance))
     reference_point = get_space("reference").reference_point(BASE)
@@ -483,7 +485,7 @@ def _final_round(handmade: Path, runs: list[tuple[str, int, float, float]]) -> d
     )
     final = handmade.parent / "handmade-final"
     final.mkdir()
-    layout.save_settings(settings, final / layout.SETTINGS_FILE)
+    records.save_settings(settings, final / layout.SETTINGS_FILE)
     for i, (label, seed, validation, dice) in enumerate(runs):
         counts = REFERENCE_COUNTS if label == "reference" else COUNTS
         params = {**candidates[label].point, "seed": seed}
@@ -611,7 +613,7 @@ def test_confirm_refuses_one_seed_and_a_reference_run(handmade, tmp_path, capsys
     )
     alone = Path(settings.experiment_dir)
     alone.mkdir()
-    layout.save_settings(settings, alone / layout.SETTINGS_FILE)
+    records.save_settings(settings, alone / layout.SETTINGS_FILE)
     assert main(["confirm", str(alone)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert "--seeds × --split-seeds must be at least 2" in errors[0]
@@ -682,7 +684,9 @@ def test_report_says_which_rule_chose_each_example(handmade, synth_root, monkeyp
     monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "reader-cache"))
     settings = handmade / layout.SETTINGS_FILE
     settings.write_text(json.dumps({**json.loads(settings.read_text()), "data": str(synth_root)}))
-    paths = write_report(load_experiment(handmade))
+    paths = write_report(
+        load_experiment(handmade), read_images=functools.partial(load_busi, progress=False)
+    )
     assert _is_png(paths.directory / "examples.png")
     # Dice 0.9, 0.5, 0.7 and one lesion-free image (the hand-made selection.npz).
     assert (
@@ -876,8 +880,8 @@ def test_the_winner_is_picked_on_validation_and_a_tie_keeps_the_reference():
 
 
 def test_the_fold_spread_is_the_sample_sd():
+    from results.keys import OBJECTIVE_FOLD_STD
     from trainable.engine import EpochReport
-    from trainable.keys import OBJECTIVE_FOLD_STD
     from trainable.tune_adapter import to_tune_metrics
 
     def report(dice: float, folds: tuple = ()) -> EpochReport:

@@ -6,8 +6,8 @@ from ray.tune.callback import CallbackList
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from results.config import TrainConfig
 from results.settings import RunSettings, Scheduler
-from trainable.config import TrainConfig
 from tuner.scheduling import SchedulerState, build_scheduler
 
 BASE = TrainConfig.reference().replace(epochs=10)  # one rung, at epoch 4

@@ -2,8 +2,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from results.config import TrainConfig
 from search_spaces import SPACES, get_space
-from trainable.config import TrainConfig
 from trainable.tune_adapter import TrialSetup, resolve_config
 from tuner.searcher import completion_state
 
@@ -213,7 +213,7 @@ def test_a_failed_trial_that_resume_reruns_to_its_end_is_recorded_as_a_retry(tmp
     """A disk-full run: t1 errors and the study holds it FAIL; --resume re-runs it (Tune's
     resume_errored) from a restored searcher, and it finishes. The study's last trial of
     t1 says so, as Optuna's RetryFailedTrialCallback would record it; t2 still failed."""
-    from results.layout import optuna_states
+    from results.experiment import optuna_states
 
     searcher = _searcher(tmp_path)
     searcher.suggest("t1")

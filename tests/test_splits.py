@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from collections import Counter
 from types import SimpleNamespace
@@ -5,9 +6,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from results import records
+from results.records import DataProvenance
+from results.settings import ConflictPolicy, SplitPolicy
 from trainable.integrity import LINKS_FILE
-from trainable.preprocess import ConflictPolicy, apply_conflicts, load_busi
-from trainable.splits import SplitPolicy, make_folds, make_split, manifest_of
+from trainable.preprocess import apply_conflicts, load_busi
+from trainable.splits import make_folds, make_split, manifest_of
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +182,6 @@ def test_folds_are_the_same_at_every_image_size(busi_root, busi_cache, busi64):
 def test_conflicts_flag_default_reference_and_saved_settings(tmp_path):
     """`run --conflicts`: exclude by default, keep for --reference (the paper used every
     image); saved with the settings, and an experiment saved before the flag kept all."""
-    from results import layout
     from results.report import provenance_line
     from tuner.cli import build_parser, settings_from_args
 
@@ -190,20 +193,21 @@ def test_conflicts_flag_default_reference_and_saved_settings(tmp_path):
     assert settings("--reference").conflicts is ConflictPolicy.KEEP
     assert settings("--reference", "--conflicts", "exclude").conflicts is ConflictPolicy.EXCLUDE
     path = tmp_path / "settings.json"
-    layout.save_settings(settings("--conflicts", "keep"), path)
+    records.save_settings(settings("--conflicts", "keep"), path)
     assert json.loads(path.read_text())["conflicts"] == "keep"
-    assert layout.load_settings(path).conflicts is ConflictPolicy.KEEP
-    layout.save_settings(settings(), path)
-    assert layout.load_settings(path).conflicts is ConflictPolicy.EXCLUDE
+    assert records.load_settings(path).conflicts is ConflictPolicy.KEEP
+    records.save_settings(settings(), path)
+    assert records.load_settings(path).conflicts is ConflictPolicy.EXCLUDE
     older = json.loads(path.read_text())
-    del older["conflicts"]
+    del older["conflicts"], older["format"]  # as written before records had a format
     path.write_text(json.dumps(older))
-    assert layout.load_settings(path).conflicts is ConflictPolicy.KEEP
+    assert records.load_settings(path).conflicts is ConflictPolicy.KEEP
     # The report's data line names what was left out (data.json's "excluded").
-    provenance = {"path": "/x/busi", "content_hash": "ab", "images": 780, "synthetic": False}
+    provenance = DataProvenance("/x/busi", content_hash="ab", images=780, synthetic=False)
     experiment = SimpleNamespace(settings=settings(), provenance=provenance)
     assert provenance_line(experiment) == "data: folder `busi`, 780 images, content hash `ab`"
-    experiment.provenance = {**provenance, "excluded": ["benign (269)", "normal (1)"]}
+    excluded = ("benign (269)", "normal (1)")
+    experiment.provenance = dataclasses.replace(provenance, excluded=excluded)
     assert provenance_line(experiment).endswith(
         "; 2 left out as copies of one frame whose labels or lesion masks contradict "
         "(`--conflicts exclude`): `benign (269), normal (1)`"

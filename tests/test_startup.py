@@ -17,8 +17,8 @@ import ray
 from ray import cloudpickle
 from ray.experimental import tqdm_ray
 
+from results.config import TrainConfig
 from results.settings import RunSettings
-from trainable.config import TrainConfig
 from tuner import sweep
 from tuner.cli import main
 from tuner.progress import ConsoleLines

@@ -4,14 +4,13 @@ the same calls, the same answers."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 
 import pytest
 
 from results import storage
-from trainable.errors import UserError
+from results.errors import UserError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -86,9 +85,10 @@ def test_a_missing_bucket_is_one_line_naming_it(s3_storage):
 def test_an_experiment_on_s3_is_refused_or_resumed_as_a_local_one(s3_storage, synth_root, tmp_path):
     """Before Ray starts: a name that exists in the bucket needs --resume, a name that
     does not cannot be resumed, and a resumed run takes the bucket's saved settings."""
-    from results.layout import DATA_FILE, SETTINGS_FILE, save_settings
+    from results.config import TrainConfig
+    from results.layout import DATA_FILE, SETTINGS_FILE
+    from results.records import save_settings
     from results.settings import RunSettings
-    from trainable.config import TrainConfig
     from tuner.sweep import data_provenance, resolve_settings
 
     base = TrainConfig.reference().replace(encoder="resnet18", encoder_weights="none")
@@ -106,7 +106,7 @@ def test_an_experiment_on_s3_is_refused_or_resumed_as_a_local_one(s3_storage, sy
 
     # --data on resume: the same data elsewhere (another machine's mount) is accepted by
     # its content; other data is refused.
-    provenance = json.dumps(data_provenance(synth_root)).encode()
+    provenance = data_provenance(synth_root).to_text().encode()
     storage.write_bytes(storage.join(settings.experiment_dir, DATA_FILE), provenance)
     elsewhere = tmp_path / "mounted" / "busi"
     shutil.copytree(synth_root, elsewhere)

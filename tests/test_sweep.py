@@ -21,10 +21,10 @@ import ray
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import search_spaces
+from results.config import TrainConfig
 from results.layout import FAILURE_FILE, METRICS_FILE, PLACEMENT_FILE, SELECTION_FILE
 from results.settings import RunSettings, Scheduler
 from search_spaces import SearchSpace
-from trainable.config import TrainConfig
 from trainable.tensorboard import IMAGE_TAG, SCALAR_TAGS
 from tuner import packing, sweep
 from tuner.cli import main

@@ -1,2 +1,2 @@
-"""One trial: config -> data -> model -> fit -> metrics. Importable without Ray, except
-for the thin adapter in `trainable.tune_adapter`."""
+"""One trial: config -> data -> model -> fit -> metrics and checkpoints. It imports only
+`results` below it, and Ray only in its adapter, `trainable.tune_adapter`."""

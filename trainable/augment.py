@@ -15,7 +15,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from trainable.config import TrainConfig  # noqa: E402
+from results.config import TrainConfig  # noqa: E402
 
 # ImageNet statistics adapted to one grey channel: the means of the RGB means and stds.
 # smp builds a 1-channel encoder by summing the first convolution's RGB weights, so a

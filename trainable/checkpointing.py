@@ -13,7 +13,6 @@ there directly too. Nothing here imports Ray.
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -241,12 +240,3 @@ def _state_epoch(name: str) -> int | None:
     written); None for any other file."""
     found = STATE_NAME.fullmatch(Path(name).name)
     return int(found[1]) if found else None
-
-
-def pointer(name: str, epoch: int) -> str:
-    return json.dumps({"state": name, "epoch": epoch})
-
-
-def read_pointer(text: str) -> tuple[str, int]:
-    raw = json.loads(text)
-    return raw["state"], int(raw["epoch"])

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from trainable.errors import DataError
+from results.errors import DataError
 
 __all__ = [
     "BusiClass",

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from results.config import LrSchedule, Optimizer, TrainConfig
 from trainable.augment import build_augmentation, normalise
-from trainable.config import LrSchedule, Optimizer, TrainConfig
 from trainable.metrics import PixelStats, best_threshold
 from trainable.model import EncoderState, build_loss, build_model
 from trainable.preprocess import BusiArrays

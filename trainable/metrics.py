@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from trainable.keys import (  # the names live with the other keys; re-exported
+from results.keys import (  # the names live with the other keys; re-exported
     ACCURACY,
     AVERAGE_PRECISION,
     DICE,

@@ -19,8 +19,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from trainable.config import Loss, TrainConfig, is_weights_file
-from trainable.errors import WeightsError
+from results.config import Loss, TrainConfig, is_weights_file
+from results.errors import WeightsError
 
 NO_WEIGHTS = "none"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import hashlib
 import json
 import logging
@@ -22,8 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 from results import storage
+from results.errors import UserError
+from results.settings import ConflictPolicy
 from trainable.dataset import BusiClass, Sample, data_warnings, discover, read_sample
-from trainable.errors import UserError
 from trainable.integrity import (
     LINKS_FILE,
     Conflict,
@@ -38,13 +38,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the preprocessing changes, so old caches are not reused.
 _PREPROCESS_VERSION = 4  # 3: the mid-grey mask rule, data warnings; 4: voted groups, conflicts
-
-
-class ConflictPolicy(enum.StrEnum):
-    """What a run does with copies of one frame whose labels or masks contradict."""
-
-    EXCLUDE = "exclude"  # leave every such copy out: neither trained on nor scored
-    KEEP = "keep"  # use them as they are (the reference protocol's data)
 
 
 @dataclass(frozen=True)

@@ -9,22 +9,17 @@ folds that take turns as the validation part; the test part is never used for an
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from dataclasses import dataclass
 
 import numpy as np
 
+from results.settings import SplitPolicy
 from trainable.preprocess import BusiArrays
 
 TEST_FRACTION = 0.2
 VALIDATION_FRACTION = 0.2
-
-
-class SplitPolicy(enum.StrEnum):
-    RANDOM = "random"
-    GROUPED = "grouped"
 
 
 @dataclass(frozen=True)

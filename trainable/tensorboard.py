@@ -16,8 +16,8 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, Sessi
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from results.keys import DICE, DICE_PER_IMAGE, HD95, IOU, METRIC_KEYS
 from trainable.engine import EpochReport
-from trainable.keys import DICE, DICE_PER_IMAGE, HD95, IOU, METRIC_KEYS
 
 IMAGE_TAG = "validation/examples"
 SCALAR_TAGS = (

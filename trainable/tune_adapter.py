@@ -26,6 +26,9 @@ import ray
 import torch
 from ray import tune
 
+from results import keys
+from results.config import TrainConfig
+from results.keys import METRIC_KEYS
 from results.layout import (
     CONFIG_FILE,
     FAILURE_FILE,
@@ -37,9 +40,9 @@ from results.layout import (
     STATE_FOLDER,
     model_files,
 )
-from trainable import keys
-from trainable.checkpointing import Snapshots, TrialStorage, pointer, read_pointer
-from trainable.config import TrainConfig
+from results.records import Failure, Placement, Selected, SelectionArrays, StatePointer
+from results.settings import SplitPolicy
+from trainable.checkpointing import Snapshots, TrialStorage
 from trainable.engine import (
     LOSS,
     EpochReport,
@@ -50,10 +53,9 @@ from trainable.engine import (
     limit_threads,
     pick_device,
 )
-from trainable.keys import METRIC_KEYS
 from trainable.model import EncoderState, shippable
 from trainable.preprocess import SizedData
-from trainable.splits import Split, SplitPolicy, experiment_splits, manifest_of
+from trainable.splits import Split, experiment_splits, manifest_of
 from trainable.tensorboard import TrialWriter
 
 log = logging.getLogger(__name__)
@@ -116,11 +118,11 @@ def to_tune_metrics(report: EpochReport, objective: str) -> dict[str, float]:
     return {k: metrics[k] for k in keys.REPORTED}
 
 
-def selection_summary(
+def selection_record(
     report: EpochReport, setup: TrialSetup, splits: list[Split], eval_size: int
-) -> dict[str, Any]:
+) -> Selected:
     """metrics.json: the selected epoch, its held-out and test metrics, and the protocol
-    behind them; with K folds, each fold's too, and the test metrics of their ensemble."""
+    behind them; with K folds, each fold's too."""
     split = splits[0]
     if setup.select_on_test:
         selection = "held-out = test part (reference protocol; optimistic)"
@@ -131,43 +133,31 @@ def selection_summary(
     counts = {"train": len(split.train), "validation": len(split.validation)}
     if setup.folds > 1:
         counts = {"cross-validated": len(split.train) + len(split.validation)}
-    summary = {
-        "protocol": {
-            "selection": selection,
-            "epoch_rule": (
-                f"lowest {setup.base.selection_train_weight:g} x train loss + "
-                f"{1 - setup.base.selection_train_weight:g} x held-out loss"
-            ),
-            "heldout_loss": "soft Dice loss pooled over every pixel of the part",
-            "threshold": (
-                "chosen on the validation part: the highest pooled Dice on 0.05, 0.10, ..., "
-                "0.95 (the lowest on a tie), for the held-out and test metrics"
-                if setup.choose_threshold
-                else "fixed (the config's)"
-            ),
-            "evaluation_size": eval_size,
-            "split": split.policy.value,
-            "split_seed": split.seed,
-            "folds": setup.folds,
-            "counts": {**counts, "test": len(split.test)},
-        },
-        "selected_epoch": report.best_epoch,
-        "threshold": report.threshold,
-        "models": model_files(setup.folds),
-        keys.COMBINED_LOSS: report.best_combined_loss,
-        "heldout": report.selected_heldout,
-        keys.TEST_LOSS: report.test_loss,
-        "test": report.test,
+    rules = {
+        "epoch_rule": (
+            f"lowest {setup.base.selection_train_weight:g} x train loss + "
+            f"{1 - setup.base.selection_train_weight:g} x held-out loss"
+        ),
+        "heldout_loss": "soft Dice loss pooled over every pixel of the part",
+        "threshold": (
+            "chosen on the validation part: the highest pooled Dice on 0.05, 0.10, ..., "
+            "0.95 (the lowest on a tie), for the held-out and test metrics"
+            if setup.choose_threshold
+            else "fixed (the config's)"
+        ),
+        "evaluation_size": eval_size,
+        "folds": setup.folds,
     }
+    objective, per_fold = None, ()
     if report.folds:
         values = [objective_value(fold, setup.objective) for fold in report.folds]
-        summary["objective"] = {
+        objective = {
             "metric": setup.objective,
             "per_fold": values,
             "mean": float(np.mean(values)),
             "std": float(np.std(values, ddof=1)),  # sample SD, as reported every epoch
         }
-        summary["folds"] = [
+        per_fold = tuple(
             {
                 "fold": k,
                 "selected_epoch": fold.best_epoch,
@@ -178,30 +168,41 @@ def selection_summary(
                 "test": fold.test,
             }
             for k, fold in enumerate(report.folds)
-        ]
-    return summary
+        )
+    return Selected(
+        epoch=report.best_epoch,
+        selection=selection,
+        split=split.policy.value,
+        split_seed=split.seed,
+        counts={**counts, "test": len(split.test)},
+        combined_loss=report.best_combined_loss,
+        test={"loss": report.test_loss, **report.test},
+        folds=objective,
+        models=tuple(model_files(setup.folds)),
+        heldout=report.selected_heldout,
+        threshold=report.threshold,
+        rules=rules,
+        per_fold=per_fold,
+    )
 
 
-def write_selection(
-    directory: Path, report: EpochReport, names: list[str], groups: np.ndarray
-) -> None:
+def selection_arrays(report: EpochReport, names: list[str], groups: np.ndarray) -> SelectionArrays:
     """What the reporter needs about the selected model on the test part: ROC/PR curves,
-    per-image Dice and the predicted masks (bit-packed), and each image's near-duplicate
-    group (a bootstrap of the test part resamples whole groups)."""
+    per-image Dice and the predicted masks, and each image's near-duplicate group (a
+    bootstrap of the test part resamples whole groups)."""
     assert report.test_stats is not None and report.test_predictions is not None
     curves = report.test_stats.curves()
     # 65,537 curve points are more than a plot needs; keep about a thousand.
     step = max(1, len(curves["fpr"]) // 1000)
-    np.savez_compressed(
-        directory / SELECTION_FILE,
+    return SelectionArrays(
         epoch=report.epoch,
-        names=np.array(names),
-        groups=np.asarray(groups, dtype=np.int64),
+        names=tuple(names),
         per_image_dice=report.test_stats.per_image_dice(),
-        per_image_hd95=report.test_stats.per_image_hd95(),
         per_image_counts=report.test_stats.per_image_counts(),
-        predictions=np.packbits(report.test_predictions, axis=-1),
-        **{name: values[::step] for name, values in curves.items()},
+        predictions=report.test_predictions,
+        curves={name: values[::step] for name, values in curves.items()},
+        groups=np.asarray(groups, dtype=np.int64),
+        per_image_hd95=report.test_stats.per_image_hd95(),
     )
 
 
@@ -217,17 +218,16 @@ def log_placement(
     ran, where it resumed from, and (`startup`) when it entered, how long its encoder
     weights took to come from the object store and its worker process (pid, start time):
     benchmarks.gpu_sweep splits a first epoch's cost with them."""
-    entry = {
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-        "device": str(device),
-        "resumed_after_epoch": resumed_after_epoch,
-        "time": time.time(),
-        **(startup or {}),
-    }
-    if note:
-        entry["note"] = note
-    storage.append_line(PLACEMENT_FILE, json.dumps(entry))
+    entry = Placement(
+        node_id=ray.get_runtime_context().get_node_id(),
+        gpu_ids=tuple(str(g) for g in ray.get_gpu_ids()),
+        device=str(device),
+        resumed_after_epoch=resumed_after_epoch,
+        time=time.time(),
+        note=note,
+        startup=startup or {},
+    )
+    storage.append_line(PLACEMENT_FILE, entry.to_line())
 
 
 def process_started() -> float | None:
@@ -258,13 +258,12 @@ DETERMINISTIC = (NonFiniteLossError, torch.OutOfMemoryError, ValueError)
 def _refuse_known_failure(storage: TrialStorage) -> None:
     recorded = storage.read_text(FAILURE_FILE)
     if recorded is not None:
-        reason = json.loads(recorded)["reason"]
+        reason = Failure.from_text(recorded, storage.path(FAILURE_FILE)).reason
         raise DeterministicFailure(f"not retried, it would fail again: {reason}")
 
 
 def _record_failure(storage: TrialStorage, error: BaseException) -> None:
-    reason = f"{type(error).__name__}: {error}"
-    storage.write_text(FAILURE_FILE, json.dumps({"reason": reason}) + "\n")
+    storage.write_text(FAILURE_FILE, Failure(f"{type(error).__name__}: {error}").to_text())
 
 
 def shipped_weights(
@@ -296,8 +295,9 @@ def load_checkpoint(
         return None, ""
     try:
         with checkpoint.as_directory() as directory:
-            name, _ = read_pointer((Path(directory) / POINTER_FILE).read_text())
-        return storage.read_tensors(storage.path(name), device)["folds"], ""
+            path = Path(directory) / POINTER_FILE
+            state = StatePointer.from_text(path.read_text(), path).state
+        return storage.read_tensors(storage.path(state), device)["folds"], ""
     except Exception as error:  # torch and pyarrow raise many kinds for one damaged file
         note = (
             f"checkpoint {checkpoint.path} unreadable ({type(error).__name__}: "
@@ -391,7 +391,9 @@ class Reports:
                 tune.report(metrics)
                 continue
             with tempfile.TemporaryDirectory() as directory:
-                (Path(directory) / POINTER_FILE).write_text(pointer(state_name, epoch))
+                (Path(directory) / POINTER_FILE).write_text(
+                    StatePointer(state_name, epoch).to_text()
+                )
                 try:
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
                 finally:
@@ -489,9 +491,10 @@ def _train(
                 if fold.improved:
                     weights[file] = state.model.state_dict()
             test = split.test
-            write_selection(trial_dir, report, [data.names[i] for i in test], data.groups[test])
-            summary = selection_summary(report, setup, splits, truth.image_size)
-            (trial_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+            arrays = selection_arrays(report, [data.names[i] for i in test], data.groups[test])
+            arrays.write(trial_dir / SELECTION_FILE)
+            selected = selection_record(report, setup, splits, truth.image_size)
+            (trial_dir / METRICS_FILE).write_text(selected.to_text())
         writer.flush()
         reports.epoch(to_tune_metrics(report, setup.objective), report.epoch, weights, states)
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import logging
 import re
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from results import storage
-from results.settings import RunSettings, Scheduler
-from trainable import keys
-from trainable.config import TrainConfig
-from trainable.errors import UserError
-from trainable.preprocess import ConflictPolicy
-from trainable.splits import SplitPolicy
+from results import keys, storage
+from results.config import TrainConfig
+from results.errors import UserError
+from results.settings import ConflictPolicy, RunSettings, Scheduler, SplitPolicy
+
+if TYPE_CHECKING:
+    from results.experiment import Experiment
 
 # The demo: a synthetic set and a model small enough for a laptop CPU in minutes.
 DEMO_DATA_DIR = "demo-data"
@@ -661,10 +663,9 @@ def _run(args: argparse.Namespace) -> int:
 def _final_round(settings: RunSettings, write) -> int:
     """After the last trial: the winner over fresh seeds (--final-seeds)."""
     from results.confirm import choose_candidates, confirmation_lines
-    from results.experiment import load_experiment
     from tuner import confirm, interrupts, sweep
 
-    experiment = load_experiment(settings.experiment_dir)
+    experiment = open_experiment(settings.experiment_dir)
     try:
         candidates = choose_candidates(experiment, settings.final_top)
     except UserError as error:  # no reference trial, or nothing to compare it with
@@ -717,12 +718,30 @@ def _spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
+def open_experiment(location: str | Path) -> Experiment:
+    """An experiment to read, whose search space this busi-tune knows."""
     from results.experiment import load_experiment
-    from results.report import REPORT_DIR, format_terminal_table, write_report
+    from results.layout import SETTINGS_FILE
+    from results.records import damaged_settings
+    from search_spaces import SPACES
 
-    experiment = load_experiment(args.dir)
-    paths = write_report(experiment, all_test_metrics=args.all_test_metrics)
+    experiment = load_experiment(location)
+    if experiment.settings.space not in SPACES:
+        valid = ", ".join(SPACES)
+        reason = f"unknown search space {experiment.settings.space!r}; valid: {valid}"
+        raise damaged_settings(storage.join(experiment.location, SETTINGS_FILE), reason)
+    return experiment
+
+
+def _report(args: argparse.Namespace) -> int:
+    from results.report import REPORT_DIR, format_terminal_table, write_report
+    from trainable.preprocess import load_busi
+
+    experiment = open_experiment(args.dir)
+    # The examples' images come from the reader's cache ($BUSI_TUNE_CACHE), never from a
+    # folder the experiment's settings name.
+    read_images = functools.partial(load_busi, progress=False)
+    paths = write_report(experiment, args.all_test_metrics, read_images)
     print(format_terminal_table(experiment))
     print(f"report:  {paths.markdown}")
     print(f"trials:  {paths.trials_csv}")
@@ -735,7 +754,6 @@ def _report(args: argparse.Namespace) -> int:
 
 def _confirm(args: argparse.Namespace) -> int:
     from results import confirm
-    from results.experiment import load_experiment
     from results.report import REPORT_DIR
     from tuner import confirm as retrain
     from tuner.progress import ConsoleLines
@@ -747,7 +765,7 @@ def _confirm(args: argparse.Namespace) -> int:
         )
     if args.top < 1:
         raise UserError("confirm: --top must be at least 1")
-    experiment = load_experiment(args.dir)
+    experiment = open_experiment(args.dir)
     candidates = confirm.choose_candidates(experiment, args.top)
     seeds = confirm.training_seeds(experiment.settings.base.seed, args.seeds)
     splits = confirm.split_seeds(experiment.settings.seed, args.split_seeds)
@@ -766,7 +784,7 @@ def _confirm(args: argparse.Namespace) -> int:
 
         print(f"interrupted; the runs so far: {', '.join(locations)}", file=sys.stderr)
         return interrupts.exit_status()
-    retrained = [load_experiment(location) for location in locations]
+    retrained = [open_experiment(location) for location in locations]
     result = confirm.confirmation(experiment, candidates, retrained)
     path = confirm.save_confirmation(result, experiment.path / REPORT_DIR)
     if experiment.is_remote:  # kept with the experiment
@@ -782,12 +800,11 @@ def _confirm(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from results.experiment import load_experiment
     from tuner import evaluate
 
     if args.trial is not None and args.ensemble > 1:
         raise UserError("--trial and --ensemble: choose one trial or the K best, not both")
-    experiment = load_experiment(args.dir)
+    experiment = open_experiment(args.dir)
     trial = evaluate.pick_trial(experiment, args.trial)
     result = evaluate.evaluate_trial(
         experiment,
@@ -812,10 +829,9 @@ def _predict(args: argparse.Namespace) -> int:
         model = segmenter.from_export(Path(args.source), flip, args.threshold)
         known = predict.known_from_card(segmenter.card_path(Path(args.source)))
     else:
-        from results.experiment import load_experiment
         from tuner.evaluate import pick_trial
 
-        experiment = load_experiment(args.source)
+        experiment = open_experiment(args.source)
         model = segmenter.from_experiment(
             experiment, args.trial, args.ensemble, flip, args.threshold
         )
@@ -842,10 +858,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from results.experiment import load_experiment
     from tuner import evaluate, export
 
-    experiment = load_experiment(args.dir)
+    experiment = open_experiment(args.dir)
     trial = evaluate.pick_trial(experiment, args.trial)
     card = export.export(experiment, trial, args.out, args.format)
     print(f"exported {trial.name} ({args.format}): {args.out}")

@@ -24,12 +24,12 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from results import storage
+from results.config import TrainConfig
 from results.confirm import FINAL, Candidate, confirmation, training_seeds
+from results.errors import UserError
 from results.experiment import Experiment, load_experiment
 from results.layout import FINAL_FILE
 from results.settings import RunSettings, Scheduler
-from trainable.config import TrainConfig
-from trainable.errors import UserError
 from tuner.progress import TrialNamer, quiet_ray
 from tuner.sweep import (
     TUNE_STATE_FILE,

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from results import storage
+from results.errors import UserError
 from results.experiment import Experiment, Trial
+from results.keys import METRIC_KEYS
 from results.layout import MODEL_FILE, SPLIT_FILE
 from trainable.engine import LOSS, pick_device
-from trainable.errors import UserError
-from trainable.keys import METRIC_KEYS
 from trainable.metrics import PixelStats
 from trainable.model import build_model
 from trainable.preprocess import load_sized

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from results.errors import UserError
 from results.experiment import Experiment, Trial
 from results.layout import SPLIT_FILE
 from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
-from trainable.errors import UserError
 from trainable.preprocess import resize_rule
 from tuner.evaluate import load_selected_models, trial_threshold
 from tuner.predict import CARD_KEY, split_images

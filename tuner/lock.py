@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import IO
 
-from trainable.errors import UserError
+from results.errors import UserError
 
 log = logging.getLogger(__name__)
 

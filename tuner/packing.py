@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import ray
 import torch
 
+from results.config import TrainConfig
 from results.settings import RunSettings
 from search_spaces import get_space
-from trainable.config import TrainConfig
 
 HEADROOM = 0.10
 CPUS_PER_GPU_TRIAL = 2  # one trains, one runs a DataLoader worker

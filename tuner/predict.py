@@ -31,10 +31,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from results import escape
+from results.errors import UserError
 from results.experiment import Experiment, Trial
 from results.layout import SPLIT_FILE
 from trainable.dataset import DataError, discover, read_grey, read_mask
-from trainable.errors import UserError
 from trainable.preprocess import dataset_fingerprint
 from tuner.segmenter import Segmenter
 
@@ -153,7 +153,7 @@ def known_from_experiment(experiment: Experiment, trial: Trial) -> Known:
     if data is None or not data.is_dir():
         return Known(unknown=f"the experiment's data {data} is not on this machine")
     root = data.resolve()
-    recorded = (experiment.provenance or {}).get("content_hash")
+    recorded = experiment.provenance.content_hash if experiment.provenance else None
     try:
         samples = discover(root)
         if recorded and dataset_fingerprint(samples, root) != recorded:

@@ -4,7 +4,6 @@ study), instead of Ray's live table and its repeated warnings (`-v` brings those
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -19,11 +18,11 @@ from optuna.distributions import CategoricalDistribution
 from ray import tune
 from ray.tune.experiment import Trial
 
-from results import storage
+from results import keys, storage
+from results.config import TrainConfig, describe_params
 from results.layout import OUTCOME_FILE
-from search_spaces import SearchSpace, describe_params
-from trainable import keys
-from trainable.config import TrainConfig
+from results.records import Outcome
+from search_spaces import SearchSpace
 from trainable.tensorboard import write_hparams, write_hparams_experiment
 
 # Ray warns at every forced experiment snapshot; CheckpointConfig(num_to_keep) forces one
@@ -116,7 +115,8 @@ class TrialLines(tune.Callback):
     def _better(self, value: float) -> bool:
         if self.best is None:
             return True
-        return value < self.best[0] if self.mode == "min" else value > self.best[0]
+        sign = keys.best_first(self.mode)
+        return sign * value < sign * self.best[0]
 
     def _line(self, trial, state: str, value: float | None) -> None:
         self.ended = (self.ended or 0) + 1
@@ -197,10 +197,9 @@ class TrialOutcome(tune.Callback):
 
     def _write(self, trial, errored: bool) -> None:
         epochs = int((trial.last_result or {}).get("training_iteration", 0))
-        record = {"format": 1, "errored": errored, "epochs": epochs}
         staging = Path(trial.storage.trial_driver_staging_path)
         staging.mkdir(parents=True, exist_ok=True)
-        (staging / OUTCOME_FILE).write_text(json.dumps(record) + "\n")
+        (staging / OUTCOME_FILE).write_text(Outcome(errored, epochs).to_text())
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._write(trial, errored=False)

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from results.errors import UserError
 from results.experiment import Experiment
 from trainable.engine import Precision, pick_device, predict_probabilities, resize_probabilities
-from trainable.errors import UserError
 from trainable.preprocess import resize_image
 from tuner.evaluate import load_selected_models, pick_trial, reason, trial_threshold
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
 from ray import tune
 
-from results import storage
+from results import keys, storage
 from results.compare import comparison_table
 from results.experiment import (
     FINISHED,
@@ -16,22 +15,21 @@ from results.experiment import (
     STOPPED,
 )
 from results.layout import METRICS_FILE
+from results.records import NewerFormatError, Selected
 from results.settings import RunSettings
-from trainable import keys
 from tuner.sweep import trial_states
 
 
-def _selected(result: tune.Result) -> dict | None:
+def _selected(result: tune.Result) -> Selected | None:
     """The trial's metrics.json, on whatever storage the trial wrote it."""
+    path = f"{result.path}/{METRICS_FILE}"
     try:
-        with result.filesystem.open_input_file(f"{result.path}/{METRICS_FILE}") as file:
-            return json.loads(file.read())
-    except (FileNotFoundError, json.JSONDecodeError):
+        with result.filesystem.open_input_file(path) as file:
+            return Selected.from_text(file.read(), path)
+    except NewerFormatError:
+        raise
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-
-
-def _test_with_loss(selected: dict) -> dict[str, float]:
-    return {"loss": selected[keys.TEST_LOSS], **selected["test"]}
 
 
 def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
@@ -55,7 +53,7 @@ def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
         if (state == FINISHED or state.startswith(STOPPED)) and settings.metric in (r.metrics or {})
     ]
     if scored:
-        sign = 1 if settings.mode == "min" else -1
+        sign = keys.best_first(settings.mode)
         best = min(scored, key=lambda r: sign * r.metrics[settings.metric])
         selected = _selected(best)
         title = "the reference config" if settings.reference_only else "best trial"
@@ -65,16 +63,13 @@ def summarise(settings: RunSettings, results: tune.ResultGrid) -> str:
         )
         final = settings.final_seeds and not settings.reference_only
         if selected:
-            lines.append(
-                f"selected epoch {selected['selected_epoch']}; selection on the "
-                f"{selected['protocol']['selection']}"
-            )
+            lines.append(f"selected epoch {selected.epoch}; selection on the {selected.selection}")
         if selected and final:
             # Test numbers only for the winner, which the final round picks below.
             lines.append("test metrics: the final round's winner's, below")
         elif selected:
             lines.append("test metrics at the selected epoch vs the published reference:")
-            lines.append(comparison_table(_test_with_loss(selected)))
+            lines.append(comparison_table(selected.test))
             details = storage.join(settings.experiment_dir, Path(best.path).name, METRICS_FILE)
             lines.append(f"details: {details}")
     if not settings.reference_only:

@@ -25,21 +25,18 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import TrialScheduler
 
 from results import storage
-from results.experiment import INTERRUPTED, trial_state
+from results.config import TrainConfig
+from results.errors import UserError
+from results.experiment import INTERRUPTED, open_study, optuna_states, trial_state
 from results.layout import (
     DATA_FILE,
     SETTINGS_FILE,
     STATE_FOLDER,
-    load_settings,
-    open_study,
-    optuna_states,
-    save_settings,
 )
+from results.records import DataProvenance, damaged_settings, load_settings, save_settings
 from results.settings import RunSettings
-from search_spaces import get_space
-from trainable.config import TrainConfig
+from search_spaces import SPACES, get_space
 from trainable.dataset import discover
-from trainable.errors import UserError
 from trainable.model import EncoderState, pretrained_encoders
 from trainable.preprocess import SizedData, dataset_fingerprint, load_sized
 from trainable.splits import folds_problem
@@ -85,6 +82,10 @@ def resolve_settings(settings: RunSettings) -> RunSettings:
                 "(or start it without --resume)"
             )
         saved = load_settings(settings_file)
+        if saved.space not in SPACES:
+            valid = ", ".join(SPACES)
+            reason = f"unknown search space {saved.space!r}; valid: {valid}"
+            raise damaged_settings(settings_file, reason)
         data = saved.data
         if settings.data is not None and settings.data.resolve() != saved.data:
             data = same_data_elsewhere(settings.data, location)
@@ -107,13 +108,13 @@ def same_data_elsewhere(given: Path, location: str) -> Path:
     accepted when its content hash is the one the run recorded."""
     record = storage.join(location, DATA_FILE)
     try:
-        recorded = json.loads(storage.read_bytes(record) or b"")["content_hash"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        recorded = DataProvenance.from_text(storage.read_bytes(record) or b"", record).content_hash
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         raise UserError(
             f"{record}: missing or damaged, so --data {given} cannot be checked against the "
             "run's data; leave --data out to use the path the run was started with"
         ) from None
-    found = data_provenance(given)["content_hash"] if given.is_dir() else "no folder"
+    found = data_provenance(given).content_hash if given.is_dir() else "no folder"
     if found != recorded:
         raise UserError(
             f"--data {given}: not the data {location} ran on (content {found}, recorded "
@@ -122,16 +123,18 @@ def same_data_elsewhere(given: Path, location: str) -> Path:
     return given.resolve()
 
 
-def data_provenance(root: Path) -> dict:
+def data_provenance(root: Path, data: SizedData | None = None) -> DataProvenance:
     """Where the data came from: its folder, its content hash (every PNG's bytes, as the
-    cache keys it), its size, and whether `data synth` wrote it."""
+    cache keys it), its size, whether `data synth` wrote it, and what loading it said."""
     samples = discover(Path(root).resolve())
-    return {
-        "path": str(Path(root).resolve()),
-        "content_hash": dataset_fingerprint(samples, Path(root).resolve()),
-        "images": len(samples),
-        "synthetic": (Path(root) / SYNTHETIC_MARKER).is_file(),
-    }
+    return DataProvenance(
+        path=str(Path(root).resolve()),
+        content_hash=dataset_fingerprint(samples, Path(root).resolve()),
+        images=len(samples),
+        synthetic=(Path(root) / SYNTHETIC_MARKER).is_file(),
+        warnings=tuple(data.evaluation.warnings) if data else (),
+        excluded=tuple(data.evaluation.excluded) if data else (),  # --conflicts exclude
+    )
 
 
 def create_experiment(settings: RunSettings, data: SizedData) -> None:
@@ -155,13 +158,8 @@ def create_experiment(settings: RunSettings, data: SizedData) -> None:
         settings.study_path.unlink(missing_ok=True)
     try:
         save_settings(settings, storage.join(location, SETTINGS_FILE))
-        provenance = {
-            **data_provenance(settings.data),
-            "warnings": list(data.evaluation.warnings),
-            "excluded": list(data.evaluation.excluded),  # --conflicts exclude left them out
-        }
-        text = json.dumps(provenance, indent=2) + "\n"
-        storage.write_bytes(storage.join(location, DATA_FILE), text.encode())
+        provenance = data_provenance(settings.data, data)
+        storage.write_bytes(storage.join(location, DATA_FILE), provenance.to_text().encode())
         origin.write_origin(location)
         if not settings.reference_only:
             write_sweep_hparams(location, get_space(settings.space), settings.base)

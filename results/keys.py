@@ -83,6 +83,13 @@ OBJECTIVES: dict[str, str] = {
     BEST_COMBINED_LOSS: "min",
 }
 DEFAULT_OBJECTIVE = selected(DICE)
+
+
+def best_first(mode: str) -> int:
+    """The sign that sorts an objective's values best first: +1 for "min", -1 for "max"."""
+    return 1 if mode == "min" else -1
+
+
 # Cross-validation: the objective's standard deviation over the folds (NaN with one split).
 OBJECTIVE_FOLD_STD = "objective_fold_std"
 

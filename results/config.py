@@ -169,3 +169,20 @@ class TrainConfig:
 def _check(ok: bool, field: str, config: TrainConfig) -> None:
     if not ok:
         raise ValueError(f"invalid {field}={getattr(config, field)!r}")
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """The searched values on one line; augmentations by their probability only (the
+    strengths are in trials.csv)."""
+    if not params:
+        return "the base config"
+
+    def short(value: Any) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    plain = [f"{k}={short(v)}" for k, v in sorted(params.items()) if not k.startswith("aug_")]
+    probabilities = {k: v for k, v in params.items() if k.startswith("aug_") and k.endswith("_p")}
+    used = [f"{k[4:-2]} {v:g}" for k, v in sorted(probabilities.items()) if v > 0]
+    if probabilities:
+        plain.append(f"aug: {', '.join(used)}" if used else "no aug")
+    return " ".join(plain)

@@ -1,0 +1,79 @@
+"""The packages import only downward: results ← trainable ← search_spaces ← tuner.
+
+Each package's `__init__` says its place in one sentence; this test holds the code to it,
+from the imports written in every module (at the top or inside a function alike).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("results", "trainable", "search_spaces", "tuner")  # bottom first
+OURS = (*LAYERS, "benchmarks")
+# Libraries a layer must not reach, whatever it imports of ours.
+FORBIDDEN = {
+    "results": {"torch", "ray", "segmentation_models_pytorch", "albumentations", "cv2"},
+    "search_spaces": {"torch", "ray"},
+}
+RAY_ADAPTER = "trainable/tune_adapter.py"  # the trainable's one door to Ray
+
+
+def imported(path: Path) -> set[str]:
+    """Every absolute module name `path` imports (relative imports are ours: none)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: a relative import; write it absolute"
+            names.add(node.module)
+    return names
+
+
+def problems(path: Path, package: str, root: Path = ROOT) -> list[str]:
+    allowed = set(LAYERS[: LAYERS.index(package) + 1])
+    where = path.relative_to(root).as_posix()
+    found = []
+    for name in sorted(imported(path)):
+        top = name.split(".")[0]
+        if top in OURS and top not in allowed:
+            found.append(f"{where} imports {name}: above {package}")
+        if top in FORBIDDEN.get(package, ()):
+            found.append(f"{where} imports {name}: {package} never does")
+        if package == "trainable" and top == "ray" and where != RAY_ADAPTER:
+            found.append(f"{where} imports {name}: Ray only in {RAY_ADAPTER}")
+    return found
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_each_package_imports_only_downward(package):
+    modules = sorted((ROOT / package).rglob("*.py"))
+    assert modules
+    assert [p for path in modules for p in problems(path, package)] == []
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_each_package_says_its_place(package):
+    docstring = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
+    assert docstring and "import" in docstring, f"{package}/__init__.py: say what it imports"
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    module = tmp_path / "results" / "upward.py"
+    module.parent.mkdir()
+    module.write_text("import torch\n\n\ndef f():\n    from tuner import cli\n")
+    assert problems(module, "results", tmp_path) == [
+        "results/upward.py imports torch: results never does",
+        "results/upward.py imports tuner: above results",
+    ]
+    adapter_elsewhere = tmp_path / "trainable" / "engine.py"
+    adapter_elsewhere.parent.mkdir()
+    adapter_elsewhere.write_text("from ray import tune\nfrom search_spaces import SPACES\n")
+    assert problems(adapter_elsewhere, "trainable", tmp_path) == [
+        "trainable/engine.py imports ray: Ray only in trainable/tune_adapter.py",
+        "trainable/engine.py imports search_spaces: above trainable",
+    ]
