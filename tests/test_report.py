@@ -882,7 +882,7 @@ def test_the_winner_is_picked_on_validation_and_a_tie_keeps_the_reference():
 def test_the_fold_spread_is_the_sample_sd():
     from results.keys import OBJECTIVE_FOLD_STD
     from trainable.engine import EpochReport
-    from trainable.tune_adapter import to_tune_metrics
+    from trainable.trial_records import to_tune_metrics
 
     def report(dice: float, folds: tuple = ()) -> EpochReport:
         metrics = {"loss": 0.5, **dict.fromkeys(METRIC_KEYS, 0.6), "dice": dice}

@@ -4,7 +4,7 @@ from optuna.trial import TrialState
 
 from results.config import TrainConfig
 from search_spaces import SPACES, get_space
-from trainable.tune_adapter import TrialSetup, resolve_config
+from trainable.trial_setup import TrialSetup, resolve_config
 from tuner.searcher import completion_state
 
 CPU_BASE = TrainConfig.reference().replace(

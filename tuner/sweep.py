@@ -41,7 +41,8 @@ from trainable.model import EncoderState, pretrained_encoders
 from trainable.preprocess import SizedData, dataset_fingerprint, load_sized
 from trainable.splits import folds_problem
 from trainable.synth import SYNTHETIC_MARKER
-from trainable.tune_adapter import TrialSetup, train_busi
+from trainable.trial_setup import TrialSetup
+from trainable.tune_adapter import train_busi
 from tuner import interrupts, origin
 from tuner.lock import lock_experiment
 from tuner.packing import plan as plan_packing
