@@ -8,6 +8,7 @@ image, raw HTML or a table cell of its own (CommonMark and GitHub's tables).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 # Characters that can start markup, as references that CommonMark shows as the
@@ -65,3 +66,8 @@ def code(value: Any) -> str:
     if content.startswith(("`", " ")) or content.endswith(("`", " ")):
         content = f" {content} "
     return f"{fence}{content}{fence}"
+
+
+def folder_name(path: str | Path) -> str:
+    """A data folder by its name alone: its full path is the training machine's."""
+    return Path(path).name

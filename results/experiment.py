@@ -178,6 +178,12 @@ class Experiment:
             return trial.path / name
         return storage.fetch(self.location, self.path, f"{trial.name}/{name}")
 
+    def marks(self, trial: Trial) -> str:
+        """B: the best trial; R: the in-sweep reference trial."""
+        best = self.best is not None and trial.name == self.best.name
+        reference = self.reference is not None and trial.name == self.reference.name
+        return ("B" if best else "") + ("R" if reference else "")
+
     def ranked(self) -> list[Trial]:
         return rank_trials(self.trials, self.settings.mode)
 

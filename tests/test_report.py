@@ -26,16 +26,15 @@ from results.config import TrainConfig
 from results.confirm import Run
 from results.experiment import load_experiment
 from results.intervals import Interval, Scores, draws, estimate, resampled, t_interval, verdict
-from results.reference import load_reference
-from results.report import (
+from results.plots import (
     curve_legend,
-    format_terminal_table,
     importance_needs,
     parallel_figure,
     pick_cases,
     varied_params,
-    write_report,
 )
+from results.reference import load_reference
+from results.report import format_terminal_table, write_report
 from results.settings import RunSettings, Scheduler
 from search_spaces import get_space
 from trainable.metrics import METRIC_KEYS
