@@ -33,7 +33,9 @@ from results.layout import (
     RESULT_FILE,
     SELECTION_FILE,
     SETTINGS_FILE,
+    TRIAL_PREFIX,
     TUNE_TRIAL_ID,
+    parse_trial_folder,
 )
 from results.records import (
     DataProvenance,
@@ -330,7 +332,7 @@ def _read_record(path: Path, parse: Callable[[str, Path], Any]) -> Any:
 
 
 def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, str]) -> Trial:
-    _, number, tune_id = trial_dir.name.split("_", 2)
+    number, tune_id = parse_trial_folder(trial_dir.name)
     params = _params(trial_dir)
     rows = read_rows(trial_dir)
     error = None
@@ -343,7 +345,7 @@ def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, 
     ended = not settings.reference_only and optuna_state != "RUNNING"
     return Trial(
         name=trial_dir.name,
-        number=int(number),
+        number=number,
         path=trial_dir,
         state=trial_state(error is not None, epochs_run, settings.base.epochs, ended),
         params=params,
@@ -408,7 +410,7 @@ def _load_local(directory: Path, location: str) -> Experiment:
     settings = dataclasses.replace(load_settings(directory / SETTINGS_FILE), cache_dir=None)
     study_path = None if settings.reference_only else directory / study_file_name(settings.name)
     states = optuna_states(open_study(study_path, settings.name))
-    trial_dirs = sorted(p for p in directory.glob("trial_*_*") if _is_trial_dir(p))
+    trial_dirs = sorted(p for p in directory.glob(f"{TRIAL_PREFIX}*_*") if _is_trial_dir(p))
     trials = tuple(
         sorted((read_trial(p, settings, states) for p in trial_dirs), key=lambda t: t.number)
     )
@@ -431,7 +433,7 @@ def _is_trial_dir(path: Path) -> bool:
     """trial_<number>_<id>/: a folder named otherwise is not a trial's (warned about)."""
     if not path.is_dir():
         return False
-    if path.name.split("_", 2)[1].isdecimal():
+    if parse_trial_folder(path.name) is not None:
         return True
     log.warning("%s: not a trial's folder (trial_<number>_<id>); skipped", path)
     return False

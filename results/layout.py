@@ -44,6 +44,24 @@ FINAL_FILE = "final.json"
 TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming its Tune trial
 
 
+TRIAL_PREFIX = "trial_"
+
+
+def trial_folder(number: int, tune_id: str) -> str:
+    """A trial's one name (folder, progress line, report, Optuna, TensorBoard, Tune):
+    trial_<number, 3 digits>_<Tune's trial id>."""
+    return f"{TRIAL_PREFIX}{number:03d}_{tune_id}"
+
+
+def parse_trial_folder(name: str) -> tuple[int, str] | None:
+    """(number, Tune's trial id) of a trial's folder name; None for any other name."""
+    prefix, _, rest = name.partition(TRIAL_PREFIX)
+    number, _, tune_id = rest.partition("_")
+    if prefix or not number.isdecimal() or not tune_id:
+        return None
+    return int(number), tune_id
+
+
 def model_files(folds: int) -> list[str]:
     """The selected weights' file names of a trial: one, or one per fold."""
     if folds == 1:
