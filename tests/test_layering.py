@@ -77,3 +77,20 @@ def test_an_upward_import_is_caught(tmp_path):
         "trainable/engine.py imports ray: Ray only in trainable/tune_adapter.py",
         "trainable/engine.py imports search_spaces: above trainable",
     ]
+
+
+def test_the_inference_commands_need_no_ray():
+    """tuner.inference imports no Ray, no Ray adapter and nothing of the tuner outside
+    itself (sweep, cluster and progress start or import Ray); below the tuner, only
+    trainable.tune_adapter imports Ray (above)."""
+    modules = sorted((ROOT / "tuner" / "inference").glob("*.py"))
+    assert modules
+    found = [
+        f"{path.name} imports {name}"
+        for path in modules
+        for name in sorted(imported(path))
+        if name.split(".")[0] == "ray"
+        or name == RAY_ADAPTER.removesuffix(".py").replace("/", ".")
+        or (name.split(".")[0] == "tuner" and not name.startswith("tuner.inference"))
+    ]
+    assert found == []

@@ -800,12 +800,13 @@ def _confirm(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from tuner import evaluate
+    from tuner.inference import evaluate
+    from tuner.inference.model import pick_trial
 
     if args.trial is not None and args.ensemble > 1:
         raise UserError("--trial and --ensemble: choose one trial or the K best, not both")
     experiment = open_experiment(args.dir)
-    trial = evaluate.pick_trial(experiment, args.trial)
+    trial = pick_trial(experiment, args.trial)
     result = evaluate.evaluate_trial(
         experiment,
         trial,
@@ -820,7 +821,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tuner import predict, segmenter
+    from tuner.inference import predict, segmenter
 
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise UserError(f"--threshold {args.threshold}: must lie strictly between 0 and 1")
@@ -829,7 +830,7 @@ def _predict(args: argparse.Namespace) -> int:
         model = segmenter.from_export(Path(args.source), flip, args.threshold)
         known = predict.known_from_card(segmenter.card_path(Path(args.source)))
     else:
-        from tuner.evaluate import pick_trial
+        from tuner.inference.model import pick_trial
 
         experiment = open_experiment(args.source)
         model = segmenter.from_experiment(
@@ -858,10 +859,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tuner import evaluate, export
+    from tuner.inference import export
+    from tuner.inference.model import pick_trial
 
     experiment = open_experiment(args.dir)
-    trial = evaluate.pick_trial(experiment, args.trial)
+    trial = pick_trial(experiment, args.trial)
     card = export.export(experiment, trial, args.out, args.format)
     print(f"exported {trial.name} ({args.format}): {args.out}")
     print(f"model card: {card}")
