@@ -222,7 +222,7 @@ def test_a_flag_of_another_command_says_which_and_demo_refuses_data(capsys):
 def test_the_printed_resume_command_works_from_any_folder(tmp_path, monkeypatch):
     from results.config import TrainConfig
     from results.settings import RunSettings
-    from tuner.sweep import resume_command
+    from tuner.experiment_folder import resume_command
 
     monkeypatch.chdir(tmp_path)
     settings = RunSettings(
@@ -394,7 +394,7 @@ def test_reference_run_on_real_busi(busi_root, tmp_path):
 
 
 def test_gpu_trials_get_the_cpus_their_node_can_give_them():
-    from tuner.sweep import default_cpus_per_trial
+    from tuner.cluster import default_cpus_per_trial
 
     h200_node = {"CPU": 16.0, "GPU": 1.0}
     assert default_cpus_per_trial([h200_node], gpus=1.0) == 8  # 16 CPUs, at most 8

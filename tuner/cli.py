@@ -10,15 +10,11 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from results import keys, storage
 from results.config import TrainConfig
 from results.errors import UserError
 from results.settings import ConflictPolicy, RunSettings, Scheduler, SplitPolicy
-
-if TYPE_CHECKING:
-    from results.experiment import Experiment
 
 # The demo: a synthetic set and a model small enough for a laptop CPU in minutes.
 DEMO_DATA_DIR = "demo-data"
@@ -634,7 +630,7 @@ def _run(args: argparse.Namespace) -> int:
         from trainable.dataset import discover
 
         discover(settings.data)  # a wrong path or layout: one line, before weights or Ray
-    from tuner import interrupts, summary, sweep
+    from tuner import experiment_folder, interrupts, summary, sweep
 
     interrupts.stop_on_sigterm()
 
@@ -650,7 +646,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.demo:
         print("(synthetic data: the comparison shows the pipeline working, not a BUSI result)")
     if not sweep.all_ended(settings, results):  # Ctrl-C or SIGTERM: Tune stops and returns
-        print(f"interrupted; continue with: {sweep.resume_command(settings)}", file=sys.stderr)
+        resume = experiment_folder.resume_command(settings)
+        print(f"interrupted; continue with: {resume}", file=sys.stderr)
         return interrupts.exit_status()
     if results.num_errors == len(results):
         print("error: every trial errored; see the lines above", file=sys.stderr)
@@ -663,9 +660,9 @@ def _run(args: argparse.Namespace) -> int:
 def _final_round(settings: RunSettings, write) -> int:
     """After the last trial: the winner over fresh seeds (--final-seeds)."""
     from results.confirm import choose_candidates, confirmation_lines
-    from tuner import confirm, interrupts, sweep
+    from tuner import confirm, experiment_folder, interrupts
 
-    experiment = open_experiment(settings.experiment_dir)
+    experiment = experiment_folder.open_experiment(settings.experiment_dir)
     try:
         candidates = choose_candidates(experiment, settings.final_top)
     except UserError as error:  # no reference trial, or nothing to compare it with
@@ -677,7 +674,8 @@ def _final_round(settings: RunSettings, write) -> int:
     )
     result = confirm.final_round(settings, experiment, candidates, write)
     if result is None:  # Ctrl-C or SIGTERM
-        print(f"interrupted; continue with: {sweep.resume_command(settings)}", file=sys.stderr)
+        resume = experiment_folder.resume_command(settings)
+        print(f"interrupted; continue with: {resume}", file=sys.stderr)
         return interrupts.exit_status()
     print("\n".join(confirmation_lines(result)))
     return 0
@@ -718,24 +716,10 @@ def _spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_experiment(location: str | Path) -> Experiment:
-    """An experiment to read, whose search space this busi-tune knows."""
-    from results.experiment import load_experiment
-    from results.layout import SETTINGS_FILE
-    from results.records import damaged_settings
-    from search_spaces import SPACES
-
-    experiment = load_experiment(location)
-    if experiment.settings.space not in SPACES:
-        valid = ", ".join(SPACES)
-        reason = f"unknown search space {experiment.settings.space!r}; valid: {valid}"
-        raise damaged_settings(storage.join(experiment.location, SETTINGS_FILE), reason)
-    return experiment
-
-
 def _report(args: argparse.Namespace) -> int:
     from results.report import REPORT_DIR, format_terminal_table, write_report
     from trainable.preprocess import load_busi
+    from tuner.experiment_folder import open_experiment
 
     experiment = open_experiment(args.dir)
     # The examples' images come from the reader's cache ($BUSI_TUNE_CACHE), never from a
@@ -756,6 +740,7 @@ def _confirm(args: argparse.Namespace) -> int:
     from results import confirm
     from results.report import REPORT_DIR
     from tuner import confirm as retrain
+    from tuner.experiment_folder import open_experiment
     from tuner.progress import ConsoleLines
 
     if args.seeds < 1 or args.split_seeds < 1 or args.seeds * args.split_seeds < 2:
@@ -800,6 +785,7 @@ def _confirm(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from tuner.experiment_folder import open_experiment
     from tuner.inference import evaluate
     from tuner.inference.model import pick_trial
 
@@ -830,6 +816,7 @@ def _predict(args: argparse.Namespace) -> int:
         model = segmenter.from_export(Path(args.source), flip, args.threshold)
         known = predict.known_from_card(segmenter.card_path(Path(args.source)))
     else:
+        from tuner.experiment_folder import open_experiment
         from tuner.inference.model import pick_trial
 
         experiment = open_experiment(args.source)
@@ -859,6 +846,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from tuner.experiment_folder import open_experiment
     from tuner.inference import export
     from tuner.inference.model import pick_trial
 

@@ -1,29 +1,27 @@
-"""What a person sees while a sweep runs: one line per ended trial, under the trial's one
-name (`trial_003_ab12cd34`, the same in folders, report, TensorBoard and the Optuna
-study), instead of Ray's live table and its repeated warnings (`-v` brings those back)."""
+"""What a sweep shows and records as its trials end, through Tune's callbacks: one line per
+ended trial under the trial's one name (`trial_003_ab12cd34`, the same in folders,
+report, TensorBoard and the Optuna study) instead of Ray's live table and its repeated
+warnings (`-v` brings those back), and each trial's outcome and HParams in its folder."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.distributions import CategoricalDistribution
 from ray import tune
 from ray.tune.experiment import Trial
 
-from results import keys, storage
-from results.config import TrainConfig, describe_params
+from results import keys
+from results.config import describe_params
 from results.layout import OUTCOME_FILE
 from results.records import Outcome
-from search_spaces import SearchSpace
-from trainable.tensorboard import write_hparams, write_hparams_experiment
+from trainable.tensorboard import write_hparams
 
 # Ray warns at every forced experiment snapshot; CheckpointConfig(num_to_keep) forces one
 # per checkpoint by design, so the warning says nothing a user can act on.
@@ -206,25 +204,6 @@ class TrialOutcome(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._write(trial, errored=True)
-
-
-def write_sweep_hparams(experiment_dir: str, space: SearchSpace, base: TrainConfig) -> None:
-    """The sweep's HParams experiment at the experiment's root: one column per parameter
-    the space can sample (conditional ones too), the state, and the metrics TrialHParams
-    writes. Each trial writes only its own session."""
-    domains = {}
-    for name, distribution in space.parameters(base).items():
-        if isinstance(distribution, CategoricalDistribution):
-            domains[name] = list(distribution.choices)
-        else:
-            domains[name] = (float(distribution.low), float(distribution.high))
-    metrics = [keys.SELECTED_LOSS, *keys.SELECTED_METRICS, keys.TEST_LOSS, *keys.TEST_METRICS]
-    if not storage.is_remote(experiment_dir):
-        write_hparams_experiment(Path(experiment_dir), domains, metrics)
-        return
-    with tempfile.TemporaryDirectory() as local:
-        write_hparams_experiment(Path(local), domains, metrics)
-        storage.upload_folder(Path(local), experiment_dir)
 
 
 class TrialHParams(tune.Callback):
