@@ -276,7 +276,8 @@ def test_an_objective_on_the_test_part_is_refused_and_nothing_is_written(
 
 
 def test_per_image_objectives_and_the_threshold_flag(synth_root, tmp_path, capsys):
-    from tuner.cli import build_parser, settings_from_args
+    from tuner.cli import build_parser
+    from tuner.commands import settings_from_args
 
     base = ["run", "--data", str(synth_root), "--storage", str(tmp_path / "runs")]
 

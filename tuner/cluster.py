@@ -16,7 +16,7 @@ import ray
 from results.errors import UserError
 from results.settings import RunSettings
 from trainable.model import EncoderState
-from tuner import interrupts
+from tuner import console, interrupts
 from tuner.packing import plan as plan_packing
 
 CONNECT_TIMEOUT_S = 15
@@ -101,7 +101,7 @@ def resolve_gpus(settings: RunSettings) -> RunSettings:
     packing = plan_packing(settings)
     if packing is None:
         return dataclasses.replace(settings, gpus_per_trial=0.0)
-    print(packing.line())
+    console.say(packing.line())
     return dataclasses.replace(settings, gpus_per_trial=packing.gpus_per_trial)
 
 

@@ -12,7 +12,6 @@ import fnmatch
 import json
 import shlex
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from search_spaces import SPACES, SearchSpace, get_space
 from trainable.dataset import discover
 from trainable.preprocess import SizedData, dataset_fingerprint
 from trainable.synth import SYNTHETIC_MARKER
-from tuner import origin
+from tuner import console, origin
 
 TUNE_STATE_FILE = "tuner.pkl"  # Tune's own files, needed to resume
 TUNE_RUN_STATE = "experiment_state-*.json"
@@ -197,7 +196,7 @@ def warn_if_foreign(settings: RunSettings) -> None:
     """On resume: one warning, before anything runs, when the origin stamp says another
     machine created the experiment (resuming unpickles Ray's files from it)."""
     if not origin.created_here(settings.experiment_dir):
-        print(origin.foreign_warning(settings.experiment_dir), file=sys.stderr)
+        console.warn(origin.foreign_warning(settings.experiment_dir))
 
 
 def check_resumable(settings: RunSettings) -> None:

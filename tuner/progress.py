@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from results.config import describe_params
 from results.layout import OUTCOME_FILE
 from results.records import Outcome
 from trainable.tensorboard import write_hparams
+from tuner import console
 
 # Ray warns at every forced experiment snapshot; CheckpointConfig(num_to_keep) forces one
 # per checkpoint by design, so the warning says nothing a user can act on.
@@ -63,15 +63,15 @@ def quiet_ray() -> None:
 
 
 class ConsoleLines:
-    """Where quiet progress lines go: the `sys.stdout` of the moment, flushed per line.
-    Tune pickles its run config with the line writer inside; an object of ours pickles by
-    reference to its class, whereas `print`, or a partial of it, stops pickling once Ray
-    swaps `builtins.print` for its own (ray.experimental.tqdm_ray, on the first worker
-    line the driver prints: a race at start-up, lost every time with RAY_DEDUP_LOGS=0)."""
+    """Where quiet progress lines go: `console.line`. Tune pickles its run config with the
+    line writer inside; an object of ours pickles by reference to its class, whereas
+    `print`, or a partial of it, stops pickling once Ray swaps `builtins.print` for its own
+    (ray.experimental.tqdm_ray, on the first worker line the driver prints: a race at
+    start-up, lost every time with RAY_DEDUP_LOGS=0). It stays in this module: every
+    experiment's tuner.pkl names it here, and `--resume` unpickles it."""
 
     def __call__(self, line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        console.line(line)
 
 
 class TrialLines(tune.Callback):

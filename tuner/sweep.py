@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from trainable.model import EncoderState, pretrained_encoders
 from trainable.preprocess import SizedData, load_sized
 from trainable.splits import folds_problem
 from trainable.tune_adapter import TrialSetup, train_busi
-from tuner import cluster, experiment_folder
+from tuner import cluster, console, experiment_folder
 from tuner.lock import lock_experiment
 from tuner.progress import TrialHParams, TrialLines, TrialNamer, TrialOutcome, quiet_ray
 from tuner.scheduling import SchedulerState, build_scheduler
@@ -190,7 +189,7 @@ def run(
         ):
             raise UserError(problem)
         for warning in data.evaluation.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+            console.warn(f"warning: {warning}")
         cluster.init_ray(settings)
         settings = cluster.resolve_final_seeds(cluster.resolve_cpus(cluster.resolve_gpus(settings)))
         cluster.check_resources(settings)
