@@ -235,6 +235,7 @@ def test_the_printed_resume_command_works_from_any_folder(tmp_path, monkeypatch)
 
 def test_printed_commands_survive_the_shell(tmp_path):
     from results.config import TrainConfig
+    from results.experiment import Experiment
     from results.settings import RunSettings
     from tuner.summary import summarise
 
@@ -242,7 +243,11 @@ def test_printed_commands_survive_the_shell(tmp_path):
         data=tmp_path, base=TrainConfig.reference(), storage=str(tmp_path / "my runs"),
         name="my sweep; rm -rf x",
     )  # fmt: skip
-    text = summarise(settings, [])
+    no_trials = Experiment(
+        path=tmp_path, settings=settings, trials=(), best=None, reference=None,
+        study_path=None, location=settings.experiment_dir,
+    )  # fmt: skip
+    text = summarise(settings, no_trials)
     report = next(line for line in text.splitlines() if line.startswith("report:"))
     assert shlex.split(report.split(":", 1)[1]) == ["python", "-m", "tuner", "report",
                                                      settings.experiment_dir]  # fmt: skip

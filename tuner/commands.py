@@ -10,12 +10,16 @@ import functools
 import json
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from results import storage
 from results.config import TrainConfig
 from results.errors import UserError
 from results.settings import ConflictPolicy, RunSettings, Scheduler, SplitPolicy
 from tuner import console
+
+if TYPE_CHECKING:
+    from results.experiment import Experiment
 
 # The demo: a synthetic set and a model small enough for a laptop CPU in minutes.
 DEMO_DATA_DIR = "demo-data"
@@ -105,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         from trainable.dataset import discover
 
         discover(settings.data)  # a wrong path or layout: one line, before weights or Ray
+    from results.experiment import load_experiment
     from tuner import experiment_folder, interrupts, summary, sweep
 
     interrupts.stop_on_sigterm()
@@ -116,32 +121,31 @@ def run(args: argparse.Namespace) -> int:
         console.say(f"wrote a synthetic BUSI set of {count} images to {settings.data}")
     from tuner.progress import ConsoleLines
 
-    settings, results = sweep.run(settings, None if args.verbose else ConsoleLines())
-    console.say(summary.summarise(settings, results))
+    settings, _ = sweep.run(settings, None if args.verbose else ConsoleLines())
+    experiment = load_experiment(settings.experiment_dir)
+    console.say(summary.summarise(settings, experiment))
     if args.demo:
         console.say(
             "(synthetic data: the comparison shows the pipeline working, not a BUSI result)"
         )
-    if not sweep.all_ended(settings, results):  # Ctrl-C or SIGTERM: Tune stops, returns
+    if not sweep.all_ended(settings, experiment):  # Ctrl-C or SIGTERM: Tune stops, returns
         resume = experiment_folder.resume_command(settings)
         console.warn(f"interrupted; continue with: {resume}")
         return interrupts.exit_status()
-    if results.num_errors == len(results):
+    if all(trial.errored for trial in experiment.trials):
         console.warn("error: every trial errored; see the lines above")
         return 1
     if settings.final_seeds and not settings.reference_only:
-        return _final_round(settings, None if args.verbose else ConsoleLines())
+        return _final_round(settings, experiment, None if args.verbose else ConsoleLines())
     return 0
 
 
-def _final_round(settings: RunSettings, write) -> int:
+def _final_round(settings: RunSettings, experiment: Experiment, write) -> int:
     """After the last trial: the winner over fresh seeds (--final-seeds)."""
     from results.confirm import choose_candidates, confirmation_lines
     from tuner import experiment_folder, interrupts
     from tuner.confirm import final_round
-    from tuner.experiment_folder import open_experiment
 
-    experiment = open_experiment(settings.experiment_dir)
     try:
         candidates = choose_candidates(experiment, settings.final_top)
     except UserError as error:  # no reference trial, or nothing to compare it with

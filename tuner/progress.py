@@ -18,6 +18,7 @@ from ray.tune.experiment import Trial
 
 from results import keys
 from results.config import describe_params
+from results.experiment import trial_state
 from results.layout import OUTCOME_FILE
 from results.records import Outcome
 from trainable.tensorboard import write_hparams
@@ -227,10 +228,7 @@ class TrialHParams(tune.Callback):
         write_hparams(staging, dict(trial.config), shown, state, epochs)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        epochs = int((trial.last_result or {}).get("training_iteration", 0))
-        self._write(
-            trial, "finished" if epochs >= self.budget else f"stopped early at epoch {epochs}"
-        )
+        self._write(trial, trial_state(False, _epochs(trial), self.budget))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._write(trial, "errored")
+        self._write(trial, trial_state(True, _epochs(trial), self.budget))

@@ -1,7 +1,7 @@
 """The sweep as Ray Tune runs it: the data and pretrained weights it needs, the trainable,
 Tune's configs (the Optuna searcher, the scheduler, the callbacks), the run itself (new or
-restored), and what follows it (a full disk named in one line, the trials' states,
-the training states pruned). The only place that creates a `Tuner` for a sweep;
+restored), and what follows it (a full disk named in one line, whether every trial
+ended, the training states pruned). The only place that creates a `Tuner` for a sweep;
 the experiment's folder is tuner.experiment_folder's, the cluster tuner.cluster's."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from results.config import TrainConfig
 from results.errors import UserError
-from results.experiment import INTERRUPTED, open_study, optuna_states, trial_state
+from results.experiment import INTERRUPTED, Experiment, load_experiment
 from results.layout import STATE_FOLDER
 from results.settings import RunSettings
 from search_spaces import get_space
@@ -264,28 +264,12 @@ def disk_full(error: BaseException) -> bool:
     return False
 
 
-def trial_states(settings: RunSettings, results: tune.ResultGrid) -> list[str]:
-    """Each trial's state as the report names it (results.experiment.trial_state). Tune
-    marks a trial cut off by Ctrl-C as terminated, like one the scheduler stopped; the
-    study tells them apart (it still holds the interrupted one RUNNING), and a --reference
-    run has no scheduler to stop a trial early."""
-    study = None if settings.reference_only else open_study(settings.study_path, settings.name)
-    in_study = optuna_states(study)
-    states = []
-    for result in results:
-        tune_id = Path(result.path).name.split("_", 2)[-1]  # trial_<number>_<Tune's id>
-        ended = not settings.reference_only and in_study.get(tune_id) != "RUNNING"
-        epochs = int((result.metrics or {}).get("training_iteration", 0))
-        states.append(trial_state(result.error is not None, epochs, settings.base.epochs, ended))
-    return states
-
-
-def all_ended(settings: RunSettings, results: tune.ResultGrid) -> bool:
-    """Every planned trial ran and ended (finished, stopped early or errored): not an
-    interrupted run."""
+def all_ended(settings: RunSettings, experiment: Experiment) -> bool:
+    """Every planned trial ran and ended (finished, stopped early or errored, as the
+    experiment's reader names their states): not an interrupted run."""
     planned = 1 if settings.reference_only else settings.trials
-    states = trial_states(settings, results)
-    return len(results) >= planned and not any(s.startswith(INTERRUPTED) for s in states)
+    trials = experiment.trials
+    return len(trials) >= planned and not any(t.state.startswith(INTERRUPTED) for t in trials)
 
 
 def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
@@ -294,7 +278,7 @@ def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
     of the trials that ended normally (Tune's checkpoint_* pointers and the state/ they
     point to), keeping model.pt. Errored trials keep theirs, and an interrupted experiment
     keeps everything. Returns the folders deleted."""
-    if not all_ended(settings, results):
+    if not all_ended(settings, load_experiment(settings.experiment_dir)):
         return 0
     deleted = 0
     for result in results:
