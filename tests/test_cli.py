@@ -1,5 +1,6 @@
 """The command line: every bad input is one line, no traceback, nothing written."""
 
+import argparse
 import json
 import os
 import shlex
@@ -433,3 +434,37 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_exit_status_names_it(monkeyp
             interrupts._on_sigterm(signal.SIGTERM, None)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_every_run_flag_defaults_to_the_settings_it_sets():
+    """A flag's default is read from RunSettings or TrainConfig.reference(), never typed
+    again: each default the parser holds is the field's, and `run --data x` alone makes
+    the settings' defaults (a flag left None is filled from them, or from --demo or
+    --reference)."""
+    import dataclasses
+
+    from results.config import TrainConfig
+    from results.settings import RunSettings
+    from tuner.cli import build_parser
+    from tuner.commands import settings_from_args
+
+    parser = build_parser()
+    (subcommands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    run = subcommands.choices["run"]
+    run_fields = {f.name: f.default for f in dataclasses.fields(RunSettings)}
+    config_fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    renamed = {"compile": "compiled", "reference": "reference_only"}
+    not_settings = {"help", "demo", "threshold"}  # threshold: base.threshold or auto
+    for action in run._actions:
+        field = renamed.get(action.dest, action.dest)
+        if field in run_fields:
+            default = run_fields[field]
+        elif field in config_fields:
+            default = config_fields[field]
+        else:
+            assert action.dest in not_settings, f"--{action.dest}: which setting does it set?"
+            continue
+        assert action.default is None or action.default == default, action.dest
+    settings = settings_from_args(parser.parse_args(["run", "--data", "x"]))
+    made = RunSettings(data=Path("x"), base=TrainConfig.reference(), name=settings.name)
+    assert settings == made

@@ -1,6 +1,7 @@
 """`python -m tuner`: the command line's grammar. Every command, flag, default and help
 text; a mistyped one refused with a suggestion; then the command's handler
-(tuner.commands), whose UserError is one `error:` line (exit status 2)."""
+(tuner.commands), whose UserError is one `error:` line (exit status 2). Flag defaults come
+from the settings (RunSettings, TrainConfig.reference()), never typed twice."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import logging
 import re
 from pathlib import Path
 
-from results import keys
 from results.config import TrainConfig
 from results.errors import UserError
-from results.settings import ConflictPolicy, Scheduler, SplitPolicy
+from results.settings import ConflictPolicy, RunSettings, Scheduler, SplitPolicy
 from tuner import commands, console
-from tuner.commands import AUTO, DEFAULT_TRIALS, DEMO
+from tuner.commands import AUTO, DEMO
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +75,13 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     flag("--encoder", str, "smp encoder")
     flag("--encoder-weights", str, "smp weights name, a weights file (.safetensors/.pth), or none")
     flag("--image-size", int, "pixels, a multiple of 32")
-    flag("--batch-size", int, "images per step")
+    flag(
+        "--batch-size",
+        int,
+        "images per step of the base config only: a --reference run's trial, or a sweep's "
+        "trial_000 (the reference point); the sweep's other trials sample it from the "
+        "space's batch sizes (see `spaces`), to which this value is added",
+    )
     flag("--epochs", int, "epochs of a full trial: the budget")
 
 
@@ -113,36 +119,36 @@ def _add_run_parser(subparsers) -> None:
         type=int,
         default=None,
         help="configs to try, the first being the base config itself "
-        f"(default: {DEFAULT_TRIALS}; --demo: {DEMO['trials']})",
+        f"(default: {RunSettings.trials}; --demo: {DEMO['trials']})",
     )
     sweep.add_argument(
         "--max-concurrent",
         type=int,
-        default=None,
+        default=RunSettings.max_concurrent,
         help="trials at once (default: as many as resources allow)",
     )
     sweep.add_argument(
         "--space",
-        default="reference",
+        default=RunSettings.space,
         help="search space, see `spaces` (default: %(default)s)",
     )
     sweep.add_argument(
         "--scheduler",
         choices=[s.value for s in Scheduler],
-        default="asha",
+        default=RunSettings.scheduler.value,
         help="asha stops trials whose objective trails at the grace period's epoch, x3, "
         "...; fifo trains every trial for the whole budget (default: %(default)s)",
     )
     sweep.add_argument(
         "--grace-period",
         type=int,
-        default=None,
+        default=RunSettings.grace_period,
         help="epochs every trial trains before ASHA may stop it (default: 40%% of the "
         "budget: 8 of 20 epochs; --demo: 3)",
     )
     sweep.add_argument(
         "--metric",
-        default=keys.DEFAULT_OBJECTIVE,
+        default=RunSettings.metric,
         help="what configs are ranked by: the selected model's value on the validation "
         "part, selected_heldout_<loss|dice|iou|dice_per_image|hd95|...>, maximised or "
         "minimised as the metric wants (hd95: pixels, minimised); or best_combined_loss, "
@@ -162,7 +168,7 @@ def _add_run_parser(subparsers) -> None:
     sweep.add_argument(
         "--seed",
         type=int,
-        default=0,
+        default=RunSettings.seed,
         help="seed of the split, the sampler and training (default: %(default)s)",
     )
     sweep.add_argument(
@@ -170,7 +176,8 @@ def _add_run_parser(subparsers) -> None:
         choices=[p.value for p in SplitPolicy],
         default=None,
         help="grouped (near-duplicates kept on one side) or random (the reference's, which "
-        "leaks near-duplicates across parts) (default: grouped; --reference: random)",
+        "leaks near-duplicates across parts) "
+        f"(default: {RunSettings.split}; --reference: {SplitPolicy.RANDOM})",
     )
     sweep.add_argument(
         "--conflicts",
@@ -178,12 +185,12 @@ def _add_run_parser(subparsers) -> None:
         default=None,
         help="exclude leaves out the copies of one frame whose labels or lesion masks "
         "contradict (`data check` lists them), neither trained on nor scored; keep uses "
-        "them (default: exclude; --reference: keep)",
+        f"them (default: {RunSettings.conflicts}; --reference: {ConflictPolicy.KEEP})",
     )
     sweep.add_argument(
         "--folds",
         type=int,
-        default=1,
+        default=RunSettings.folds,
         help="K > 1: each trial trains K models in lockstep, one per fold of the training "
         "part (grouped and stratified like the split), and is ranked by their mean; its "
         "test metrics are the K models' ensemble (default: %(default)s, one validation part)",
@@ -192,7 +199,7 @@ def _add_run_parser(subparsers) -> None:
     final.add_argument(
         "--final-seeds",
         type=int,
-        default=None,
+        default=RunSettings.final_seeds,
         help="after the last trial, retrain the reference config and the --final-top best "
         "configs with S fresh training seeds each (a Tune run <name>-final beside the sweep, "
         "full budget, same split), pick the winner on their mean validation objective and "
@@ -203,13 +210,13 @@ def _add_run_parser(subparsers) -> None:
     final.add_argument(
         "--final-top",
         type=int,
-        default=3,
+        default=RunSettings.final_top,
         help="configs of the final round besides the reference (default: %(default)s)",
     )
     where = run.add_argument_group("where and how")
     where.add_argument(
         "--storage",
-        default="./runs",
+        default=RunSettings.storage,
         help="folder or URI (s3://...) for experiments (default: %(default)s)",
     )
     where.add_argument(
@@ -219,7 +226,7 @@ def _add_run_parser(subparsers) -> None:
     )
     where.add_argument(
         "--name",
-        default="",
+        default=RunSettings.name,
         help="experiment name (default: sweep-/reference-<date-time>)",
     )
     where.add_argument(
@@ -227,13 +234,13 @@ def _add_run_parser(subparsers) -> None:
     )
     where.add_argument(
         "--address",
-        default=None,
+        default=RunSettings.address,
         help="Ray cluster address, e.g. auto (default: start Ray locally)",
     )
     where.add_argument(
         "--gpus-per-trial",
         type=_number_or_auto,
-        default=None,
+        default=RunSettings.gpus_per_trial,
         help="a fraction packs trials on one GPU; auto measures the heaviest trial's GPU "
         "memory on the cluster and packs what fits with 10%% free, at most one trial per 2 "
         "of the node's CPUs per GPU, and says the plan (default: auto; 0 without GPUs)",
@@ -241,7 +248,7 @@ def _add_run_parser(subparsers) -> None:
     where.add_argument(
         "--cpus-per-trial",
         type=int,
-        default=None,
+        default=RunSettings.cpus_per_trial,
         help="CPUs of a trial: on a GPU, one feeds it and the others run DataLoader workers "
         "(augmentation); on a CPU, all compute "
         "(default: 1 for CPU trials; for GPU trials the CPUs a node can give each of its "
@@ -250,13 +257,13 @@ def _add_run_parser(subparsers) -> None:
     where.add_argument(
         "--max-failures",
         type=int,
-        default=2,
+        default=RunSettings.max_failures,
         help="retries of a trial lost to a dead worker (default: %(default)s)",
     )
     where.add_argument(
         "--checkpoint-every",
         type=int,
-        default=10,
+        default=RunSettings.checkpoint_every,
         help="epochs between a trial's full training states, which a retry or --resume "
         "continues from (it loses at most this many epochs); the selected weights are "
         "written on every improvement regardless (default: %(default)s)",
@@ -264,31 +271,36 @@ def _add_run_parser(subparsers) -> None:
     where.add_argument(
         "--reuse-actors",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=RunSettings.reuse_actors,
         help="start a trial in the Ray worker a finished trial leaves, skipping a new "
-        "worker's start and imports; results are identical either way (default: on)",
+        "worker's start and imports; results are identical either way "
+        f"(default: {_on_off(RunSettings.reuse_actors)})",
     )
     where.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=RunSettings.compiled,
         help="torch.compile each trial's model: its first steps compile (minutes for the "
         "reference model), later steps may run faster on a GPU; see benchmarks/README.md, "
-        "section 5 (default: off)",
+        f"section 5 (default: {_on_off(RunSettings.compiled)})",
     )
     where.add_argument(
         "--local-gpus",
         type=int,
-        default=None,
+        default=RunSettings.local_gpus,
         help="GPUs to declare when starting Ray locally (default: detected)",
     )
     where.add_argument(
         "--cache-dir",
         type=Path,
-        default=None,
+        default=RunSettings.cache_dir,
         help="preprocessed-data cache (default: $BUSI_TUNE_CACHE or ~/.cache/busi-tune)",
     )
     run.set_defaults(handler=commands.run)
+
+
+def _on_off(default: bool) -> str:
+    return "on" if default else "off"
 
 
 def _number_or_auto(value: str) -> float | str:

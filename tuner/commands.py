@@ -33,7 +33,6 @@ DEMO = {
 }
 # 88 images: enough that the demo's tuned model learns the synthetic lesions (Dice ~0.8).
 DEMO_SYNTH = {"n_benign": 48, "n_malignant": 24, "n_normal": 16}
-DEFAULT_TRIALS = 32
 TRAINING_FLAGS = ("encoder", "encoder_weights", "image_size", "batch_size", "epochs")
 AUTO = "auto"  # --threshold auto, --gpus-per-trial auto
 
@@ -44,9 +43,10 @@ def _gpus(value: float | str | None) -> float | None:
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
-    """Flags left unset take the reference's values (the demo's with --demo)."""
+    """Flags left unset take the reference's values (the demo's with --demo), and the
+    settings' own defaults."""
     ref = TrainConfig.reference().to_flat()
-    defaults = {**ref, "trials": DEFAULT_TRIALS, **(DEMO if args.demo else {})}
+    defaults = {**ref, "trials": RunSettings.trials, **(DEMO if args.demo else {})}
     chosen = {
         name: defaults[name] if getattr(args, name) is None else getattr(args, name)
         for name in (*TRAINING_FLAGS, "trials")
@@ -70,6 +70,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         )
     except ValueError as error:
         raise UserError(f"run: {error}") from None
+    # --reference: the reference protocol's split and data (random, conflicts kept).
+    split = SplitPolicy.RANDOM if args.reference else RunSettings.split
+    conflicts = ConflictPolicy.KEEP if args.reference else RunSettings.conflicts
     return RunSettings(
         data=args.data,
         base=base,
@@ -81,8 +84,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         grace_period=args.grace_period,
         metric=args.metric,
         seed=args.seed,
-        split=SplitPolicy(args.split or ("random" if args.reference else "grouped")),
-        conflicts=ConflictPolicy(args.conflicts or ("keep" if args.reference else "exclude")),
+        split=SplitPolicy(args.split or split),
+        conflicts=ConflictPolicy(args.conflicts or conflicts),
         folds=args.folds,
         storage=args.storage,
         name=args.name,
