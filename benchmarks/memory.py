@@ -29,7 +29,7 @@ from ray import tune
 from benchmarks.common import OWN_RAY, add_data_flags, table, write_json
 from results.config import TrainConfig
 from results.settings import RunSettings
-from tuner import sweep
+from tuner import cluster, sweep
 from tuner.progress import TrialNamer
 
 TRIAL_MARK = "ImplicitFunc"  # Ray's process title of a Tune function-trainable actor
@@ -133,7 +133,7 @@ class Sampler:
 def measure(settings: RunSettings, data, trials: int, seconds: float, interval: float) -> dict:
     """Run `trials` identical concurrent trials for `seconds`, sampling memory."""
     os.environ.update(OWN_RAY)  # a Ray of our own: its processes are our descendants
-    sweep.init_ray(settings)
+    cluster.init_ray(settings)
     tuner = tune.Tuner(
         sweep.build_trainable(settings, data, weights={}),  # encoder_weights none
         param_space={},

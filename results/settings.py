@@ -51,7 +51,7 @@ class RunSettings:
     resume: bool = False
     address: str | None = None
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    cpus_per_trial: int | None = None  # None: see tuner.sweep.default_cpus_per_trial
+    cpus_per_trial: int | None = None  # None: see tuner.cluster.default_cpus_per_trial
     max_failures: int = 2
     checkpoint_every: int = 10  # epochs between full training states (resume points)
     reuse_actors: bool = True  # start a trial in a finished trial's Ray worker
@@ -59,7 +59,7 @@ class RunSettings:
     choose_threshold: bool = False  # --threshold auto: each trial's, on its validation part
     # The final round: the reference and the `final_top` best configs retrained with
     # `final_seeds` fresh seeds each, the winner picked on their mean validation objective.
-    final_seeds: int | None = None  # None: 0 for CPU trials, 2 for GPU ones (tuner.sweep)
+    final_seeds: int | None = None  # None: 0 for CPU trials, 2 for GPU ones (tuner.cluster)
     final_top: int = 3
     local_gpus: int | None = None  # logical GPUs to declare when starting Ray locally
     cache_dir: Path | None = None

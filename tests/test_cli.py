@@ -1,5 +1,6 @@
 """The command line: every bad input is one line, no traceback, nothing written."""
 
+import argparse
 import json
 import os
 import shlex
@@ -222,7 +223,7 @@ def test_a_flag_of_another_command_says_which_and_demo_refuses_data(capsys):
 def test_the_printed_resume_command_works_from_any_folder(tmp_path, monkeypatch):
     from results.config import TrainConfig
     from results.settings import RunSettings
-    from tuner.sweep import resume_command
+    from tuner.experiment_folder import resume_command
 
     monkeypatch.chdir(tmp_path)
     settings = RunSettings(
@@ -235,6 +236,7 @@ def test_the_printed_resume_command_works_from_any_folder(tmp_path, monkeypatch)
 
 def test_printed_commands_survive_the_shell(tmp_path):
     from results.config import TrainConfig
+    from results.experiment import Experiment
     from results.settings import RunSettings
     from tuner.summary import summarise
 
@@ -242,7 +244,11 @@ def test_printed_commands_survive_the_shell(tmp_path):
         data=tmp_path, base=TrainConfig.reference(), storage=str(tmp_path / "my runs"),
         name="my sweep; rm -rf x",
     )  # fmt: skip
-    text = summarise(settings, [])
+    no_trials = Experiment(
+        path=tmp_path, settings=settings, trials=(), best=None, reference=None,
+        study_path=None, location=settings.experiment_dir,
+    )  # fmt: skip
+    text = summarise(settings, no_trials)
     report = next(line for line in text.splitlines() if line.startswith("report:"))
     assert shlex.split(report.split(":", 1)[1]) == ["python", "-m", "tuner", "report",
                                                      settings.experiment_dir]  # fmt: skip
@@ -276,7 +282,8 @@ def test_an_objective_on_the_test_part_is_refused_and_nothing_is_written(
 
 
 def test_per_image_objectives_and_the_threshold_flag(synth_root, tmp_path, capsys):
-    from tuner.cli import build_parser, settings_from_args
+    from tuner.cli import build_parser
+    from tuner.commands import settings_from_args
 
     base = ["run", "--data", str(synth_root), "--storage", str(tmp_path / "runs")]
 
@@ -394,7 +401,7 @@ def test_reference_run_on_real_busi(busi_root, tmp_path):
 
 
 def test_gpu_trials_get_the_cpus_their_node_can_give_them():
-    from tuner.sweep import default_cpus_per_trial
+    from tuner.cluster import default_cpus_per_trial
 
     h200_node = {"CPU": 16.0, "GPU": 1.0}
     assert default_cpus_per_trial([h200_node], gpus=1.0) == 8  # 16 CPUs, at most 8
@@ -427,3 +434,37 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_exit_status_names_it(monkeyp
             interrupts._on_sigterm(signal.SIGTERM, None)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_every_run_flag_defaults_to_the_settings_it_sets():
+    """A flag's default is read from RunSettings or TrainConfig.reference(), never typed
+    again: each default the parser holds is the field's, and `run --data x` alone makes
+    the settings' defaults (a flag left None is filled from them, or from --demo or
+    --reference)."""
+    import dataclasses
+
+    from results.config import TrainConfig
+    from results.settings import RunSettings
+    from tuner.cli import build_parser
+    from tuner.commands import settings_from_args
+
+    parser = build_parser()
+    (subcommands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    run = subcommands.choices["run"]
+    run_fields = {f.name: f.default for f in dataclasses.fields(RunSettings)}
+    config_fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    renamed = {"compile": "compiled", "reference": "reference_only"}
+    not_settings = {"help", "demo", "threshold"}  # threshold: base.threshold or auto
+    for action in run._actions:
+        field = renamed.get(action.dest, action.dest)
+        if field in run_fields:
+            default = run_fields[field]
+        elif field in config_fields:
+            default = config_fields[field]
+        else:
+            assert action.dest in not_settings, f"--{action.dest}: which setting does it set?"
+            continue
+        assert action.default is None or action.default == default, action.dest
+    settings = settings_from_args(parser.parse_args(["run", "--data", "x"]))
+    made = RunSettings(data=Path("x"), base=TrainConfig.reference(), name=settings.name)
+    assert settings == made

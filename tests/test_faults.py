@@ -38,7 +38,7 @@ from trainable.dataset import DataError, discover, load_sample, read_grey
 from trainable.integrity import check_dataset, format_report
 from trainable.preprocess import load_busi
 from trainable.tune_adapter import load_checkpoint
-from tuner import origin, sweep
+from tuner import experiment_folder, origin, sweep
 from tuner.cli import main
 from tuner.lock import lock_experiment
 
@@ -210,19 +210,20 @@ def test_a_full_disk_while_creating_the_experiment_leaves_nothing(
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sweep, "save_settings", full)
+    monkeypatch.setattr(experiment_folder, "save_settings", full)
     data = sweep.load_data(dataclasses.replace(settings, cache_dir=tmp_path / "cache"))
     with pytest.raises(sweep.UserError, match="No space left on device.*nothing was kept"):
-        sweep.create_experiment(settings, data)
+        experiment_folder.create_experiment(settings, data)
     assert not Path(settings.experiment_dir).exists()
 
 
 def test_two_runs_racing_for_one_new_name_get_one_line(synth_root, tmp_path):
     settings = _settings(synth_root, tmp_path / "runs", cache_dir=tmp_path / "cache")
     data = sweep.load_data(settings)
-    sweep.create_experiment(settings, data)
+    experiment_folder.create_experiment(settings, data)
     with pytest.raises(sweep.UserError, match="an experiment of that name exists"):
-        sweep.create_experiment(settings, data)  # the second, after both passed the check
+        # the second, after both passed the check
+        experiment_folder.create_experiment(settings, data)
 
 
 def _stopped_experiment(synth_root: Path, storage: Path) -> Path:
@@ -231,7 +232,7 @@ def _stopped_experiment(synth_root: Path, storage: Path) -> Path:
     experiment = Path(settings.experiment_dir)
     experiment.mkdir(parents=True)
     records.save_settings(settings, experiment / layout.SETTINGS_FILE)
-    (experiment / sweep.TUNE_STATE_FILE).write_bytes(b"pickled by Tune")
+    (experiment / experiment_folder.TUNE_STATE_FILE).write_bytes(b"pickled by Tune")
     (experiment / "experiment_state-2026-11-29_10-00-00.json").write_text("{}")
     origin.write_origin(str(experiment))
     return experiment
@@ -289,7 +290,7 @@ def test_resume_of_damaged_state_is_refused_never_started_over(
         damaged = next(experiment.glob("experiment_state-*.json"))
         damaged.write_text('{"runner_data": {"_ses')
     elif damage == "no tuner.pkl":
-        damaged = experiment / sweep.TUNE_STATE_FILE
+        damaged = experiment / experiment_folder.TUNE_STATE_FILE
         damaged.write_bytes(b"")
     else:
         damaged = experiment / layout.SETTINGS_FILE

@@ -77,3 +77,55 @@ def test_an_upward_import_is_caught(tmp_path):
         "trainable/engine.py imports ray: Ray only in trainable/tune_adapter.py",
         "trainable/engine.py imports search_spaces: above trainable",
     ]
+
+
+CONSOLE = "tuner/console.py"  # the one module that writes to the terminal
+
+
+def terminal_writes(path: Path, root: Path = ROOT) -> list[str]:
+    """Every print() and sys.stdout/sys.stderr write in `path`."""
+    where = path.relative_to(root).as_posix()
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        call = ast.unparse(node.func)
+        if call == "print" or call in ("sys.stdout.write", "sys.stderr.write"):
+            found.append(f"{where}:{node.lineno} {call}")
+    return found
+
+
+def test_only_the_console_writes_to_the_terminal():
+    """Library code logs; what a person reads is written by tuner.console alone (the
+    benchmarks are scripts with their own output, the tests print in Ray workers)."""
+    modules = sorted(p for package in LAYERS for p in (ROOT / package).rglob("*.py"))
+    found = [w for path in modules for w in terminal_writes(path)]
+    assert [w for w in found if not w.startswith(f"{CONSOLE}:")] == []
+    assert found  # the console itself does
+
+
+def test_a_print_elsewhere_is_caught(tmp_path):
+    module = tmp_path / "tuner" / "chatty.py"
+    module.parent.mkdir()
+    module.write_text("import sys\n\n\ndef f():\n    print('x')\n    sys.stderr.write('y')\n")
+    assert terminal_writes(module, tmp_path) == [
+        "tuner/chatty.py:5 print",
+        "tuner/chatty.py:6 sys.stderr.write",
+    ]
+
+
+def test_the_inference_commands_need_no_ray():
+    """tuner.inference imports no Ray, no Ray adapter and nothing of the tuner outside
+    itself (sweep, cluster and progress start or import Ray); below the tuner, only
+    trainable.tune_adapter imports Ray (above)."""
+    modules = sorted((ROOT / "tuner" / "inference").glob("*.py"))
+    assert modules
+    found = [
+        f"{path.name} imports {name}"
+        for path in modules
+        for name in sorted(imported(path))
+        if name.split(".")[0] == "ray"
+        or name == RAY_ADAPTER.removesuffix(".py").replace("/", ".")
+        or (name.split(".")[0] == "tuner" and not name.startswith("tuner.inference"))
+    ]
+    assert found == []

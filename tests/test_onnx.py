@@ -19,8 +19,8 @@ from test_inference_errors import TRIAL, make_experiment
 
 from trainable.dataset import read_grey
 from trainable.preprocess import resize_image
-from tuner import segmenter
 from tuner.cli import main
+from tuner.inference import segmenter
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "inference.md"
 SIZE = 32  # the hand-made trial's input size, and its experiment's evaluation size

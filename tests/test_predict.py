@@ -16,8 +16,8 @@ from results.experiment import load_experiment
 from trainable.dataset import discover, read_grey
 from trainable.metrics import PixelStats
 from trainable.preprocess import load_busi
-from tuner import segmenter
 from tuner.cli import main
+from tuner.inference import segmenter
 
 pytestmark = pytest.mark.slow
 

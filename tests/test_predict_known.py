@@ -24,8 +24,8 @@ from trainable.dataset import discover, read_grey, read_mask
 from trainable.model import build_model
 from trainable.preprocess import dataset_fingerprint
 from trainable.splits import experiment_splits, manifest_of
-from tuner import predict
 from tuner.cli import main
+from tuner.inference import predict
 
 BASE = TrainConfig.reference().replace(
     encoder="resnet18", encoder_weights="none", image_size=32, batch_size=8, epochs=1

@@ -576,7 +576,7 @@ def test_a_damaged_final_round_is_a_warning_and_the_sweeps_numbers_stand(handmad
 
 
 def test_the_final_round_is_on_for_gpu_sweeps_and_off_on_cpus(capsys):
-    from tuner.sweep import resolve_final_seeds
+    from tuner.cluster import resolve_final_seeds
 
     def settings(**given) -> RunSettings:
         return RunSettings(data=Path("d"), base=BASE, name="n", **given)

@@ -183,7 +183,8 @@ def test_conflicts_flag_default_reference_and_saved_settings(tmp_path):
     """`run --conflicts`: exclude by default, keep for --reference (the paper used every
     image); saved with the settings, and an experiment saved before the flag kept all."""
     from results.report import provenance_line
-    from tuner.cli import build_parser, settings_from_args
+    from tuner.cli import build_parser
+    from tuner.commands import settings_from_args
 
     def settings(*flags):
         args = build_parser().parse_args(["run", "--data", str(tmp_path), *flags])

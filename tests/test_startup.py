@@ -19,7 +19,7 @@ from ray.experimental import tqdm_ray
 
 from results.config import TrainConfig
 from results.settings import RunSettings
-from tuner import sweep
+from tuner import cluster, experiment_folder, sweep
 from tuner.cli import main
 from tuner.progress import ConsoleLines
 
@@ -51,7 +51,7 @@ def patch_after_ray_starts(undo_ray_print_patch, monkeypatch):
     """Ray patches print as soon as a worker's line reaches the driver, which can happen
     any time after ray.init: here a worker prints right after it, and the start waits for
     the line (and so the patch) before it builds the Tuner."""
-    started = sweep.init_ray
+    started = cluster.init_ray
 
     def init_ray_then_a_worker_line(settings):
         started(settings)
@@ -61,7 +61,7 @@ def patch_after_ray_starts(undo_ray_print_patch, monkeypatch):
             assert time.monotonic() < deadline, "the worker's line never reached the driver"
             time.sleep(0.05)
 
-    monkeypatch.setattr(sweep, "init_ray", init_ray_then_a_worker_line)
+    monkeypatch.setattr(cluster, "init_ray", init_ray_then_a_worker_line)
 
 
 def _globals(pickled: bytes) -> set[tuple[str, str]]:
@@ -140,10 +140,10 @@ def test_a_start_that_fails_before_its_first_trial_leaves_the_name_free(
     def tune_fails(*args, **kwargs):
         raise RuntimeError("Tune could not start")
 
-    monkeypatch.setattr(sweep, "init_ray", lambda settings: None)
-    monkeypatch.setattr(sweep, "plan_packing", lambda settings: None)  # a cluster of no GPU
-    monkeypatch.setattr(sweep, "check_resources", lambda settings: None)
-    monkeypatch.setattr(sweep, "ship", lambda pretrained: {})
+    monkeypatch.setattr(cluster, "init_ray", lambda settings: None)
+    monkeypatch.setattr(cluster, "plan_packing", lambda settings: None)  # a cluster of no GPU
+    monkeypatch.setattr(cluster, "check_resources", lambda settings: None)
+    monkeypatch.setattr(cluster, "ship", lambda pretrained: {})
     monkeypatch.setattr(sweep, "fit_tuner", tune_fails)
     args = shlex.split(
         f"run --data '{synth_root}' --encoder resnet18 --encoder-weights none --image-size 32 "
@@ -160,6 +160,6 @@ def test_an_experiment_whose_trial_started_is_kept(tmp_path):
     trial = Path(settings.experiment_dir) / "trial_000_ab12" / "placement.jsonl"
     trial.parent.mkdir(parents=True)
     trial.write_text("{}\n")
-    with pytest.raises(KeyboardInterrupt), sweep.freed_if_no_trial_starts(settings):
+    with pytest.raises(KeyboardInterrupt), experiment_folder.freed_if_no_trial_starts(settings):
         raise KeyboardInterrupt
     assert trial.is_file()

@@ -89,7 +89,7 @@ def test_an_experiment_on_s3_is_refused_or_resumed_as_a_local_one(s3_storage, sy
     from results.layout import DATA_FILE, SETTINGS_FILE
     from results.records import save_settings
     from results.settings import RunSettings
-    from tuner.sweep import data_provenance, resolve_settings
+    from tuner.experiment_folder import data_provenance, resolve_settings
 
     base = TrainConfig.reference().replace(encoder="resnet18", encoder_weights="none")
     settings = RunSettings(data=synth_root, base=base, storage=s3_storage, name="taken")

@@ -1,3 +1,3 @@
 """The top: the command line, the Ray driver that runs a sweep, and the commands that use a
-tuned model (evaluate, predict, export). It imports every package below it; none imports
-it."""
+tuned model (tuner.inference: evaluate, predict, export). It imports every package below
+it; none imports it."""

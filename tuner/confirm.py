@@ -30,21 +30,10 @@ from results.errors import UserError
 from results.experiment import Experiment, load_experiment
 from results.layout import FINAL_FILE
 from results.settings import RunSettings, Scheduler
+from tuner.cluster import check_resources, init_ray, resolve_cpus, resolve_gpus, ship
+from tuner.experiment_folder import TUNE_STATE_FILE, create_experiment, freed_if_no_trial_starts
 from tuner.progress import TrialNamer, quiet_ray
-from tuner.sweep import (
-    TUNE_STATE_FILE,
-    build_run_config,
-    build_trainable,
-    check_resources,
-    create_experiment,
-    freed_if_no_trial_starts,
-    init_ray,
-    load_data,
-    resolve_cpus,
-    resolve_gpus,
-    resolve_pretrained,
-    ship,
-)
+from tuner.sweep import build_run_config, build_trainable, load_data, resolve_pretrained
 
 SUFFIX = "-confirm"
 FINAL_SUFFIX = "-final"

@@ -1,29 +1,28 @@
-"""What a person sees while a sweep runs: one line per ended trial, under the trial's one
-name (`trial_003_ab12cd34`, the same in folders, report, TensorBoard and the Optuna
-study), instead of Ray's live table and its repeated warnings (`-v` brings those back)."""
+"""What a sweep shows and records as its trials end, through Tune's callbacks: one line per
+ended trial under the trial's one name (`trial_003_ab12cd34`, the same in folders,
+report, TensorBoard and the Optuna study) instead of Ray's live table and its repeated
+warnings (`-v` brings those back), and each trial's outcome and HParams in its folder."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.distributions import CategoricalDistribution
 from ray import tune
 from ray.tune.experiment import Trial
 
-from results import keys, storage
-from results.config import TrainConfig, describe_params
-from results.layout import OUTCOME_FILE
+from results import keys
+from results.config import describe_params
+from results.experiment import trial_state
+from results.layout import OUTCOME_FILE, trial_folder
 from results.records import Outcome
-from search_spaces import SearchSpace
-from trainable.tensorboard import write_hparams, write_hparams_experiment
+from trainable.tensorboard import write_hparams
+from tuner import console
 
 # Ray warns at every forced experiment snapshot; CheckpointConfig(num_to_keep) forces one
 # per checkpoint by design, so the warning says nothing a user can act on.
@@ -48,7 +47,7 @@ class TrialNamer:
 
     def __call__(self, trial) -> str:
         counter = int(trial.experiment_tag.split("_")[0])
-        return f"trial_{counter - 1 if self.sweep else counter:03d}_{trial.trial_id}"
+        return trial_folder(counter - 1 if self.sweep else counter, trial.trial_id)
 
 
 def quiet_ray() -> None:
@@ -65,15 +64,15 @@ def quiet_ray() -> None:
 
 
 class ConsoleLines:
-    """Where quiet progress lines go: the `sys.stdout` of the moment, flushed per line.
-    Tune pickles its run config with the line writer inside; an object of ours pickles by
-    reference to its class, whereas `print`, or a partial of it, stops pickling once Ray
-    swaps `builtins.print` for its own (ray.experimental.tqdm_ray, on the first worker
-    line the driver prints: a race at start-up, lost every time with RAY_DEDUP_LOGS=0)."""
+    """Where quiet progress lines go: `console.line`. Tune pickles its run config with the
+    line writer inside; an object of ours pickles by reference to its class, whereas
+    `print`, or a partial of it, stops pickling once Ray swaps `builtins.print` for its own
+    (ray.experimental.tqdm_ray, on the first worker line the driver prints: a race at
+    start-up, lost every time with RAY_DEDUP_LOGS=0). It stays in this module: every
+    experiment's tuner.pkl names it here, and `--resume` unpickles it."""
 
     def __call__(self, line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        console.line(line)
 
 
 class TrialLines(tune.Callback):
@@ -208,25 +207,6 @@ class TrialOutcome(tune.Callback):
         self._write(trial, errored=True)
 
 
-def write_sweep_hparams(experiment_dir: str, space: SearchSpace, base: TrainConfig) -> None:
-    """The sweep's HParams experiment at the experiment's root: one column per parameter
-    the space can sample (conditional ones too), the state, and the metrics TrialHParams
-    writes. Each trial writes only its own session."""
-    domains = {}
-    for name, distribution in space.parameters(base).items():
-        if isinstance(distribution, CategoricalDistribution):
-            domains[name] = list(distribution.choices)
-        else:
-            domains[name] = (float(distribution.low), float(distribution.high))
-    metrics = [keys.SELECTED_LOSS, *keys.SELECTED_METRICS, keys.TEST_LOSS, *keys.TEST_METRICS]
-    if not storage.is_remote(experiment_dir):
-        write_hparams_experiment(Path(experiment_dir), domains, metrics)
-        return
-    with tempfile.TemporaryDirectory() as local:
-        write_hparams_experiment(Path(local), domains, metrics)
-        storage.upload_folder(Path(local), experiment_dir)
-
-
 class TrialHParams(tune.Callback):
     """When a trial ends, its HParams into its TensorBoard run: searched values, true
     state, and the selected epoch's metrics. Written into the driver's staging copy of the
@@ -248,10 +228,7 @@ class TrialHParams(tune.Callback):
         write_hparams(staging, dict(trial.config), shown, state, epochs)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        epochs = int((trial.last_result or {}).get("training_iteration", 0))
-        self._write(
-            trial, "finished" if epochs >= self.budget else f"stopped early at epoch {epochs}"
-        )
+        self._write(trial, trial_state(False, _epochs(trial), self.budget))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._write(trial, "errored")
+        self._write(trial, trial_state(True, _epochs(trial), self.budget))

@@ -41,7 +41,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from results import storage
-from results.layout import TUNE_TRIAL_ID
+from results.layout import TUNE_TRIAL_ID, trial_folder
 from results.settings import driver_study_path, study_location
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
         # The name the trial's folder, report and TensorBoard run carry (see TrialNamer).
-        ot_trial.set_user_attr(TRIAL_NAME, f"trial_{ot_trial.number:03d}_{trial_id}")
+        ot_trial.set_user_attr(TRIAL_NAME, trial_folder(ot_trial.number, trial_id))
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

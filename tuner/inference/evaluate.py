@@ -17,17 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from results import storage
 from results.errors import UserError
 from results.experiment import Experiment, Trial
 from results.keys import METRIC_KEYS
-from results.layout import MODEL_FILE, SPLIT_FILE
+from results.layout import SPLIT_FILE
 from trainable.engine import LOSS, pick_device
 from trainable.metrics import PixelStats
-from trainable.model import build_model
 from trainable.preprocess import load_sized
+from tuner.inference import segmenter
 
 
 class Part(enum.StrEnum):
@@ -58,61 +56,6 @@ class Result:
             "threshold": self.threshold,
             **self.values,
         }
-
-
-def pick_trial(experiment: Experiment, name: str | None) -> Trial:
-    """The named trial, or the experiment's best (by its objective on validation)."""
-    if name is None:
-        if experiment.best is None:
-            raise UserError(
-                f"{experiment.location}: no trial has a result yet; nothing to evaluate"
-            )
-        return experiment.best
-    for trial in experiment.trials:
-        if name in (trial.name, f"trial_{trial.number:03d}"):
-            return trial
-    names = ", ".join(t.name for t in experiment.trials)
-    raise UserError(f"--trial {name}: no such trial in {experiment.location}; valid: {names}")
-
-
-def load_selected_models(
-    experiment: Experiment, trial: Trial, device: torch.device
-) -> list[torch.nn.Module]:
-    """The trial's selected weights in freshly built models (one per fold)."""
-    names = trial.selected.models if trial.selected else (MODEL_FILE,)
-    paths = [experiment.trial_file(trial, name) for name in names]
-    if trial.config is None or not all(path.is_file() for path in paths):
-        raise UserError(
-            f"{storage.join(experiment.location, trial.name, names[0])}: no selected model; "
-            "the trial ended before its first epoch (choose another with --trial)"
-        )
-    models = []
-    for path in paths:
-        model = build_model(trial.config.replace(encoder_weights="none"))
-        try:
-            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-            raise UserError(
-                f"{path}: unreadable as this trial's weights ({reason(error)}); the file is "
-                "damaged (cut short or overwritten): restore it from a copy, or choose another "
-                "--trial"
-            ) from None
-        models.append(model.to(device))
-    return models
-
-
-def reason(error: Exception) -> str:
-    """An exception's first sentence, short enough for one line (torch's run long)."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return first.split(". ")[0][:120]
-
-
-def trial_threshold(trial: Trial) -> float:
-    """The threshold the trial scored its parts at: the one metrics.json records (chosen on
-    the validation part under --threshold auto), else its config's."""
-    if trial.selected is not None and trial.selected.threshold is not None:
-        return trial.selected.threshold
-    return trial.config.threshold
 
 
 def _recorded(trial: Trial, part: Part, reference_only: bool) -> dict[str, float] | None:
@@ -152,8 +95,6 @@ def evaluate_trial(
 ) -> Result:
     """`trial`'s selected model (with `ensemble` > 1, the K best trials', `trial` being the
     best) through `predict`'s segmenter, with flip TTA if asked, at the trial's threshold."""
-    from tuner import segmenter  # it imports this module
-
     settings = experiment.settings
     config = trial.config
     if config is None:

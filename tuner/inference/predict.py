@@ -36,7 +36,7 @@ from results.experiment import Experiment, Trial
 from results.layout import SPLIT_FILE
 from trainable.dataset import DataError, discover, read_grey, read_mask
 from trainable.preprocess import dataset_fingerprint
-from tuner.segmenter import Segmenter
+from tuner.inference.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 

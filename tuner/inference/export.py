@@ -21,9 +21,9 @@ from results.layout import SPLIT_FILE
 from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
 from trainable.preprocess import resize_rule
-from tuner.evaluate import load_selected_models, trial_threshold
-from tuner.predict import CARD_KEY, split_images
-from tuner.segmenter import card_path
+from tuner.inference.model import load_tuned_model, trial_threshold
+from tuner.inference.predict import CARD_KEY, split_images
+from tuner.inference.segmenter import card_path
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -185,13 +185,13 @@ def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = "torchscr
             raise UserError(f"{path}: exists; choose another --out (nothing is overwritten)")
     if trial.config is None or trial.selected is None:
         raise UserError(f"{trial.path}: no selected model to export; choose another --trial")
-    models = load_selected_models(experiment, trial, torch.device("cpu"))
-    if len(models) > 1:
+    networks = load_tuned_model(experiment, trial, torch.device("cpu")).networks
+    if len(networks) > 1:
         raise UserError(
-            f"{trial.name}: a cross-validated trial is {len(models)} fold models; export "
+            f"{trial.name}: a cross-validated trial is {len(networks)} fold models; export "
             "exports one model (use predict on the experiment for the fold ensemble)"
         )
-    model = ProbabilityNet(models[0]).eval()
+    model = ProbabilityNet(networks[0]).eval()
     size = trial.config.image_size
     example = torch.zeros(1, 1, size, size)
     data = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(model, example)

@@ -23,7 +23,7 @@ from results.errors import UserError
 from results.experiment import Experiment
 from trainable.engine import Precision, pick_device, predict_probabilities, resize_probabilities
 from trainable.preprocess import resize_image
-from tuner.evaluate import load_selected_models, pick_trial, reason, trial_threshold
+from tuner.inference.model import load_tuned_model, pick_trial, reason, trial_threshold
 
 # Uint8 images (N, S, S) at a member's input size -> probabilities (N, E, E).
 Run = Callable[[np.ndarray], torch.Tensor]
@@ -97,12 +97,12 @@ def from_experiment(
             )
     members = []
     for chosen in trials:  # a cross-validated trial brings one model per fold
-        models = load_selected_models(experiment, chosen, device)
+        networks = load_tuned_model(experiment, chosen, device).networks
         precision = Precision.for_device(device, chosen.config)
-        for fold, model in enumerate(models):
+        for fold, model in enumerate(networks):
             if precision.channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            name = chosen.name if len(models) == 1 else f"{chosen.name} fold {fold}"
+            name = chosen.name if len(networks) == 1 else f"{chosen.name} fold {fold}"
             run = _checkpoint_run(model, device, precision, experiment.settings.base.image_size)
             members.append(Member(name, chosen.config.image_size, run))
     config = experiment.settings.base

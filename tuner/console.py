@@ -1,0 +1,25 @@
+"""The terminal: the one module that writes to it. Results and outcomes go to stdout
+(`say`), warnings, errors and resume hints to stderr (`warn`), and a sweep's quiet
+progress lines through `line` (see progress.ConsoleLines). Everything else logs
+(`logging`), which `-v` shows."""
+
+from __future__ import annotations
+
+import sys
+
+
+def say(text: str = "") -> None:
+    """A line (or lines) on stdout."""
+    print(text)
+
+
+def warn(text: str) -> None:
+    """A line on stderr."""
+    print(text, file=sys.stderr)
+
+
+def line(text: str) -> None:
+    """A progress line on the `sys.stdout` of the moment, flushed at once, so that it shows
+    as its trial ends (also when stdout is a pipe or a file)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,4 @@
+"""The commands that use a tuned model: `evaluate`, `predict` and `export`. They read an
+experiment's files (results.experiment) and run its selected models with torch on this
+machine: they need no Ray and no cluster, and import nothing of the tuner that does (the
+layering test holds them to it). Every one gets a trial's model from `model`."""
