@@ -50,7 +50,13 @@ TRIAL_PREFIX = "trial_"
 def trial_folder(number: int, tune_id: str) -> str:
     """A trial's one name (folder, progress line, report, Optuna, TensorBoard, Tune):
     trial_<number, 3 digits>_<Tune's trial id>."""
-    return f"{TRIAL_PREFIX}{number:03d}_{tune_id}"
+    return f"{short_trial_name(number)}_{tune_id}"
+
+
+def short_trial_name(number: int) -> str:
+    """trial_<number, 3 digits>: how a trial is named where its id would be noise (the
+    progress line's best so far, --trial)."""
+    return f"{TRIAL_PREFIX}{number:03d}"
 
 
 def parse_trial_folder(name: str) -> tuple[int, str] | None:
