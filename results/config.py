@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,9 +152,6 @@ class TrainConfig:
         if not is_weights_file(self.encoder_weights):
             return self
         return self.replace(encoder_weights=os.path.abspath(self.encoder_weights))
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_flat(), indent=2) + "\n")
 
     @property
     def has_augmentation(self) -> bool:

@@ -47,6 +47,7 @@ from results.records import (
     is_integer,
     is_number,
     load_settings,
+    read_config,
     read_selection,
     type_problem,
 )
@@ -267,12 +268,13 @@ def _config(trial_dir: Path, base: TrainConfig, params: dict[str, Any]) -> Train
     one the trial was built from (the base config and the searched values), with a
     warning; None when neither makes one."""
     path = trial_dir / CONFIG_FILE
-    saved = _read_json(path)
-    if saved is not None:
+    if path.is_file():
         try:
-            if problem := type_problem(TrainConfig, saved):
-                raise ValueError(problem)
-            return TrainConfig.from_flat(saved)
+            return read_config(path.read_text(), path)
+        except NewerFormatError:
+            raise
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("%s: damaged (empty or cut short); ignored", path)
         except ValueError as error:
             log.warning(
                 "%s: not a valid config (%s); ignored, the trial's config rebuilt from the "

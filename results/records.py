@@ -180,17 +180,22 @@ class Selected:
     rules: dict[str, Any] = dataclasses.field(default_factory=dict)
     per_fold: tuple[dict[str, Any], ...] = ()
 
+    @property
+    def protocol(self) -> dict[str, Any]:
+        """The protocol behind the numbers, as the file holds it."""
+        return {
+            "selection": self.selection,
+            **self.rules,
+            "split": self.split,
+            "split_seed": self.split_seed,
+            "counts": self.counts,
+        }
+
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object, as `from_json` reads it."""
         test = dict(self.test)
         body: dict[str, Any] = {
-            "protocol": {
-                "selection": self.selection,
-                **self.rules,
-                "split": self.split,
-                "split_seed": self.split_seed,
-                "counts": self.counts,
-            },
+            "protocol": self.protocol,
             "selected_epoch": self.epoch,
             "threshold": self.threshold,
             "models": list(self.models),
@@ -495,3 +500,95 @@ class Outcome:
         if not isinstance(body.get("errored"), bool):
             raise ValueError("errored is not true or false")
         return cls(errored=body["errored"], epochs=int(body.get("epochs", 0)))
+
+
+SPLIT_FORMAT = 1
+CONFIG_FORMAT = 1
+# The parts an image of the experiment's data can be in.
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+CROSS_VALIDATED = "cross-validated"  # in the training part, in some fold's validation part
+
+
+@dataclass(frozen=True)
+class SplitManifest:
+    """split.json: the images of each side of a trial's split (train, validation, test;
+    or the test part and K validation folds), with the split's policy, seed, counts and a
+    hash of the names. Read, never recomputed: the split depends on the near-duplicate
+    grouping, which may have changed since. A field is None when a file lacks it."""
+
+    policy: str | None = None
+    seed: int | None = None
+    fold: int | None = None
+    counts: dict[str, int] | None = None
+    sha256: str | None = None
+    train: tuple[str, ...] | None = None
+    validation: tuple[str, ...] | None = None
+    test: tuple[str, ...] | None = None
+    folds: tuple[tuple[str, ...], ...] | None = None
+
+    def side(self, name: str) -> tuple[str, ...]:
+        """The names of one side ("train", "validation" or "test"); KeyError without it."""
+        names = getattr(self, name)
+        if names is None:
+            raise KeyError(name)
+        return names
+
+    def parts(self) -> dict[str, str]:
+        """Image name -> the part it was in: train, validation, cross-validated or test."""
+        if self.folds is not None:
+            parts = {name: CROSS_VALIDATED for fold in self.folds for name in fold}
+        else:
+            parts = {name: side for side in (TRAIN, VALIDATION) for name in self.side(side)}
+        return {**parts, **dict.fromkeys(self.side(TEST), TEST)}
+
+    def to_text(self) -> str:
+        body = {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+            if value is not None
+        }
+        if self.folds is not None:
+            body["folds"] = [list(fold) for fold in self.folds]
+        return json.dumps(stamped(SPLIT_FORMAT, body), indent=1)
+
+    @classmethod
+    def from_text(cls, text: str | bytes, path: str | Path) -> SplitManifest:
+        """Raises ValueError (JSON's included) or TypeError for a file that is not one."""
+        _, body = unstamped(json.loads(text), SPLIT_FORMAT, path)
+        hints = typing.get_type_hints(cls)
+        if unknown := sorted(set(body) - set(hints)):
+            raise ValueError(f"unknown keys {reprlib.repr(unknown)}")
+
+        def names(value: Any) -> tuple[str, ...]:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError("a side is not a list of image names")
+            return tuple(value)
+
+        for key in ("policy", "sha256"):
+            if key in body and not isinstance(body[key], str):
+                raise TypeError(f"{key} is not text")
+        for key in ("seed", "fold"):
+            if body.get(key) is not None and not is_integer(body[key]):
+                raise TypeError(f"{key} is not a whole number")
+        if "counts" in body and not _mapping(body["counts"], is_integer):
+            raise TypeError("counts is not a mapping of whole numbers")
+        sides = {key: names(body.pop(key)) for key in (TRAIN, VALIDATION, TEST) if key in body}
+        folds = body.pop("folds", None)
+        if folds is not None:
+            if not isinstance(folds, list):
+                raise TypeError("folds is not a list")
+            folds = tuple(names(fold) for fold in folds)
+        return cls(**body, **sides, folds=folds)
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    """config.json: the trial's resolved TrainConfig."""
+    path.write_text(json.dumps(stamped(CONFIG_FORMAT, config.to_flat()), indent=2) + "\n")
+
+
+def read_config(text: str, path: str | Path) -> TrainConfig:
+    """Raises ValueError (JSON's and a wrong value's included) for a file that is not one."""
+    _, flat = unstamped(json.loads(text), CONFIG_FORMAT, path)
+    if problem := type_problem(TrainConfig, flat):
+        raise ValueError(problem)
+    return TrainConfig.from_flat(flat)

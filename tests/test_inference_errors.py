@@ -42,7 +42,7 @@ def make_experiment(root: Path) -> Path:
     records.save_settings(settings, folder / layout.SETTINGS_FILE)
     trial = folder / TRIAL
     trial.mkdir()
-    BASE.save(trial / layout.CONFIG_FILE)
+    records.save_config(BASE, trial / layout.CONFIG_FILE)
     row = {"epoch": 1, "training_iteration": 1, settings.metric: 0.5}
     (trial / layout.RESULT_FILE).write_text(json.dumps(row) + "\n")
     metrics = {m: 0.5 for m in METRIC_KEYS}
@@ -149,6 +149,29 @@ def test_export_refuses_an_out_name_that_its_card_would_overwrite(
     assert main(["export", str(experiment), "--out", str(out)]) == 2
     _one_error_line(capsys, out, "--out")
     assert list(tmp_path.iterdir()) == []  # neither a model nor a card
+
+
+@pytest.mark.parametrize("damage", ["missing", "cut short", "no hash", "newer"])
+def test_export_with_a_damaged_split_record_is_one_line_and_writes_nothing(
+    tmp_path, capsys, damage
+):
+    experiment = make_experiment(tmp_path)
+    split = next(experiment.glob("trial_*")) / layout.SPLIT_FILE
+    written = json.loads(split.read_text())
+    if damage == "missing":
+        split.unlink()
+    elif damage == "cut short":
+        split.write_text(split.read_text()[:20])
+    elif damage == "no hash":
+        split.write_text(json.dumps({k: v for k, v in written.items() if k != "sha256"}))
+    else:
+        split.write_text(json.dumps({**written, "format": 7}))
+    out = tmp_path / "exported" / "model.pt"
+    out.parent.mkdir()
+    assert main(["export", str(experiment), "--out", str(out)]) == 2
+    line = _one_error_line(capsys, split)
+    assert "upgrade busi-tune" in line if damage == "newer" else "restore" in line
+    assert list(out.parent.iterdir()) == []
 
 
 def test_export_into_an_unwritable_folder_is_one_line(experiment, tmp_path, capsys):

@@ -55,7 +55,7 @@ def _make_experiment(storage: Path, data: Path, arrays, folds: int = 1) -> Path:
     (folder / layout.DATA_FILE).write_text(json.dumps(provenance))
     trial = folder / TRIAL
     trial.mkdir()
-    BASE.save(trial / layout.CONFIG_FILE)
+    records.save_config(BASE, trial / layout.CONFIG_FILE)
     (trial / layout.RESULT_FILE).write_text(
         json.dumps({"epoch": 1, "training_iteration": 1, settings.metric: 0.5}) + "\n"
     )
@@ -75,7 +75,7 @@ def _make_experiment(storage: Path, data: Path, arrays, folds: int = 1) -> Path:
         )  # fmt: skip
     )
     splits = experiment_splits(arrays, SplitPolicy.GROUPED, 0, folds, True)
-    (trial / layout.SPLIT_FILE).write_text(json.dumps(manifest_of(splits, arrays.names)))
+    (trial / layout.SPLIT_FILE).write_text(manifest_of(splits, arrays.names).to_text())
     torch.manual_seed(0)
     torch.save(build_model(BASE).state_dict(), trial / layout.MODEL_FILE)
     return folder

@@ -10,6 +10,7 @@ failure.json and a checkpoint's state.json added by that commit's own writers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -20,8 +21,10 @@ import pytest
 
 from results import records
 from results.compare import COMPARED
+from results.config import TrainConfig
 from results.experiment import FINISHED, load_experiment
 from results.layout import (
+    CONFIG_FILE,
     DATA_FILE,
     FAILURE_FILE,
     METRICS_FILE,
@@ -29,6 +32,7 @@ from results.layout import (
     POINTER_FILE,
     SELECTION_FILE,
     SETTINGS_FILE,
+    SPLIT_FILE,
 )
 from results.records import (
     DataProvenance,
@@ -38,7 +42,9 @@ from results.records import (
     Placement,
     Selected,
     SelectionArrays,
+    SplitManifest,
     StatePointer,
+    read_config,
     read_selection,
 )
 from results.report import write_report
@@ -83,6 +89,14 @@ def test_an_experiment_from_before_formats_still_reads(old_experiment):
     assert StatePointer.from_text(pointer.read_text(), pointer) == StatePointer(
         "state/epoch_0001.pt", 1
     )
+    # The split and config records, as that code wrote them (format 0).
+    path = old_experiment / experiment.trials[0].name / SPLIT_FILE
+    split = SplitManifest.from_text(path.read_text(), path)
+    assert split.policy == "grouped" and len(split.sha256) == 64 and split.fold is None
+    assert set(split.parts().values()) == {"train", "validation", "test"}
+    assert len(split.parts()) == sum(split.counts.values())
+    path = old_experiment / experiment.trials[1].name / CONFIG_FILE
+    assert read_config(path.read_text(), path) == experiment.trials[1].config
     # The report of it: every trial in trials.csv, the data's provenance from data.json.
     paths = write_report(experiment)
     assert len(paths.trials_csv.read_text().splitlines()) == 1 + 3
@@ -113,6 +127,19 @@ def test_each_record_reads_what_its_writer_wrote(tmp_path):
     written = json.loads(selected.to_text())
     assert written["format"] == records.SELECTED_FORMAT and written["test_loss"] == 0.3
     assert Selected.from_text(selected.to_text(), "m") == selected
+    folds = SplitManifest("grouped", 0, None, {"cross-validated": 3, "test": 1}, "ab", test=("d",))
+    folds = dataclasses.replace(folds, folds=(("a",), ("b", "c")))
+    assert SplitManifest.from_text(folds.to_text(), "s") == folds
+    assert folds.parts() == {
+        "a": "cross-validated",
+        "b": "cross-validated",
+        "c": "cross-validated",
+        "d": "test",
+    }
+    config = TrainConfig.reference().replace(lr=3e-4)
+    records.save_config(config, tmp_path / CONFIG_FILE)
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["format"] == records.CONFIG_FORMAT
+    assert read_config((tmp_path / CONFIG_FILE).read_text(), "c") == config
     rng = np.random.default_rng(0)
     arrays = SelectionArrays(
         epoch=2,

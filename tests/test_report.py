@@ -78,7 +78,7 @@ def _write_trial(
     trial = experiment / name
     trial.mkdir()
     (trial / "params.json").write_text(json.dumps(params))
-    TrainConfig.from_flat({**BASE.to_flat(), **params}).save(trial / "config.json")
+    records.save_config(TrainConfig.from_flat({**BASE.to_flat(), **params}), trial / "config.json")
     # The objective (validation Dice of the selected model) is 1 - the combined loss here.
     rows = [
         {

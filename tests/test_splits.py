@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from results import records
-from results.records import DataProvenance
+from results.records import DataProvenance, SplitManifest
 from results.settings import ConflictPolicy, SplitPolicy
 from trainable.integrity import LINKS_FILE
 from trainable.preprocess import apply_conflicts, load_busi
@@ -90,12 +90,15 @@ def test_random_split_does_leak_a_known_pair_for_some_seed(busi64):
 
 def test_manifest_lists_names_and_a_hash(busi64, tmp_path):
     split = make_split(busi64, SplitPolicy.RANDOM, seed=0, with_validation=False)
-    manifest = json.loads(json.dumps(manifest_of([split], busi64.names)))  # as split.json
-    assert manifest["counts"] == {"train": 624, "validation": 0, "test": 156}
-    assert len(manifest["sha256"]) == 64 and manifest["policy"] == "random"
-    assert set(manifest["test"]) == {busi64.names[i] for i in split.test}
+    written = manifest_of([split], busi64.names).to_text()  # split.json
+    manifest = SplitManifest.from_text(written, tmp_path / "split.json")
+    assert manifest == manifest_of([split], busi64.names)
+    assert json.loads(written)["counts"] == {"train": 624, "validation": 0, "test": 156}
+    assert len(manifest.sha256) == 64 and manifest.policy == "random"
+    assert set(manifest.test) == {busi64.names[i] for i in split.test}
+    assert set(manifest.parts().values()) == {"train", "test"}
     other = make_split(busi64, SplitPolicy.RANDOM, seed=1, with_validation=False)
-    assert other.manifest(busi64.names)["sha256"] != manifest["sha256"]
+    assert other.manifest(busi64.names).sha256 != manifest.sha256
 
 
 def test_grouped_split_is_the_same_at_every_image_size(busi_root, busi_cache, busi64):
@@ -176,7 +179,7 @@ def test_folds_are_the_same_at_every_image_size(busi_root, busi_cache, busi64):
     expected = manifest_of(make_folds(busi64, SplitPolicy.GROUPED, 0, 3), busi64.names)
     data = load_busi(busi_root, 32, busi_cache, progress=False)
     assert manifest_of(make_folds(data, SplitPolicy.GROUPED, 0, 3), data.names) == expected
-    assert expected["counts"] == {"cross-validated": 624, "test": 156}
+    assert expected.counts == {"cross-validated": 624, "test": 156}
 
 
 def test_conflicts_flag_default_reference_and_saved_settings(tmp_path):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from results.records import SplitManifest
 from results.settings import SplitPolicy
 from trainable.preprocess import BusiArrays
 
@@ -33,20 +34,20 @@ class Split:
     test: np.ndarray
     fold: int | None = None  # which of K cross-validation folds is the validation part
 
-    def manifest(self, names: tuple[str, ...]) -> dict:
+    def manifest(self, names: tuple[str, ...]) -> SplitManifest:
         sides = {
             side: sorted(names[i] for i in getattr(self, side))
             for side in ("train", "validation", "test")
         }
         digest = hashlib.sha256(json.dumps(sides, sort_keys=True).encode()).hexdigest()
-        return {
-            "policy": self.policy.value,
-            "seed": self.seed,
-            "fold": self.fold,
-            "counts": {side: len(members) for side, members in sides.items()},
-            "sha256": digest,
-            **sides,
-        }
+        return SplitManifest(
+            policy=self.policy.value,
+            seed=self.seed,
+            fold=self.fold,
+            counts={side: len(members) for side, members in sides.items()},
+            sha256=digest,
+            **{side: tuple(members) for side, members in sides.items()},
+        )
 
 
 def hold_out(
@@ -162,26 +163,27 @@ def folds_problem(data: BusiArrays, policy: SplitPolicy, seed: int, k: int) -> s
     )
 
 
-def folds_manifest(folds: list[Split], names: tuple[str, ...]) -> dict:
+def folds_manifest(folds: list[Split], names: tuple[str, ...]) -> SplitManifest:
     """split.json of a cross-validated trial: the test part and each validation fold."""
     sides = {
         "test": sorted(names[i] for i in folds[0].test),
         "folds": [sorted(names[i] for i in split.validation) for split in folds],
     }
     digest = hashlib.sha256(json.dumps(sides, sort_keys=True).encode()).hexdigest()
-    return {
-        "policy": folds[0].policy.value,
-        "seed": folds[0].seed,
-        "counts": {
+    return SplitManifest(
+        policy=folds[0].policy.value,
+        seed=folds[0].seed,
+        counts={
             "cross-validated": sum(len(f) for f in sides["folds"]),
             "test": len(sides["test"]),
         },
-        "sha256": digest,
-        **sides,
-    }
+        sha256=digest,
+        test=tuple(sides["test"]),
+        folds=tuple(tuple(fold) for fold in sides["folds"]),
+    )
 
 
-def manifest_of(splits: list[Split], names: tuple[str, ...]) -> dict:
+def manifest_of(splits: list[Split], names: tuple[str, ...]) -> SplitManifest:
     """The manifest of one split, or of K folds."""
     return splits[0].manifest(names) if len(splits) == 1 else folds_manifest(splits, names)
 

@@ -8,7 +8,6 @@ and weights, and reports the epoch through `send` once its files are on storage.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 
 from results.config import TrainConfig
 from results.layout import CONFIG_FILE, METRICS_FILE, SELECTION_FILE, SPLIT_FILE, model_files
+from results.records import save_config
 from trainable.checkpointing import TrialStorage
 from trainable.engine import EpochReport, TrainingState, fit, fit_folds, limit_threads
 from trainable.model import EncoderState
@@ -64,8 +64,8 @@ def run_trial(
         data, setup.split_policy, setup.split_seed, setup.folds, not setup.select_on_test
     )
     split = splits[0]
-    (trial_dir / SPLIT_FILE).write_text(json.dumps(manifest_of(splits, data.names), indent=1))
-    config.save(trial_dir / CONFIG_FILE)
+    (trial_dir / SPLIT_FILE).write_text(manifest_of(splits, data.names).to_text())
+    save_config(config, trial_dir / CONFIG_FILE)
 
     heldout = split.test if setup.select_on_test else split.validation
     examples = heldout[: setup.examples]

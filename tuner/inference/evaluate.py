@@ -10,7 +10,6 @@ On the experiment's own parts it reproduces what the trial recorded at selection
 from __future__ import annotations
 
 import enum
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from results.errors import UserError
 from results.experiment import Experiment, Trial
 from results.keys import METRIC_KEYS
 from results.layout import SPLIT_FILE
+from results.records import NewerFormatError, SplitManifest
 from trainable.engine import LOSS, pick_device
 from trainable.metrics import PixelStats
 from trainable.preprocess import load_sized
@@ -73,15 +73,18 @@ def recorded_part(path: Path, side: str) -> list[str]:
     "validation" or "test"); one line when it cannot. Read, never recomputed: the split
     depends on the near-duplicate grouping, which may have changed since the run."""
     try:
-        names = json.loads(path.read_text())[side]
-    except (OSError, ValueError, KeyError, TypeError) as error:  # JSON's errors are ValueErrors
+        return list(SplitManifest.from_text(path.read_text(), path).side(side))
+    except NewerFormatError:
+        raise
+    except TypeError:
+        raise UserError(
+            f"{path}: damaged (its {side} is not a list of names); restore it"
+        ) from None
+    except (OSError, ValueError, KeyError) as error:  # JSON's errors are ValueErrors
         raise UserError(
             f"{path}: missing or damaged ({type(error).__name__}); the trial's {side} part is "
             "unknown: restore the file from a copy, or evaluate another --trial"
         ) from None
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise UserError(f"{path}: damaged (its {side} is not a list of names); restore it")
-    return names
 
 
 def evaluate_trial(

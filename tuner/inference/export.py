@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from results import storage
 from results.errors import UserError
 from results.experiment import Experiment, Trial
-from results.layout import SPLIT_FILE
+from results.layout import METRICS_FILE, SPLIT_FILE
+from results.records import NewerFormatError, SplitManifest
 from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
 from trainable.preprocess import resize_rule
@@ -52,10 +54,30 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), **found}
 
 
+def recorded_split(path: Path) -> SplitManifest:
+    """The trial's split.json, with the policy, seed, counts and hash a card names."""
+    try:
+        split = SplitManifest.from_text(path.read_text(), path)
+    except NewerFormatError:
+        raise
+    except (OSError, ValueError, TypeError) as error:  # JSON's errors are ValueErrors
+        raise UserError(
+            f"{path}: missing or damaged ({type(error).__name__}); the model card cannot name "
+            "the trial's split: restore the file from a copy, or export another --trial"
+        ) from None
+    if None in (split.policy, split.seed, split.counts, split.sha256):
+        raise UserError(f"{path}: damaged (no policy, seed, counts or hash); restore it")
+    return split
+
+
 def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> dict[str, Any]:
-    config = trial.config
-    metrics = json.loads((trial.path / "metrics.json").read_text())
-    split = json.loads((trial.path / SPLIT_FILE).read_text())
+    config, selected = trial.config, trial.selected
+    if selected is None:
+        raise UserError(
+            f"{storage.join(experiment.location, trial.name, METRICS_FILE)}: missing or "
+            "damaged, so the model card cannot say what was selected; choose another --trial"
+        )
+    split = recorded_split(trial.path / SPLIT_FILE)
     reference = load_reference()
     size, eval_size = config.image_size, experiment.settings.base.image_size
     return {
@@ -93,11 +115,16 @@ def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> di
         "threshold": trial_threshold(trial),
         "evaluation_size": eval_size,
         "training_config": config.to_flat(),
-        "selected_epoch": metrics["selected_epoch"],
-        "split": {k: split[k] for k in ("policy", "seed", "counts", "sha256")},
-        "protocol": metrics["protocol"],
-        "validation": metrics["heldout"],
-        "test": {"loss": metrics["test_loss"], **metrics["test"]},
+        "selected_epoch": selected.epoch,
+        "split": {
+            "policy": split.policy,
+            "seed": split.seed,
+            "counts": split.counts,
+            "sha256": split.sha256,
+        },
+        "protocol": selected.protocol,
+        "validation": selected.heldout,
+        "test": selected.test,
         "published_reference": {
             "test": reference.test,
             "protocol": reference.protocol,

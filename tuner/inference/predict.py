@@ -34,6 +34,14 @@ from results import escape
 from results.errors import UserError
 from results.experiment import Experiment, Trial
 from results.layout import SPLIT_FILE
+from results.records import (
+    CROSS_VALIDATED,
+    TEST,
+    TRAIN,
+    VALIDATION,
+    NewerFormatError,
+    SplitManifest,
+)
 from trainable.dataset import DataError, discover, read_grey, read_mask
 from trainable.preprocess import dataset_fingerprint
 from tuner.inference.segmenter import Segmenter
@@ -61,8 +69,6 @@ OUTLINE_GREEN = np.array([51, 255, 51], dtype=np.uint8)
 OUTLINE_WIDTH = 2  # pixels, inside the lesion: visible on a 500 px image, hides little
 
 # in_experiment: the part of the experiment's split an image is, or what is known of it.
-TRAIN, VALIDATION, TEST = "train", "validation", "test"
-CROSS_VALIDATED = "cross-validated"  # in the training part, in some fold's validation part
 UNSEEN, UNKNOWN = "unseen", "unknown"
 SEEN = (TRAIN, VALIDATION, CROSS_VALIDATED)  # fit or chosen on: results there are no test
 CARD_KEY = "split_images"  # the model card's copy of the split, as content hashes
@@ -133,22 +139,16 @@ class Known:
             self.hashes[key] = part
 
 
-def split_parts(split: dict) -> dict[str, str]:
-    """A split.json (one split, or test + K folds) as image name -> part."""
-    if "folds" in split:
-        parts = {name: CROSS_VALIDATED for fold in split["folds"] for name in fold}
-    else:
-        parts = {name: part for part in (TRAIN, VALIDATION) for name in split[part]}
-    return {**parts, **{name: TEST for name in split[TEST]}}
-
-
 def known_from_experiment(experiment: Experiment, trial: Trial) -> Known:
     """The trial's split.json mapped to the files of the experiment's data folder, when
     that folder is on this machine and holds the content the run recorded."""
+    path = trial.path / SPLIT_FILE
     try:
-        parts = split_parts(json.loads((trial.path / SPLIT_FILE).read_text()))
+        parts = SplitManifest.from_text(path.read_text(), path).parts()
+    except NewerFormatError:
+        raise
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        return Known(unknown=f"{trial.path / SPLIT_FILE} is missing or damaged")
+        return Known(unknown=f"{path} is missing or damaged")
     data = experiment.settings.data
     if data is None or not data.is_dir():
         return Known(unknown=f"the experiment's data {data} is not on this machine")
