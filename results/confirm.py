@@ -21,7 +21,6 @@ final round its numbers. The statistics are pure functions; the retraining is in
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -53,12 +52,11 @@ from results.keys import (
     RECALL,
     ROC_AUC,
 )
-from results.layout import own_folder
+from results.layout import CONFIRM_FILE, own_folder
+from results.records import confirmation_to_text
 
 log = logging.getLogger(__name__)
 
-CONFIRM_FILE = "confirm.json"  # in the sweep's report/ folder
-FORMAT = 2  # 1: paired by seed, images resampled singly, no primary endpoint
 # Test metrics assessed (f1 is left out: on pooled counts it is the Dice, a duplicate).
 METRICS = (DICE, IOU, PRECISION, RECALL, ACCURACY, ROC_AUC, DICE_PER_IMAGE, "loss")
 REFERENCE = "reference"
@@ -223,7 +221,6 @@ def assess(
             parts[run.scores.split_seed] = group_summary(run.scores.groups, len(run.scores.names))
     reference = _scores(runs, REFERENCE)
     return {
-        "format": FORMAT,
         "kind": kind,
         "experiment": experiment.location,
         "retrained_in": list(retrained_in),
@@ -314,7 +311,7 @@ def sweep_assessment(experiment: Experiment) -> dict[str, Any] | None:
 def save_confirmation(result: dict[str, Any], directory: Path) -> Path:
     path = own_folder(directory) / CONFIRM_FILE
     path.unlink(missing_ok=True)  # written anew, never through a link in its place
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(confirmation_to_text(result))
     return path
 
 
@@ -410,8 +407,6 @@ def confirmation_lines(result: dict[str, Any], endpoints: bool = True) -> list[s
     validation mean and test intervals, then each difference from the reference with its
     verdict. Every string read from the file is escaped: an experiment, its report folder
     included, can come from elsewhere."""
-    if result.get("format") != FORMAT:
-        raise KeyError("format")
     text = escape.text
     protocol = result["protocol"]
     primary = result["primary"]["metric"]

@@ -40,6 +40,7 @@ OUTCOME_FILE = "outcome.json"
 # The sweep's final round (tuner.confirm.final_round), at the experiment's root: its
 # configs retrained with fresh seeds, the winner picked on validation, test intervals.
 FINAL_FILE = "final.json"
+CONFIRM_FILE = "confirm.json"  # `confirm`'s result, in the experiment's report/ folder
 
 TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming its Tune trial
 

@@ -504,6 +504,9 @@ class Outcome:
 
 SPLIT_FORMAT = 1
 CONFIG_FORMAT = 1
+# 1: paired by seed, images resampled singly, no primary endpoint (no longer read).
+CONFIRMATION_FORMAT = 2
+ORIGIN_FORMAT = 1
 # The parts an image of the experiment's data can be in.
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 CROSS_VALIDATED = "cross-validated"  # in the training part, in some fold's validation part
@@ -592,3 +595,38 @@ def read_config(text: str, path: str | Path) -> TrainConfig:
     if problem := type_problem(TrainConfig, flat):
         raise ValueError(problem)
     return TrainConfig.from_flat(flat)
+
+
+def confirmation_to_text(result: dict[str, Any]) -> str:
+    """confirm.json and final.json: a confirmation's plan, runs, winner and intervals, as
+    `results.confirm.assess` makes them."""
+    return json.dumps(stamped(CONFIRMATION_FORMAT, result), indent=2) + "\n"
+
+
+def read_confirmation(text: str | bytes, path: str | Path) -> dict[str, Any]:
+    """Raises ValueError (JSON's included) for a file that is not one or is of an older
+    format; the caller checks the rest by rendering it (`confirmation_lines`)."""
+    found, body = unstamped(json.loads(text), CONFIRMATION_FORMAT, path)
+    if found != CONFIRMATION_FORMAT:
+        raise ValueError(f"format {found}, from an older version")
+    return body
+
+
+@dataclass(frozen=True)
+class Origin:
+    """origin.json: which machine created the experiment (`tuner.origin` makes and checks
+    the stamp, an HMAC of `id` under that machine's key)."""
+
+    host: str
+    id: str
+    stamp: str
+
+    def to_text(self) -> str:
+        return json.dumps(stamped(ORIGIN_FORMAT, dataclasses.asdict(self)))
+
+    @classmethod
+    def from_text(cls, text: str | bytes, path: str | Path) -> Origin:
+        """Raises ValueError (JSON's included), KeyError or TypeError for a file that is
+        not one, NewerFormatError for a newer one."""
+        _, body = unstamped(json.loads(text), ORIGIN_FORMAT, path)
+        return cls(host=str(body["host"]), id=str(body["id"]), stamp=str(body["stamp"]))

@@ -12,7 +12,6 @@ what differs from the paper.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shlex
 from collections.abc import Callable
@@ -27,9 +26,7 @@ from results import escape, keys, storage
 from results.compare import COMPARABLE, COMPARED, LOSS_NOT_COMPARED, deltas
 from results.config import TrainConfig, describe_params
 from results.confirm import (
-    CONFIRM_FILE,
     FINAL,
-    FORMAT,
     REFERENCE,
     confirmation_lines,
     endpoint_lines,
@@ -44,7 +41,7 @@ from results.keys import (
     METRIC_KEYS,
     NORMAL_FP_RATE,
 )
-from results.layout import FINAL_FILE, own_folder
+from results.layout import CONFIRM_FILE, FINAL_FILE, own_folder
 from results.plots import (
     COMPARISON_PLOT,
     CURVES_PLOT,
@@ -64,6 +61,7 @@ from results.plots import (
     plot_parallel,
     plot_roc_pr,
 )
+from results.records import NewerFormatError, read_confirmation
 from results.reference import PublishedReference, load_reference
 
 log = logging.getLogger(__name__)
@@ -219,12 +217,14 @@ def read_final(experiment: Experiment) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        result = json.loads(path.read_text())
-        if result["format"] != FORMAT or result["kind"] != FINAL:
-            raise ValueError("not a final round of this version")
+        result = read_confirmation(path.read_text(), path)
+        if result["kind"] != FINAL:
+            raise ValueError("not a final round")
         confirmation_lines(result)
         primary_lines(experiment, result)
         return result
+    except NewerFormatError:
+        raise
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
         log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
         return None
@@ -739,7 +739,9 @@ def render_markdown(
 def _confirmation(path: Path) -> list[str]:
     """confirm.json in words; a damaged one is said so (with a warning), not a crash."""
     try:
-        return confirmation_lines(json.loads(path.read_text()))
+        return confirmation_lines(read_confirmation(path.read_text(), path))
+    except NewerFormatError:
+        raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSON's are ValueErrors
         log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
         return [

@@ -38,6 +38,7 @@ from results.records import (
     DataProvenance,
     Failure,
     NewerFormatError,
+    Origin,
     Outcome,
     Placement,
     Selected,
@@ -140,6 +141,8 @@ def test_each_record_reads_what_its_writer_wrote(tmp_path):
     records.save_config(config, tmp_path / CONFIG_FILE)
     assert json.loads((tmp_path / CONFIG_FILE).read_text())["format"] == records.CONFIG_FORMAT
     assert read_config((tmp_path / CONFIG_FILE).read_text(), "c") == config
+    origin = Origin("host", "ab" * 16, "cd" * 32)
+    assert Origin.from_text(origin.to_text(), "origin.json") == origin
     rng = np.random.default_rng(0)
     arrays = SelectionArrays(
         epoch=2,

@@ -493,7 +493,7 @@ def _final_round(handmade: Path, runs: list[tuple[str, int, float, float]]) -> d
             final, f"trial_{i:03d}_f{i}", params, [0.9, 0.8, 1 - validation], test, None, counts
         )
     result = confirmation(experiment, list(candidates.values()), [load_experiment(final)], FINAL)
-    (handmade / layout.FINAL_FILE).write_text(json.dumps(result))
+    (handmade / layout.FINAL_FILE).write_text(records.confirmation_to_text(result))
     return result
 
 

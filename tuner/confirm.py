@@ -16,7 +16,6 @@ budget. The statistics are in `results.confirm`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from results.confirm import FINAL, Candidate, confirmation, training_seeds
 from results.errors import UserError
 from results.experiment import Experiment, load_experiment
 from results.layout import FINAL_FILE
+from results.records import confirmation_to_text
 from results.settings import RunSettings, Scheduler
 from tuner.cluster import check_resources, init_ray, resolve_cpus, resolve_gpus, ship
 from tuner.experiment_folder import TUNE_STATE_FILE, create_experiment, freed_if_no_trial_starts
@@ -195,6 +195,6 @@ def final_round(
     if not complete:
         return None
     result = confirmation(experiment, candidates, [load_experiment(p) for p in locations], FINAL)
-    text = json.dumps(result, indent=2) + "\n"
+    text = confirmation_to_text(result)
     storage.write_bytes(storage.join(settings.experiment_dir, FINAL_FILE), text.encode())
     return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from results import storage
 from results.layout import ORIGIN_FILE
+from results.records import NewerFormatError, Origin
 
 KEY_FILE = "machine.key"
 
@@ -43,21 +43,17 @@ def _stamp(experiment_id: str) -> str:
 
 def write_origin(location: str) -> None:
     experiment_id = secrets.token_hex(16)
-    record = {
-        "format": 1,
-        "host": socket.gethostname(),
-        "id": experiment_id,
-        "stamp": _stamp(experiment_id),
-    }
-    storage.write_bytes(storage.join(location, ORIGIN_FILE), json.dumps(record).encode())
+    record = Origin(host=socket.gethostname(), id=experiment_id, stamp=_stamp(experiment_id))
+    storage.write_bytes(storage.join(location, ORIGIN_FILE), record.to_text().encode())
 
 
 def created_here(location: str) -> bool:
     """Whether this machine (this cache's key) created the experiment."""
+    path = storage.join(location, ORIGIN_FILE)
     try:
-        record = json.loads(storage.read_bytes(storage.join(location, ORIGIN_FILE)) or b"")
-        return hmac.compare_digest(_stamp(str(record["id"])), str(record["stamp"]))
-    except (ValueError, KeyError, TypeError):  # absent, damaged, or not a record
+        record = Origin.from_text(storage.read_bytes(path) or b"", path)
+        return hmac.compare_digest(_stamp(record.id), record.stamp)
+    except (ValueError, KeyError, TypeError, NewerFormatError):  # absent, damaged, not one
         return False
 
 
