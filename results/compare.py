@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+from results.keys import ACCURACY, DICE, F1, IOU, PRECISION, RECALL, ROC_AUC
 from results.reference import PublishedReference, load_reference
 
 # The published table's rows, in its order ("loss" is the test Dice loss).
-COMPARED = ("loss", "accuracy", "precision", "recall", "f1", "iou", "dice", "roc_auc")
+COMPARED = ("loss", ACCURACY, PRECISION, RECALL, F1, IOU, DICE, ROC_AUC)
 # The rows set beside ours. Not the loss: the paper's is smp's batch-pooled Dice loss
 # averaged over batches (it moves with batch size and scores a lesion-free batch as 0),
 # ours the soft Dice loss pooled over every pixel of the part. Same name, another number.

@@ -188,7 +188,7 @@ def pick_winner(
     return {
         "label": winner.label,
         "trial": winner.trial,
-        "rule": f"the {'lowest' if mode == 'min' else 'highest'} mean validation {objective} "
+        "rule": f"the {keys.best_is(mode)} mean validation {objective} "
         "over its runs (the test part picks nothing)",
         "validation": {label: dataclasses.asdict(i) for label, i in validation.items()},
     }

@@ -76,7 +76,7 @@ def trial_state(errored: bool, epochs_run: int, budget: int, ended: bool = True)
 @dataclass(frozen=True)
 class Trial:
     name: str  # trial_004_cc4fd320
-    number: int  # the sweep's counter: 001 is the reference point (000 in a --reference run)
+    number: int  # the sweep's counter: 000 is the reference point (sweep and --reference)
     path: Path
     state: str  # see trial_state
     params: dict[str, Any]  # the searched values

@@ -1,5 +1,7 @@
 """Names of the values a trial reports each epoch, shared by the trainable, the Tuner
-and the reporter so that the name reported and the name optimised cannot drift apart."""
+and the reporter so that the name reported and the name optimised cannot drift apart;
+and the objectives a sweep may rank by, each with its direction (lower or higher is
+better: `LOWER_IS_BETTER`, `OBJECTIVES`, `best_first`)."""
 
 from __future__ import annotations
 
@@ -88,6 +90,11 @@ DEFAULT_OBJECTIVE = selected(DICE)
 def best_first(mode: str) -> int:
     """The sign that sorts an objective's values best first: +1 for "min", -1 for "max"."""
     return 1 if mode == "min" else -1
+
+
+def best_is(mode: str) -> str:
+    """Which end of an objective's values is best, in words."""
+    return "lowest" if best_first(mode) > 0 else "highest"
 
 
 # Cross-validation: the objective's standard deviation over the folds (NaN with one split).

@@ -1,6 +1,5 @@
-"""An experiment's files: their names and how the settings and the study are read and
-written. Shared by `tuner` (which writes them) and `results` (which reads them), and free
-of Ray and torch, so a report needs neither.
+"""An experiment's file and folder names, and the rule for a trial folder's name. What
+each file holds, and its one writer and reader, are in `results.records`.
 
     <storage>/<name>/busi_tune_settings.json   the run settings (RunSettings)
                      data.json                  the data's provenance and warnings
@@ -20,7 +19,7 @@ SETTINGS_FILE = "busi_tune_settings.json"
 DATA_FILE = "data.json"  # the data's provenance
 ORIGIN_FILE = "origin.json"  # which machine created it (tuner.origin)
 
-# A trial's folder: written by the trial (trainable.tune_adapter) ...
+# A trial's folder: written by the trial (trainable.trial, .reporting, .failures) ...
 STATE_FOLDER = "state"  # the latest full training state (model, optimiser, ...) to resume
 POINTER_FILE = "state.json"  # inside Tune's checkpoint_*: which state file, of which epoch
 MODEL_FILE = "model.pt"  # the selected model's weights (state dict), rewritten on improvement

@@ -378,7 +378,8 @@ def parallel_figure(trials: list[FrozenTrial], metric: str, mode: str) -> Figure
     spread = high - low or 1.0
     columns = [_heights(name, trials) for name in names]
     columns.append(([(v - low) / spread for v in objective], {0: f"{low:.4f}", 1: f"{high:.4f}"}))
-    better = [(v - low) / spread if mode == "max" else (high - v) / spread for v in objective]
+    lower_is_better = keys.best_first(mode) > 0
+    better = [((high - v) if lower_is_better else (v - low)) / spread for v in objective]
     colours = colormaps["viridis"](better)
     # Wide enough for its labels, not so wide that a page shrinks it out of reading.
     figure = _figure(min(max(8, 0.75 * len(columns)), 18), 6)

@@ -130,7 +130,7 @@ def protocol_lines(
                 "the test part was locked (never used for any choice): test numbers are "
                 "honest estimates"
             )
-        extreme = "lowest" if settings.mode == "min" else "highest"
+        extreme = keys.best_is(settings.mode)
         choice = (
             f"objective: configs are ranked by `{settings.metric}` ({settings.mode}imised), "
             f"{objective_words(settings.metric)}; best trial (B): the {extreme} value (never "

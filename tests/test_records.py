@@ -162,13 +162,11 @@ def test_each_record_reads_what_its_writer_wrote(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", [SETTINGS_FILE, DATA_FILE, "trial_000_8ea1ac6c/" + METRICS_FILE, PLACEMENT_FILE]
+    "name", [SETTINGS_FILE, DATA_FILE, METRICS_FILE, PLACEMENT_FILE, CONFIG_FILE]
 )
 def test_a_newer_format_is_one_line_that_says_to_upgrade(old_experiment, name, capsys):
     trial = next(old_experiment.glob("trial_000_*"))
-    path = trial / PLACEMENT_FILE if name == PLACEMENT_FILE else old_experiment / name
-    if name.startswith("trial_"):
-        path = trial / METRICS_FILE
+    path = old_experiment / name if name in (SETTINGS_FILE, DATA_FILE) else trial / name
     if path.suffix == ".jsonl":
         path.write_text(json.dumps({**json.loads(path.read_text()), "format": 99}) + "\n")
     else:
@@ -182,8 +180,10 @@ def test_a_newer_format_is_one_line_that_says_to_upgrade(old_experiment, name, c
     assert not (old_experiment / "report").exists()
 
 
-def test_a_newer_selection_arrays_file_is_refused(tmp_path):
+def test_newer_selection_arrays_and_split_files_are_refused(tmp_path):
     path = tmp_path / SELECTION_FILE
     np.savez_compressed(path, format=2, epoch=1)
     with pytest.raises(NewerFormatError, match="format 2, written by a newer busi-tune"):
         read_selection(path)
+    with pytest.raises(NewerFormatError, match="format 3, written by a newer busi-tune"):
+        SplitManifest.from_text('{"format": 3, "test": []}', SPLIT_FILE)

@@ -8,7 +8,6 @@ and weights, and reports the epoch through `send` once its files are on storage.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import torch
@@ -25,21 +24,6 @@ from trainable.splits import experiment_splits, manifest_of
 from trainable.tensorboard import TrialWriter
 from trainable.trial_records import selection_arrays, selection_record, to_tune_metrics
 from trainable.trial_setup import TrialSetup
-
-
-def process_started() -> float | None:
-    """When this worker process started (wall clock, to about a second: /proc counts in
-    clock ticks from a boot time in whole seconds); None off Linux."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(
-            int(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_trial(

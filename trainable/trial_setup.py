@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from results import keys
 from results.config import TrainConfig
-from results.settings import SplitPolicy
+from results.settings import RunSettings, SplitPolicy
 
 
 @dataclass(frozen=True)
@@ -16,16 +15,17 @@ class TrialSetup:
     """What every trial of an experiment shares; the Tune config holds what varies."""
 
     base: TrainConfig
-    split_policy: SplitPolicy = SplitPolicy.GROUPED
-    split_seed: int = 0
-    select_on_test: bool = False  # True only for the reference protocol
-    folds: int = 1  # K > 1: K-fold cross-validation of the training part, in lockstep
-    objective: str = keys.DEFAULT_OBJECTIVE
+    # The run's defaults (RunSettings'), so a trial set up by hand runs as `run` would.
+    split_policy: SplitPolicy = RunSettings.split
+    split_seed: int = RunSettings.seed
+    select_on_test: bool = RunSettings.reference_only  # True only for the reference protocol
+    folds: int = RunSettings.folds  # K > 1: K-fold cross-validation of the training part
+    objective: str = RunSettings.metric
     cpus: int = 1
     num_workers: int = 0
-    checkpoint_every: int = 10  # epochs between full states (see benchmarks/checkpoint_cost)
-    compiled: bool = False  # torch.compile the model's forward (see benchmarks/gpu_throughput)
-    choose_threshold: bool = False  # --threshold auto: chosen on the validation part
+    checkpoint_every: int = RunSettings.checkpoint_every  # epochs between full states
+    compiled: bool = RunSettings.compiled  # torch.compile the model's forward
+    choose_threshold: bool = RunSettings.choose_threshold  # --threshold auto: on validation
     image_every: int = 5
     examples: int = 4
 

@@ -26,7 +26,7 @@ from trainable.engine import pick_device
 from trainable.failures import DETERMINISTIC, record_failure, refuse_known_failure
 from trainable.model import EncoderState, shippable
 from trainable.preprocess import SizedData
-from trainable.trial import process_started, run_trial
+from trainable.trial import run_trial
 from trainable.trial_setup import TrialSetup, resolve_config
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,21 @@ def _train(
     log_placement(storage, device, resume_from[0]["epoch"] if resume_from else 0, note, startup)
     trial_dir = Path(tune.get_context().get_trial_dir())
     run_trial(config, data, setup, trial_dir, storage, device, encoder_state, resume_from, report)
+
+
+def process_started() -> float | None:
+    """When this worker process started (wall clock, to about a second: /proc counts in
+    clock ticks from a boot time in whole seconds); None off Linux."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def report(metrics: dict[str, float], checkpoint: Path | None) -> None:
