@@ -132,13 +132,11 @@ class TrialLines(tune.Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = trial.last_result or {}
-        epochs = int(result.get("training_iteration", 0))
-        state = "finished" if epochs >= self.budget else f"stopped at epoch {epochs}"
-        self._line(trial, state, result.get(self.metric))
+        state = trial_state(False, _epochs(trial), self.budget)
+        self._line(trial, state, (trial.last_result or {}).get(self.metric))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._line(trial, "errored", None)
+        self._line(trial, trial_state(True, _epochs(trial), self.budget), None)
 
 
 def _epochs(trial) -> int:
