@@ -35,10 +35,15 @@ def grace_period(settings: RunSettings) -> int:
     return default_grace_period(settings.base.epochs)
 
 
+def stops_trials(settings: RunSettings) -> bool:
+    """Whether the run's scheduler stops trials early (ASHA); with FIFO (also a --reference
+    run's one trial, and a retraining run of tuner.confirm) every trial runs to its end."""
+    return not settings.reference_only and settings.scheduler is Scheduler.ASHA
+
+
 def build_scheduler(settings: RunSettings) -> TrialScheduler:
-    """ASHA with its first rung at the grace period, or FIFO (a --reference run's one
-    trial always runs to its end)."""
-    if settings.reference_only or settings.scheduler is not Scheduler.ASHA:
+    """ASHA with its first rung at the grace period, or FIFO (see stops_trials)."""
+    if not stops_trials(settings):
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr="training_iteration",
