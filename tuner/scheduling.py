@@ -14,18 +14,7 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from results.settings import RunSettings, Scheduler
-
-REDUCTION_FACTOR = 3
-# ASHA's first rung, as a share of the budget: 8 of 20 epochs. Earlier rungs (a fifth, as
-# before) stop slow starters (a low learning rate, strong augmentation, a warm-up) on
-# values that say little about where they end.
-GRACE_SHARE = 0.4
-
-
-def default_grace_period(epochs: int) -> int:
-    """40 % of the budget, at least 1 epoch."""
-    return max(1, round(GRACE_SHARE * epochs))
+from results.settings import REDUCTION_FACTOR, RunSettings, Scheduler, default_grace_period
 
 
 def grace_period(settings: RunSettings) -> int:
