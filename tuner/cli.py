@@ -1,7 +1,10 @@
 """`python -m tuner`: the command line's grammar. Every command, flag, default and help
 text; a mistyped one refused with a suggestion; then the command's handler
 (tuner.commands), whose UserError is one `error:` line (exit status 2). Flag defaults come
-from the settings (RunSettings, TrainConfig.reference()), never typed twice."""
+from where the tuner reads them (RunSettings, TrainConfig.reference(), results.settings'
+defaults, write_synthetic_busi's), never typed twice; except those of the commands of
+tuner.inference (evaluate's and predict's --batch-size, export's formats), whose modules
+import torch, which this one must not."""
 
 from __future__ import annotations
 
@@ -538,7 +541,10 @@ def _add_predict_parser(subparsers) -> None:
         "--threshold",
         type=float,
         default=None,
-        help="probability above which a pixel is lesion (default: the trained config's, 0.5)",
+        help="probability above which a pixel is lesion (default: the one the trial was "
+        "scored at, which its metrics.json records: its config's, or the one it chose on its "
+        "validation part under `run --threshold auto`; with --ensemble, the best trial's; "
+        "for an exported file, its model card's)",
     )
     predict.add_argument(
         "--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)"
