@@ -22,9 +22,8 @@ from typing import Any
 
 from benchmarks.common import OWN_RAY, add_data_flags, report, table
 from results.experiment import load_experiment
-from results.settings import Scheduler
+from results.settings import REDUCTION_FACTOR, Scheduler, default_grace_period
 from trainable.metrics import DICE
-from tuner.scheduling import REDUCTION_FACTOR, default_grace_period
 
 TRIAL_START_SECONDS = 15  # a trial's actor start, measured with benchmarks.trial_overhead
 RUN_START_SECONDS = 30  # imports, data load, Ray start

@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.common import add_data_flags, data_source, load_arrays, machine, table, write_json
 from results.config import TrainConfig
-from results.settings import SplitPolicy
+from results.settings import GPU_HEADROOM, SplitPolicy
 from trainable.engine import (
     Precision,
     build_optimizer,
@@ -46,9 +46,6 @@ MODES: dict[str, tuple[torch.dtype | None, bool, bool]] = {
     "bf16+channels-last+compile": (torch.bfloat16, True, True),
 }
 TRIAL_MODE = "bf16+channels-last"
-# Memory left free when packing trials: allocator fragmentation, evaluation, cuDNN
-# workspaces chosen later.
-HEADROOM = 0.10
 RESULT_FILE = "gpu_throughput.json"
 
 
@@ -112,16 +109,16 @@ def measure_mode(
 
 def trials_per_gpu(trial: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """How many trials of the trial mode fit on one such GPU, from the device memory one
-    uses (context included), with HEADROOM left free."""
+    uses (context included), with GPU_HEADROOM left free."""
     if device.type != "cuda":
         return {"gpu_memory_bytes": None, "per_trial_bytes": None, "fit": None}
     total = torch.cuda.get_device_properties(device).total_memory
     per_trial = trial["device_used_bytes"]
-    fit = math.floor((1 - HEADROOM) * total / per_trial)
+    fit = math.floor((1 - GPU_HEADROOM) * total / per_trial)
     return {
         "gpu_memory_bytes": total,
         "per_trial_bytes": per_trial,
-        "headroom": HEADROOM,
+        "headroom": GPU_HEADROOM,
         "fit": fit,
         "gpus_per_trial": 1 / fit if fit else None,
     }

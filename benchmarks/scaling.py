@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--epoch-tflop",
         type=float,
         default=195,
-        help="FLOP of one epoch, in TFLOP (default: %(default)s = design.md's 3.9 PFLOP per "
-        "20-epoch training / 20)",
+        help="FLOP of one epoch, in TFLOP (default: %(default)s = an estimated 3.9 PFLOP per "
+        "20-epoch training / 20: see benchmarks/README.md)",
     )
     cost.add_argument(
         "--peak-tflops",
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-gb",
         type=float,
         default=2.4,
-        help="one checkpoint with Adam state (default: %(default)s, design.md)",
+        help="one checkpoint with Adam state (default: %(default)s, docs/performance.md)",
     )
     cost.add_argument(
         "--weights-gb",

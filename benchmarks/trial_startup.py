@@ -23,6 +23,7 @@ import ray
 
 from benchmarks.common import machine, report, table
 from results.config import TrainConfig
+from results.layout import parse_trial_folder
 from results.settings import RunSettings, Scheduler
 from trainable.synth import write_synthetic_busi
 from tuner import sweep
@@ -48,7 +49,9 @@ def one_sweep(data: Path, storage: Path, name: str, trials: int, reuse: bool) ->
         _, results = sweep.run(settings)
     finally:
         ray.shutdown()
-    objectives = {Path(r.path).name.split("_")[1]: r.metrics[settings.metric] for r in results}
+    objectives = {
+        parse_trial_folder(Path(r.path).name)[0]: r.metrics[settings.metric] for r in results
+    }
     return {"seconds": time.perf_counter() - started, "objectives": objectives}
 
 

@@ -29,6 +29,30 @@ class Scheduler(enum.StrEnum):
     FIFO = "fifo"
 
 
+# Defaults the tuner settles once it knows the budget or the cluster, and the rules `--help`
+# states (tuner.cli): kept here, where importing them loads neither Ray nor torch.
+
+# ASHA's first rung, as a share of the budget: 8 of 20 epochs. Earlier rungs (a fifth, as
+# before) stop slow starters (a low learning rate, strong augmentation, a warm-up) on
+# values that say little about where they end.
+GRACE_SHARE = 0.4
+REDUCTION_FACTOR = 3  # ASHA's: a rung keeps the top third
+# --final-seeds when trials run on GPUs. On CPUs the final round is off: there it would
+# cost more than a CPU-sized sweep itself (confirm does it on demand).
+GPU_FINAL_SEEDS = 2
+MAX_DEFAULT_CPUS = 8  # --cpus-per-trial of a GPU trial: more DataLoader workers rarely help
+# --gpus-per-trial auto (tuner.packing): the GPU memory kept free (allocator fragmentation,
+# evaluation, cuDNN workspaces chosen later), and the CPUs each packed trial needs (one
+# trains, one runs a DataLoader worker).
+GPU_HEADROOM = 0.10
+CPUS_PER_GPU_TRIAL = 2
+
+
+def default_grace_period(epochs: int) -> int:
+    """--grace-period's default: GRACE_SHARE of the budget, at least 1 epoch."""
+    return max(1, round(GRACE_SHARE * epochs))
+
+
 @dataclass(frozen=True)
 class RunSettings:
     data: Path | None  # None only to resume: the data the run was started with
@@ -38,7 +62,7 @@ class RunSettings:
     max_concurrent: int | None = None
     space: str = "reference"
     scheduler: Scheduler = Scheduler.ASHA
-    grace_period: int | None = None  # ASHA's first rung; None: see tuner.scheduling
+    grace_period: int | None = None  # ASHA's first rung; None: default_grace_period
     metric: str = keys.DEFAULT_OBJECTIVE  # one of keys.OBJECTIVES: validation-side only
     seed: int = 0
     split: SplitPolicy = SplitPolicy.GROUPED  # --reference: the paper's random split
@@ -59,7 +83,7 @@ class RunSettings:
     choose_threshold: bool = False  # --threshold auto: each trial's, on its validation part
     # The final round: the reference and the `final_top` best configs retrained with
     # `final_seeds` fresh seeds each, the winner picked on their mean validation objective.
-    final_seeds: int | None = None  # None: 0 for CPU trials, 2 for GPU ones (tuner.cluster)
+    final_seeds: int | None = None  # None: 0 for CPU trials, GPU_FINAL_SEEDS for GPU ones
     final_top: int = 3
     local_gpus: int | None = None  # logical GPUs to declare when starting Ray locally
     cache_dir: Path | None = None

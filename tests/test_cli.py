@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -358,6 +359,46 @@ def test_help_states_every_default(capsys):
     for flag in ("--trials", "--epochs", "--storage", "--gpus-per-trial", "--split", "--seed"):
         after = squashed.split(flag, 2)[-1]
         assert "(default:" in after.split(" --")[0], flag
+
+
+def _help(capsys, *command: str) -> str:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_states_the_defaults_the_tuner_uses(capsys):
+    """The defaults settled later (by the budget or the cluster) and the rules the help
+    describes are read from where the tuner reads them, never typed again."""
+    import inspect
+
+    from results import settings
+    from results.config import TrainConfig
+    from trainable.synth import write_synthetic_busi
+    from tuner.commands import DEMO
+
+    epochs = TrainConfig.reference().epochs
+    grace = settings.default_grace_period(epochs)
+    run = _help(capsys, "run")
+    assert (
+        f"(default: {settings.GRACE_SHARE:.0%} of the budget: {grace} of {epochs} epochs; "
+        f"--demo: {settings.default_grace_period(DEMO['epochs'])})"
+    ) in run
+    assert f"epoch, x{settings.REDUCTION_FACTOR}, ..." in run
+    assert f"(default: {settings.GPU_FINAL_SEEDS} when trials run on GPUs, 0 on CPUs)" in run
+    weight = TrainConfig.reference().selection_train_weight
+    assert f"holds {weight:.0%} training loss" in run
+    confirm = _help(capsys, "confirm")
+    for text in (run, confirm):
+        assert f"GPU trials, at most {settings.MAX_DEFAULT_CPUS})" in text
+        assert f"with {settings.GPU_HEADROOM:.0%} free" in text
+        assert f"one trial per {settings.CPUS_PER_GPU_TRIAL} of the node's CPUs" in text
+    synth = _help(capsys, "data", "synth")
+    written = inspect.signature(write_synthetic_busi).parameters
+    for flag, parameter in (("benign", "n_benign"), ("malignant", "n_malignant"),
+                            ("normal", "n_normal"), ("seed", "seed")):  # fmt: skip
+        default = written[parameter].default
+        assert re.search(rf"--{flag} \S+ [^(]*\(default: {default}\)", synth), flag
 
 
 def run_cli(*args, cwd, env_extra=None, timeout=900):

@@ -420,7 +420,7 @@ def test_a_full_disk_during_a_run_is_one_line_and_never_starts_over(
     if resumed.returncode == 0:
         # The trial errored once, then finished: the summary, the report and the study
         # agree (the first attempt's error.txt stays, the study keeps it as a retry).
-        assert "1 finished, 0 stopped early, 0 errored" in resumed.stdout
+        assert "1 finished, 0 stopped early, 0 interrupted, 0 errored" in resumed.stdout
         (trial,) = load_experiment(small_disk / "full").trials
         assert (trial.state, trial.error) == ("finished", None)
         study = optuna.load_study(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.progress import EpochClock
+from results.experiment import trial_state
+from tuner.progress import EpochClock, TrialLines, TrialNamer
 
 
 def test_no_eta_until_an_epoch_is_measured():
@@ -39,3 +40,42 @@ def test_ended_trials_set_the_epochs_a_trial_runs():
     clock.trial_ended("d", epochs=20)
     clock.trial_ended("e", epochs=20)
     assert clock.seconds_left() == 0
+
+
+class _Trial:
+    """What TrialLines reads of a Tune trial."""
+
+    def __init__(self, tag: int, value: float, epochs: int = 2) -> None:
+        self.experiment_tag = f"{tag}_lr=0.1"
+        self.trial_id = f"id{tag:05d}"
+        self.last_result = {"training_iteration": epochs, "selected_heldout_dice": value}
+        self.config = {}
+
+
+def _lines(*trials: _Trial, budget: int = 2) -> list[str]:
+    written: list[str] = []
+    lines = TrialLines(
+        written.append, TrialNamer(sweep=True), "selected_heldout_dice", "max", 2000, budget
+    )
+    for trial in trials:
+        lines.on_trial_complete(0, [], trial)
+    return written
+
+
+def test_a_tie_for_best_goes_to_the_lower_trial_number_as_in_the_report():
+    """rank_trials breaks a tie by the trial number; so does the best so far, whichever
+    of the two trials ends first."""
+    written = _lines(_Trial(4, 0.5), _Trial(2, 0.5))
+    assert "best 0.5000 (trial_003)" in written[0]
+    assert "best 0.5000 (trial_001)" in written[1]
+
+
+def test_the_best_so_far_is_named_by_its_number_past_999():
+    written = _lines(_Trial(1001, 0.5), _Trial(1002, 0.4))
+    assert "best 0.5000 (trial_1000)" in written[1]
+
+
+def test_a_trial_cut_short_is_stopped_early_in_the_reports_words():
+    (line,) = _lines(_Trial(3, 0.2, epochs=1))
+    assert f"  {trial_state(False, 1, 2)}  " in line
+    assert "  stopped early at epoch 1  " in line

@@ -78,3 +78,32 @@ def test_a_grace_period_outside_the_budget_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "error: --grace-period 5: must lie between 1 and the budget (--epochs 4)\n"
     )
+
+
+def test_every_trial_ended_by_one_rule_for_sweeps_and_retraining_runs(tmp_path):
+    """sweep.all_ended, which tuner.confirm uses too: a trial short of its budget ended
+    only where a scheduler stops trials (ASHA); under FIFO (a retraining run, whose reader
+    has no study to say a trial was cut off) it was interrupted."""
+    from types import SimpleNamespace
+
+    from results.experiment import trial_state
+    from tuner.sweep import all_ended
+
+    def experiment(*states: str):
+        trials = [SimpleNamespace(state=s, errored=s == trial_state(True, 0, 10)) for s in states]
+        return SimpleNamespace(trials=tuple(trials))
+
+    def settings(scheduler: Scheduler, trials: int = 2) -> RunSettings:
+        return RunSettings(
+            data=tmp_path, base=BASE, storage=str(tmp_path), name="e", trials=trials,
+            scheduler=scheduler,
+        )  # fmt: skip
+
+    finished, errored = trial_state(False, 10, 10), trial_state(True, 3, 10)
+    short, cut_off = trial_state(False, 4, 10), trial_state(False, 4, 10, ended=False)
+    for scheduler in Scheduler:
+        assert all_ended(settings(scheduler), experiment(finished, errored))
+        assert not all_ended(settings(scheduler), experiment(finished, cut_off))
+        assert not all_ended(settings(scheduler, trials=3), experiment(finished, errored))
+    assert all_ended(settings(Scheduler.ASHA), experiment(finished, short))
+    assert not all_ended(settings(Scheduler.FIFO), experiment(finished, short))

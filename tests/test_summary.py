@@ -27,7 +27,7 @@ def test_on_a_tie_the_summary_and_the_report_name_the_same_best_trial(tmp_path, 
     (folder / TRIAL / layout.PARAMS_FILE).write_text(json.dumps({"lr": config["lr"]}))
     experiment = load_experiment(folder)
     summary = summarise(experiment.settings, experiment)
-    assert "trials: 2 — 2 finished, 0 stopped early, 0 errored\n" in summary
+    assert "trials: 2 — 2 finished, 0 stopped early, 0 interrupted, 0 errored\n" in summary
     best = re.search(r"^best trial: (\S+) \(selected_heldout_dice = 0\.5000\)$", summary, re.M)
     assert best is not None, summary
     assert main(["report", str(folder)]) == 0

@@ -283,7 +283,7 @@ def test_a_stopped_cross_validated_sweep_resumes_no_finished_fold_after_a_move(
     # handler's SystemExit can show as an ignored exception there, depending on timing).
     driver = [line for line in stopped.splitlines() if "pid=" not in line]
     assert not any("Traceback" in x for x in driver)
-    assert "1 finished, 0 stopped early, 0 errored, 1 interrupted" in stopped
+    assert "1 finished, 0 stopped early, 1 interrupted, 0 errored" in stopped
     assert "best trial: trial_000_" in stopped  # never the interrupted one
     hint = next(line for line in stopped.splitlines() if line.startswith("interrupted;"))
     command = shlex.split(hint.split("continue with:", 1)[1])

@@ -1,21 +1,57 @@
 """`python -m tuner`: the command line's grammar. Every command, flag, default and help
 text; a mistyped one refused with a suggestion; then the command's handler
 (tuner.commands), whose UserError is one `error:` line (exit status 2). Flag defaults come
-from the settings (RunSettings, TrainConfig.reference()), never typed twice."""
+from where the tuner reads them (RunSettings, TrainConfig.reference(), results.settings'
+defaults, write_synthetic_busi's), never typed twice; except those of the commands of
+tuner.inference (evaluate's and predict's --batch-size, export's formats), whose modules
+import torch, which this one must not."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import logging
 import re
 from pathlib import Path
 
 from results.config import TrainConfig
 from results.errors import UserError
-from results.settings import ConflictPolicy, RunSettings, Scheduler, SplitPolicy
+from results.settings import (
+    CPUS_PER_GPU_TRIAL,
+    GPU_FINAL_SEEDS,
+    GPU_HEADROOM,
+    GRACE_SHARE,
+    MAX_DEFAULT_CPUS,
+    REDUCTION_FACTOR,
+    ConflictPolicy,
+    RunSettings,
+    Scheduler,
+    SplitPolicy,
+    default_grace_period,
+)
+from trainable.synth import write_synthetic_busi  # no torch: cv2 and PIL only
 from tuner import commands, console
 from tuner.commands import AUTO, DEMO
+
+
+def _percent(share: float) -> str:
+    """A share as help text shows it: 0.4 -> 40%% (argparse formats help with %)."""
+    return f"{share:.0%}".replace("%", "%%")
+
+
+# Flags of both `run` and `confirm`.
+GPUS_PER_TRIAL_HELP = (
+    "a fraction packs trials on one GPU; auto measures the heaviest trial's GPU memory on "
+    f"the cluster and packs what fits with {_percent(GPU_HEADROOM)} free, at most one trial "
+    f"per {CPUS_PER_GPU_TRIAL} of the node's CPUs per GPU, and says the plan (default: auto; "
+    "0 without GPUs)"
+)
+CPUS_PER_TRIAL_HELP = (
+    "CPUs of a trial: on a GPU, one feeds it and the others run DataLoader workers "
+    "(augmentation); on a CPU, all compute (default: 1 for CPU trials; for GPU trials the "
+    f"CPUs a node can give each of its GPU trials, at most {MAX_DEFAULT_CPUS})"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,8 +99,11 @@ def suggestion(message: str, parser: argparse.ArgumentParser) -> str:
     return ""
 
 
+_REFERENCE = TrainConfig.reference()
+
+
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
-    ref = TrainConfig.reference()
+    ref = _REFERENCE
     group = parser.add_argument_group("model and budget (defaults: the reference study)")
 
     def flag(name: str, kind: type, text: str) -> None:
@@ -136,15 +175,17 @@ def _add_run_parser(subparsers) -> None:
         "--scheduler",
         choices=[s.value for s in Scheduler],
         default=RunSettings.scheduler.value,
-        help="asha stops trials whose objective trails at the grace period's epoch, x3, "
-        "...; fifo trains every trial for the whole budget (default: %(default)s)",
+        help="asha stops trials whose objective trails at the grace period's epoch, "
+        f"x{REDUCTION_FACTOR}, ...; fifo trains every trial for the whole budget "
+        "(default: %(default)s)",
     )
     sweep.add_argument(
         "--grace-period",
         type=int,
         default=RunSettings.grace_period,
-        help="epochs every trial trains before ASHA may stop it (default: 40%% of the "
-        "budget: 8 of 20 epochs; --demo: 3)",
+        help="epochs every trial trains before ASHA may stop it (default: "
+        f"{_percent(GRACE_SHARE)} of the budget: {default_grace_period(_REFERENCE.epochs)} "
+        f"of {_REFERENCE.epochs} epochs; --demo: {default_grace_period(DEMO['epochs'])})",
     )
     sweep.add_argument(
         "--metric",
@@ -152,7 +193,8 @@ def _add_run_parser(subparsers) -> None:
         help="what configs are ranked by: the selected model's value on the validation "
         "part, selected_heldout_<loss|dice|iou|dice_per_image|hd95|...>, maximised or "
         "minimised as the metric wants (hd95: pixels, minimised); or best_combined_loss, "
-        "the epoch rule's own value, which holds 20%% training loss and so penalises "
+        "the epoch rule's own value, which holds "
+        f"{_percent(_REFERENCE.selection_train_weight)} training loss and so penalises "
         "augmentation (default: %(default)s)",
     )
     sweep.add_argument(
@@ -163,7 +205,7 @@ def _add_run_parser(subparsers) -> None:
         "curves): a number, or auto: each trial chooses it on its validation part (the "
         "highest pooled Dice on 0.05, 0.10, ..., 0.95), records it in metrics.json and "
         "scores its test part at it; not with --reference, which has no validation part "
-        f"(default: {TrainConfig.reference().threshold})",
+        f"(default: {_REFERENCE.threshold})",
     )
     sweep.add_argument(
         "--seed",
@@ -204,8 +246,8 @@ def _add_run_parser(subparsers) -> None:
         "configs with S fresh training seeds each (a Tune run <name>-final beside the sweep, "
         "full budget, same split), pick the winner on their mean validation objective and "
         "say with intervals over seeds and test-image groups whether it beats the "
-        "reference on test; 0: off, the sweep's best trial is the winner (default: 2 when "
-        "trials run on GPUs, 0 on CPUs)",
+        "reference on test; 0: off, the sweep's best trial is the winner (default: "
+        f"{GPU_FINAL_SEEDS} when trials run on GPUs, 0 on CPUs)",
     )
     final.add_argument(
         "--final-top",
@@ -241,18 +283,13 @@ def _add_run_parser(subparsers) -> None:
         "--gpus-per-trial",
         type=_number_or_auto,
         default=RunSettings.gpus_per_trial,
-        help="a fraction packs trials on one GPU; auto measures the heaviest trial's GPU "
-        "memory on the cluster and packs what fits with 10%% free, at most one trial per 2 "
-        "of the node's CPUs per GPU, and says the plan (default: auto; 0 without GPUs)",
+        help=GPUS_PER_TRIAL_HELP,
     )
     where.add_argument(
         "--cpus-per-trial",
         type=int,
         default=RunSettings.cpus_per_trial,
-        help="CPUs of a trial: on a GPU, one feeds it and the others run DataLoader workers "
-        "(augmentation); on a CPU, all compute "
-        "(default: 1 for CPU trials; for GPU trials the CPUs a node can give each of its "
-        "GPU trials, at most 8)",
+        help=CPUS_PER_TRIAL_HELP,
     )
     where.add_argument(
         "--max-failures",
@@ -333,12 +370,19 @@ def _add_data_parser(subparsers) -> None:
     check.set_defaults(handler=commands.data_check)
     synth = data_commands.add_parser("synth", help="write a synthetic BUSI-layout dataset")
     synth.add_argument("dir", type=Path, help="new folder to create")
-    for label, count in (("benign", 24), ("malignant", 12), ("normal", 8)):
+    written = inspect.signature(write_synthetic_busi).parameters  # its defaults, not typed again
+    for label in ("benign", "malignant", "normal"):
         synth.add_argument(
-            f"--{label}", type=int, default=count, help=f"{label} images (default: %(default)s)"
+            f"--{label}",
+            type=int,
+            default=written[f"n_{label}"].default,
+            help=f"{label} images (default: %(default)s)",
         )
     synth.add_argument(
-        "--seed", type=int, default=0, help="the same seed writes the same bytes (default: 0)"
+        "--seed",
+        type=int,
+        default=written["seed"].default,
+        help="the same seed writes the same bytes (default: %(default)s)",
     )
     synth.set_defaults(handler=commands.data_synth)
 
@@ -400,18 +444,13 @@ def _add_confirm_parser(subparsers) -> None:
         "--gpus-per-trial",
         type=_number_or_auto,
         default=None,
-        help="a fraction packs trials on one GPU; auto measures the heaviest trial's GPU "
-        "memory on the cluster and packs what fits with 10%% free, at most one trial per 2 "
-        "of the node's CPUs per GPU, and says the plan (default: auto; 0 without GPUs)",
+        help=GPUS_PER_TRIAL_HELP,
     )
     confirm.add_argument(
         "--cpus-per-trial",
         type=int,
         default=None,
-        help="CPUs of a trial: on a GPU, one feeds it and the others run DataLoader workers "
-        "(augmentation); on a CPU, all compute "
-        "(default: 1 for CPU trials; for GPU trials the CPUs a node can give each of its "
-        "GPU trials, at most 8)",
+        help=CPUS_PER_TRIAL_HELP,
     )
     confirm.set_defaults(handler=commands.confirm)
 
@@ -502,7 +541,10 @@ def _add_predict_parser(subparsers) -> None:
         "--threshold",
         type=float,
         default=None,
-        help="probability above which a pixel is lesion (default: the trained config's, 0.5)",
+        help="probability above which a pixel is lesion (default: the one the trial was "
+        "scored at, which its metrics.json records: its config's, or the one it chose on its "
+        "validation part under `run --threshold auto`; with --ensemble, the best trial's; "
+        "for an exported file, its model card's)",
     )
     predict.add_argument(
         "--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)"

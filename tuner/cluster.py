@@ -14,16 +14,12 @@ import socket
 import ray
 
 from results.errors import UserError
-from results.settings import RunSettings
+from results.settings import GPU_FINAL_SEEDS, MAX_DEFAULT_CPUS, RunSettings
 from trainable.model import EncoderState
 from tuner import console, interrupts
 from tuner.packing import plan as plan_packing
 
 CONNECT_TIMEOUT_S = 15
-MAX_DEFAULT_CPUS = 8  # more DataLoader workers than this rarely help one GPU
-# --final-seeds when trials run on GPUs. On CPUs the final round is off: there it would
-# cost more than a CPU-sized sweep itself (confirm does it on demand).
-GPU_FINAL_SEEDS = 2
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 

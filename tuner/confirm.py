@@ -33,7 +33,13 @@ from results.settings import RunSettings, Scheduler
 from tuner.cluster import check_resources, init_ray, resolve_cpus, resolve_gpus, ship
 from tuner.experiment_folder import TUNE_STATE_FILE, create_experiment, freed_if_no_trial_starts
 from tuner.progress import TrialNamer, quiet_ray
-from tuner.sweep import build_run_config, build_trainable, load_data, resolve_pretrained
+from tuner.sweep import (
+    all_ended,
+    build_run_config,
+    build_trainable,
+    load_data,
+    resolve_pretrained,
+)
 
 SUFFIX = "-confirm"
 FINAL_SUFFIX = "-final"
@@ -82,16 +88,6 @@ def pair_grid(candidates: Sequence[Candidate], seeds: Sequence[int]) -> dict[str
     }
 
 
-def all_trained(results: tune.ResultGrid, planned: int, budget: int) -> bool:
-    """Every planned run ended: trained its whole budget (FIFO stops none) or errored. A
-    run cut off by Ctrl-C or SIGTERM did neither."""
-    ended = [
-        r.error is not None or (r.metrics or {}).get("training_iteration", 0) >= budget
-        for r in results
-    ]
-    return len(ended) >= planned and all(ended)
-
-
 def run(
     experiment: Experiment,
     candidates: Sequence[Candidate],
@@ -134,9 +130,10 @@ def run(
     for settings in plans:
         settings = resolve_cpus(resolve_gpus(settings))
         check_resources(settings)
-        results = _fit(settings, data, weights, candidates, seeds, write)
+        _fit(settings, data, weights, candidates, seeds, write)
         done.append(settings.experiment_dir)
-        if not all_trained(results, runs, settings.base.epochs):
+        # As a sweep's: every planned run trained its whole budget (FIFO) or errored.
+        if not all_ended(settings, load_experiment(settings.experiment_dir)):
             return done, False
     return done, True
 

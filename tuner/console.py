@@ -1,7 +1,13 @@
 """The terminal: the one module that writes to it. Results and outcomes go to stdout
 (`say`), warnings, errors and resume hints to stderr (`warn`), and a sweep's quiet
 progress lines through `line` (see progress.ConsoleLines). Everything else logs
-(`logging`), which `-v` shows."""
+(`logging`), which `-v` shows.
+
+One exception: tqdm's progress bars, which tqdm itself draws on stderr, only when stderr is
+a terminal (`disable=None`) and only when the caller asks for progress: `checking BUSI`
+(trainable.integrity, `data check`), `decoding BUSI` (trainable.preprocess, loading data)
+and `predicting` (tuner.inference.predict). A bar redraws itself in place, which a line
+written here cannot; in a pipe or a log file there is none."""
 
 from __future__ import annotations
 

@@ -18,11 +18,8 @@ import ray
 import torch
 
 from results.config import TrainConfig
-from results.settings import RunSettings
+from results.settings import CPUS_PER_GPU_TRIAL, GPU_HEADROOM, RunSettings
 from search_spaces import get_space
-
-HEADROOM = 0.10
-CPUS_PER_GPU_TRIAL = 2  # one trains, one runs a DataLoader worker
 
 
 @dataclass(frozen=True)
@@ -49,16 +46,16 @@ class Plan:
             why = (
                 f"{self.trials_per_gpu} trials per GPU: {heaviest} holds "
                 f"{self.per_trial_bytes / 2**30:.1f} of {self.gpu_bytes / 2**30:.0f} GiB "
-                f"({HEADROOM:.0%} kept free), {self.node_cpus} CPUs for "
+                f"({GPU_HEADROOM:.0%} kept free), {self.node_cpus} CPUs for "
                 f"{self.gpus_on_node} GPU(s) at {CPUS_PER_GPU_TRIAL} per trial"
             )
         return f"packing: {why} (--gpus-per-trial {self.gpus_per_trial:.3g}; a number overrides)"
 
 
 def trials_per_gpu(per_trial_bytes: int, gpu_bytes: int, node_cpus: int, gpus: int) -> int:
-    """What fits in the GPU's memory with HEADROOM free, capped by the CPUs the node has
+    """What fits in the GPU's memory with GPU_HEADROOM free, capped by the CPUs the node has
     per GPU; at least 1."""
-    by_memory = math.floor((1 - HEADROOM) * gpu_bytes / per_trial_bytes)
+    by_memory = math.floor((1 - GPU_HEADROOM) * gpu_bytes / per_trial_bytes)
     by_cpus = node_cpus // (max(gpus, 1) * CPUS_PER_GPU_TRIAL)
     return max(1, min(by_memory, by_cpus))
 

@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial
 from results import keys
 from results.config import describe_params
 from results.experiment import trial_state
-from results.layout import OUTCOME_FILE, trial_folder
+from results.layout import OUTCOME_FILE, parse_trial_folder, short_trial_name, trial_folder
 from results.records import Outcome
 from trainable.tensorboard import write_hparams
 from tuner import console
@@ -111,20 +111,24 @@ class TrialLines(tune.Callback):
         running = sum(t.status == Trial.RUNNING for t in trials)
         self.eta.epoch(trial.trial_id, time.monotonic(), running)
 
-    def _better(self, value: float) -> bool:
+    def _better(self, value: float, name: str) -> bool:
+        """Whether the trial `name` that reached `value` leads, as results.experiment's
+        rank_trials ranks: by value, a tie going to the lower trial number."""
         if self.best is None:
             return True
         sign = keys.best_first(self.mode)
-        return sign * value < sign * self.best[0]
+        return (sign * value, _number(name)) < (sign * self.best[0], _number(self.best[1]))
 
     def _line(self, trial, state: str, value: float | None) -> None:
         self.ended = (self.ended or 0) + 1
         self.eta.trial_ended(trial.trial_id, _epochs(trial))
         name = self.namer(trial)
-        if value is not None and self._better(value):
+        if value is not None and self._better(value, name):
             self.best = (value, name)
         shown = f"{self.metric} {value:.4f}" if value is not None else "no value"
-        best = f"best {self.best[0]:.4f} ({self.best[1][:9]})" if self.best else "no best yet"
+        best = "no best yet"
+        if self.best:
+            best = f"best {self.best[0]:.4f} ({short_trial_name(_number(self.best[1]))})"
         left = "done" if self.ended >= self.trials else self.eta.describe()
         self.write(
             f"[{self.ended}/{self.trials}] {name}  {state}  {shown}  {best}  "
@@ -132,13 +136,19 @@ class TrialLines(tune.Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = trial.last_result or {}
-        epochs = int(result.get("training_iteration", 0))
-        state = "finished" if epochs >= self.budget else f"stopped at epoch {epochs}"
-        self._line(trial, state, result.get(self.metric))
+        state = trial_state(False, _epochs(trial), self.budget)
+        self._line(trial, state, (trial.last_result or {}).get(self.metric))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._line(trial, "errored", None)
+        self._line(trial, trial_state(True, _epochs(trial), self.budget), None)
+
+
+def _number(name: str) -> int:
+    """The trial's number in its name (TrialNamer's, results.layout.trial_folder's)."""
+    parsed = parse_trial_folder(name)
+    if parsed is None:
+        raise ValueError(f"{name!r}: not a trial's name")
+    return parsed[0]
 
 
 def _epochs(trial) -> int:

@@ -14,18 +14,7 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from results.settings import RunSettings, Scheduler
-
-REDUCTION_FACTOR = 3
-# ASHA's first rung, as a share of the budget: 8 of 20 epochs. Earlier rungs (a fifth, as
-# before) stop slow starters (a low learning rate, strong augmentation, a warm-up) on
-# values that say little about where they end.
-GRACE_SHARE = 0.4
-
-
-def default_grace_period(epochs: int) -> int:
-    """40 % of the budget, at least 1 epoch."""
-    return max(1, round(GRACE_SHARE * epochs))
+from results.settings import REDUCTION_FACTOR, RunSettings, Scheduler, default_grace_period
 
 
 def grace_period(settings: RunSettings) -> int:
@@ -35,10 +24,15 @@ def grace_period(settings: RunSettings) -> int:
     return default_grace_period(settings.base.epochs)
 
 
+def stops_trials(settings: RunSettings) -> bool:
+    """Whether the run's scheduler stops trials early (ASHA); with FIFO (also a --reference
+    run's one trial, and a retraining run of tuner.confirm) every trial runs to its end."""
+    return not settings.reference_only and settings.scheduler is Scheduler.ASHA
+
+
 def build_scheduler(settings: RunSettings) -> TrialScheduler:
-    """ASHA with its first rung at the grace period, or FIFO (a --reference run's one
-    trial always runs to its end)."""
-    if settings.reference_only or settings.scheduler is not Scheduler.ASHA:
+    """ASHA with its first rung at the grace period, or FIFO (see stops_trials)."""
+    if not stops_trials(settings):
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr="training_iteration",

@@ -1,4 +1,5 @@
-"""Ray Tune's OptunaSearch, with the fixes the sweep needs (see design.md, Known traps).
+"""Ray Tune's OptunaSearch, with the fixes the sweep needs (what the study records:
+docs/protocol.md, Search spaces).
 
 - A trial stopped early by ASHA reaches `on_trial_complete` with a partial value; plain
   OptunaSearch records it COMPLETE, as if it had trained the full budget, which biases

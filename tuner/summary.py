@@ -1,5 +1,6 @@
 """The text printed at the end of `python -m tuner run`, read from the experiment as the
-report reads it (results.experiment): the same trial states, and the same best trial."""
+report reads it (results.experiment): the same trial states, counted in the report's words
+(results.report.state_counts), and the same best trial."""
 
 from __future__ import annotations
 
@@ -7,21 +8,16 @@ import shlex
 
 from results import storage
 from results.compare import comparison_table
-from results.experiment import ERRORED, FINISHED, INTERRUPTED, STOPPED, Experiment
+from results.experiment import Experiment
 from results.layout import METRICS_FILE
+from results.report import state_counts
 from results.settings import RunSettings
 
 
 def summarise(settings: RunSettings, experiment: Experiment) -> str:
     """`settings`: those the run ran with (the experiment's, where it is now)."""
     lines = [f"experiment: {settings.experiment_dir}"]
-    states = [trial.state for trial in experiment.trials]
-    interrupted = sum(s.startswith(INTERRUPTED) for s in states)
-    lines.append(
-        f"trials: {len(states)} — {states.count(FINISHED)} finished, "
-        f"{sum(s.startswith(STOPPED) for s in states)} stopped early, "
-        f"{states.count(ERRORED)} errored" + (f", {interrupted} interrupted" if interrupted else "")
-    )
+    lines.append(state_counts(experiment.trials))  # the report's words
     for trial in experiment.trials:
         if trial.errored:
             lines.append(f"  errored {trial.name}: {trial.error}")
