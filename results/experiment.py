@@ -342,9 +342,9 @@ def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, 
         error = _last_error_line(trial_dir / ERROR_FILE) or f"(no {ERROR_FILE})"
     optuna_state = optuna_states.get(tune_id)
     epochs_run = rows[-1][keys.EPOCH] if rows else 0
-    # A --reference run has no scheduler to stop it early, and a sweep's trial that the
-    # study still holds RUNNING was cut off by an interruption.
-    ended = not settings.reference_only and optuna_state != "RUNNING"
+    # A trial short of its budget was stopped by the scheduler, unless none stops trials
+    # (FIFO, a --reference run) or the study still holds it RUNNING: then it was cut off.
+    ended = settings.stops_trials_early and optuna_state != "RUNNING"
     return Trial(
         name=trial_dir.name,
         number=number,

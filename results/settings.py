@@ -160,6 +160,13 @@ class RunSettings:
         return keys.OBJECTIVES[self.metric]
 
     @property
+    def stops_trials_early(self) -> bool:
+        """Whether its scheduler may stop a trial before its budget (ASHA in a sweep). Under
+        FIFO, and in a --reference run's one trial, every trial runs to its end: one that
+        ended short without an error was cut off."""
+        return not self.reference_only and self.scheduler is Scheduler.ASHA
+
+    @property
     def storage_is_local(self) -> bool:
         return not storage.is_remote(self.storage)
 

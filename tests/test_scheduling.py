@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 from ray.tune.callback import CallbackList
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -80,30 +85,32 @@ def test_a_grace_period_outside_the_budget_is_one_line(tmp_path, capsys):
     )
 
 
-def test_every_trial_ended_by_one_rule_for_sweeps_and_retraining_runs(tmp_path):
-    """sweep.all_ended, which tuner.confirm uses too: a trial short of its budget ended
-    only where a scheduler stops trials (ASHA); under FIFO (a retraining run, whose reader
-    has no study to say a trial was cut off) it was interrupted."""
-    from types import SimpleNamespace
-
-    from results.experiment import trial_state
+def test_a_trial_short_of_its_budget_was_stopped_only_where_a_scheduler_stops(tmp_path):
+    """The reader's one rule, which the run summary, sweep.all_ended and tuner.confirm
+    use: a trial that ended short without an error was stopped early under ASHA, and cut
+    off (interrupted) under FIFO, whose retraining runs have no study to say so."""
+    from results.experiment import read_trial
+    from results.layout import RESULT_FILE
     from tuner.sweep import all_ended
 
-    def experiment(*states: str):
-        trials = [SimpleNamespace(state=s, errored=s == trial_state(True, 0, 10)) for s in states]
-        return SimpleNamespace(trials=tuple(trials))
+    def trial(epochs: int) -> Path:
+        folder = tmp_path / f"trial_00{epochs}_ab"
+        folder.mkdir()
+        rows = [{"training_iteration": e, "epoch": e} for e in range(1, epochs + 1)]
+        (folder / RESULT_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return folder
 
-    def settings(scheduler: Scheduler, trials: int = 2) -> RunSettings:
-        return RunSettings(
-            data=tmp_path, base=BASE, storage=str(tmp_path), name="e", trials=trials,
+    short, done = trial(4), trial(10)
+    for scheduler, state, ended in (
+        (Scheduler.ASHA, "stopped early at epoch 4", True),
+        (Scheduler.FIFO, "interrupted at epoch 4", False),
+    ):
+        settings = RunSettings(
+            data=tmp_path, base=BASE, storage=str(tmp_path), name="e", trials=2,
             scheduler=scheduler,
         )  # fmt: skip
-
-    finished, errored = trial_state(False, 10, 10), trial_state(True, 3, 10)
-    short, cut_off = trial_state(False, 4, 10), trial_state(False, 4, 10, ended=False)
-    for scheduler in Scheduler:
-        assert all_ended(settings(scheduler), experiment(finished, errored))
-        assert not all_ended(settings(scheduler), experiment(finished, cut_off))
-        assert not all_ended(settings(scheduler, trials=3), experiment(finished, errored))
-    assert all_ended(settings(Scheduler.ASHA), experiment(finished, short))
-    assert not all_ended(settings(Scheduler.FIFO), experiment(finished, short))
+        trials = tuple(read_trial(folder, settings, {}) for folder in (done, short))
+        assert [t.state for t in trials] == ["finished", state]
+        experiment = SimpleNamespace(trials=trials)
+        assert all_ended(settings, experiment) is ended
+        assert not all_ended(dataclasses.replace(settings, trials=3), experiment)

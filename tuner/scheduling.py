@@ -14,7 +14,7 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from results.settings import REDUCTION_FACTOR, RunSettings, Scheduler, default_grace_period
+from results.settings import REDUCTION_FACTOR, RunSettings, default_grace_period
 
 
 def grace_period(settings: RunSettings) -> int:
@@ -24,15 +24,9 @@ def grace_period(settings: RunSettings) -> int:
     return default_grace_period(settings.base.epochs)
 
 
-def stops_trials(settings: RunSettings) -> bool:
-    """Whether the run's scheduler stops trials early (ASHA); with FIFO (also a --reference
-    run's one trial, and a retraining run of tuner.confirm) every trial runs to its end."""
-    return not settings.reference_only and settings.scheduler is Scheduler.ASHA
-
-
 def build_scheduler(settings: RunSettings) -> TrialScheduler:
-    """ASHA with its first rung at the grace period, or FIFO (see stops_trials)."""
-    if not stops_trials(settings):
+    """ASHA with its first rung at the grace period, or FIFO (RunSettings.stops_trials_early)."""
+    if not settings.stops_trials_early:
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr="training_iteration",

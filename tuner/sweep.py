@@ -19,7 +19,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from results.config import TrainConfig
 from results.errors import UserError
-from results.experiment import FINISHED, STOPPED, Experiment, Trial, load_experiment
+from results.experiment import INTERRUPTED, Experiment, load_experiment
 from results.layout import STATE_FOLDER
 from results.settings import RunSettings
 from search_spaces import get_space
@@ -31,7 +31,7 @@ from trainable.tune_adapter import train_busi
 from tuner import cluster, console, experiment_folder
 from tuner.lock import lock_experiment
 from tuner.progress import TrialHParams, TrialLines, TrialNamer, TrialOutcome, quiet_ray
-from tuner.scheduling import SchedulerState, build_scheduler, stops_trials
+from tuner.scheduling import SchedulerState, build_scheduler
 from tuner.searcher import BudgetAwareOptunaSearch, StudyStorage, restoring, tpe_sampler
 
 NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
@@ -267,19 +267,11 @@ def disk_full(error: BaseException) -> bool:
 
 def all_ended(settings: RunSettings, experiment: Experiment) -> bool:
     """Every planned trial of the run (a sweep, a --reference run or a retraining run of
-    tuner.confirm) ran and ended: finished, errored, or stopped early by the scheduler, as
-    the experiment's reader names their states. Not an interrupted run. Where no scheduler
-    stops trials (FIFO), a trial short of its budget that did not error was cut off,
-    whatever the reader calls it: a retraining run has no study to tell it so."""
+    tuner.confirm) ran and ended, finished, stopped early or errored, as the experiment's
+    reader names their states: not an interrupted run."""
     planned = 1 if settings.reference_only else settings.trials
-
-    def ended(trial: Trial) -> bool:
-        if trial.errored or trial.state == FINISHED:
-            return True
-        return stops_trials(settings) and trial.state.startswith(STOPPED)
-
     trials = experiment.trials
-    return len(trials) >= planned and all(ended(t) for t in trials)
+    return len(trials) >= planned and not any(t.state.startswith(INTERRUPTED) for t in trials)
 
 
 def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
