@@ -39,7 +39,13 @@ OUTCOME_FILE = "outcome.json"
 # The sweep's final round (tuner.confirm.final_round), at the experiment's root: its
 # configs retrained with fresh seeds, the winner picked on validation, test intervals.
 FINAL_FILE = "final.json"
-CONFIRM_FILE = "confirm.json"  # `confirm`'s result, in the experiment's report/ folder
+# What readers write, in the experiment's report/ folder: the report, and `confirm`'s result.
+REPORT_DIR = "report"
+MARKDOWN_FILE = "report.md"
+TRIALS_FILE = "trials.csv"
+CONFIRM_FILE = "confirm.json"
+# Tune's own experiment state, which --resume needs.
+TUNE_STATE_FILE = "tuner.pkl"
 
 TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming its Tune trial
 

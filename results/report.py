@@ -41,7 +41,14 @@ from results.keys import (
     METRIC_KEYS,
     NORMAL_FP_RATE,
 )
-from results.layout import CONFIRM_FILE, FINAL_FILE, own_folder
+from results.layout import (
+    CONFIRM_FILE,
+    FINAL_FILE,
+    MARKDOWN_FILE,
+    REPORT_DIR,
+    TRIALS_FILE,
+    own_folder,
+)
 from results.plots import (
     COMPARISON_PLOT,
     CURVES_PLOT,
@@ -67,9 +74,6 @@ from results.reference import PublishedReference, load_reference
 log = logging.getLogger(__name__)
 
 
-REPORT_DIR = "report"
-MARKDOWN_FILE = "report.md"
-TRIALS_FILE = "trials.csv"
 TEST_KEYS = ("loss", *METRIC_KEYS)
 TRIALS_CSV_PARAM = "param_"  # trials.csv's column prefix of a searched value
 # Test metrics the published table does not report, shown beside it.

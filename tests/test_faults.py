@@ -232,7 +232,7 @@ def _stopped_experiment(synth_root: Path, storage: Path) -> Path:
     experiment = Path(settings.experiment_dir)
     experiment.mkdir(parents=True)
     records.save_settings(settings, experiment / layout.SETTINGS_FILE)
-    (experiment / experiment_folder.TUNE_STATE_FILE).write_bytes(b"pickled by Tune")
+    (experiment / layout.TUNE_STATE_FILE).write_bytes(b"pickled by Tune")
     (experiment / "experiment_state-2026-11-29_10-00-00.json").write_text("{}")
     origin.write_origin(str(experiment))
     return experiment
@@ -290,7 +290,7 @@ def test_resume_of_damaged_state_is_refused_never_started_over(
         damaged = next(experiment.glob("experiment_state-*.json"))
         damaged.write_text('{"runner_data": {"_ses')
     elif damage == "no tuner.pkl":
-        damaged = experiment / experiment_folder.TUNE_STATE_FILE
+        damaged = experiment / layout.TUNE_STATE_FILE
         damaged.write_bytes(b"")
     else:
         damaged = experiment / layout.SETTINGS_FILE

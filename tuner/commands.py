@@ -201,7 +201,8 @@ def spaces(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from results.report import REPORT_DIR, format_terminal_table, write_report
+    from results.layout import REPORT_DIR
+    from results.report import format_terminal_table, write_report
     from trainable.preprocess import load_busi
     from tuner.experiment_folder import open_experiment
 
@@ -229,7 +230,7 @@ def confirm(args: argparse.Namespace) -> int:
         split_seeds,
         training_seeds,
     )
-    from results.report import REPORT_DIR
+    from results.layout import REPORT_DIR
     from tuner import confirm as retrain
     from tuner.experiment_folder import open_experiment
     from tuner.progress import ConsoleLines

@@ -27,11 +27,11 @@ from results.config import TrainConfig
 from results.confirm import FINAL, Candidate, confirmation, training_seeds
 from results.errors import UserError
 from results.experiment import Experiment, load_experiment
-from results.layout import FINAL_FILE
+from results.layout import FINAL_FILE, TUNE_STATE_FILE
 from results.records import confirmation_to_text
 from results.settings import RunSettings, Scheduler
 from tuner.cluster import check_resources, init_ray, resolve_cpus, resolve_gpus, ship
-from tuner.experiment_folder import TUNE_STATE_FILE, create_experiment, freed_if_no_trial_starts
+from tuner.experiment_folder import create_experiment, freed_if_no_trial_starts
 from tuner.progress import TrialNamer, quiet_ray
 from tuner.sweep import (
     all_ended,

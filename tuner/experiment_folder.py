@@ -24,7 +24,7 @@ from results import keys, storage
 from results.config import TrainConfig
 from results.errors import UserError
 from results.experiment import Experiment, load_experiment, open_study
-from results.layout import DATA_FILE, SETTINGS_FILE, TRIAL_PREFIX
+from results.layout import DATA_FILE, SETTINGS_FILE, TRIAL_PREFIX, TUNE_STATE_FILE
 from results.records import DataProvenance, damaged_settings, load_settings, save_settings
 from results.settings import RunSettings
 from search_spaces import SPACES, SearchSpace, get_space
@@ -33,7 +33,6 @@ from trainable.preprocess import SizedData, dataset_fingerprint
 from trainable.synth import SYNTHETIC_MARKER
 from tuner import console, origin
 
-TUNE_STATE_FILE = "tuner.pkl"  # Tune's own files, needed to resume
 TUNE_RUN_STATE = "experiment_state-*.json"
 
 
