@@ -509,3 +509,24 @@ def test_every_run_flag_defaults_to_the_settings_it_sets():
     settings = settings_from_args(parser.parse_args(["run", "--data", "x"]))
     made = RunSettings(data=Path("x"), base=TrainConfig.reference(), name=settings.name)
     assert settings == made
+
+
+def test_the_inference_commands_defaults_are_their_functions():
+    """evaluate's and predict's --batch-size and export's --format, read by the parser
+    from tuner.inference (which imports no torch), are the functions' own defaults."""
+    import inspect
+
+    from tuner.cli import build_parser
+    from tuner.inference.evaluate import evaluate_trial
+    from tuner.inference.export import export
+    from tuner.inference.predict import predict_folder
+
+    parser = build_parser()
+
+    def default(function, name: str):
+        return inspect.signature(function).parameters[name].default
+
+    assert parser.parse_args(["evaluate", "x"]).batch_size == default(evaluate_trial, "batch_size")
+    predict = parser.parse_args(["predict", "x", "--images", "i", "--out", "o"])
+    assert predict.batch_size == default(predict_folder, "batch_size")
+    assert parser.parse_args(["export", "x", "--out", "m.pt"]).format == default(export, "fmt")

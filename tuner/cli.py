@@ -2,9 +2,7 @@
 text; a mistyped one refused with a suggestion; then the command's handler
 (tuner.commands), whose UserError is one `error:` line (exit status 2). Flag defaults come
 from where the tuner reads them (RunSettings, TrainConfig.reference(), results.settings'
-defaults, write_synthetic_busi's), never typed twice; except those of the commands of
-tuner.inference (evaluate's and predict's --batch-size, export's formats), whose modules
-import torch, which this one must not."""
+defaults, write_synthetic_busi's, tuner.inference's), never typed twice."""
 
 from __future__ import annotations
 
@@ -33,6 +31,7 @@ from results.settings import (
 from trainable.synth import write_synthetic_busi  # no torch: cv2 and PIL only
 from tuner import commands, console
 from tuner.commands import AUTO, DEMO
+from tuner.inference import EVALUATE_BATCH_SIZE, EXPORT_FORMATS, PREDICT_BATCH_SIZE
 
 
 def _percent(share: float) -> str:
@@ -484,7 +483,7 @@ def _add_evaluate_parser(subparsers) -> None:
     evaluate.add_argument(
         "--batch-size",
         type=int,
-        default=16,
+        default=EVALUATE_BATCH_SIZE,
         help="images per forward pass; changes no result (default: %(default)s)",
     )
     evaluate.add_argument(
@@ -547,7 +546,10 @@ def _add_predict_parser(subparsers) -> None:
         "for an exported file, its model card's)",
     )
     predict.add_argument(
-        "--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)"
+        "--batch-size",
+        type=int,
+        default=PREDICT_BATCH_SIZE,
+        help="images per forward pass (default: %(default)s)",
     )
     predict.add_argument(
         "--overwrite",
@@ -573,8 +575,8 @@ def _add_export_parser(subparsers) -> None:
     )
     export.add_argument(
         "--format",
-        choices=["torchscript", "onnx"],
-        default="torchscript",
+        choices=EXPORT_FORMATS,
+        default=EXPORT_FORMATS[0],
         help="torchscript: for torch.jit.load and libtorch; onnx: for onnxruntime and other "
         'ONNX runtimes, needs pip install "busi-tune[onnx]" (default: %(default)s)',
     )

@@ -25,7 +25,7 @@ from results.records import NewerFormatError, SplitManifest
 from trainable.engine import LOSS, pick_device
 from trainable.metrics import PixelStats
 from trainable.preprocess import load_sized
-from tuner.inference import segmenter
+from tuner.inference import EVALUATE_BATCH_SIZE, segmenter
 
 
 class Part(enum.StrEnum):
@@ -92,7 +92,7 @@ def evaluate_trial(
     trial: Trial,
     part: Part = Part.TEST,
     data_dir: Path | None = None,
-    batch_size: int = 16,
+    batch_size: int = EVALUATE_BATCH_SIZE,
     flip: bool = False,
     ensemble: int = 1,
 ) -> Result:

@@ -23,11 +23,11 @@ from results.records import NewerFormatError, SplitManifest
 from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
 from trainable.preprocess import resize_rule
+from tuner.inference import EXPORT_FORMATS
 from tuner.inference.model import load_tuned_model, trial_threshold
 from tuner.inference.predict import CARD_KEY, split_images
 from tuner.inference.segmenter import card_path
 
-FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 # Opset 17 (2022): every onnxruntime since 1.13 runs it, and it has every operator the
 # U-Nets here use; chosen explicitly so the file does not change with torch's default.
@@ -188,11 +188,11 @@ def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     return data
 
 
-def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = "torchscript") -> Path:
+def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = EXPORT_FORMATS[0]) -> Path:
     """Write the model to `out` and its card beside it; returns the card's path. Refuses
     to overwrite either, or an --out that the card would overwrite."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: not supported; valid: {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format {fmt}: not supported; valid: {', '.join(EXPORT_FORMATS)}")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (checks the file; onnxruntime runs it in predict)

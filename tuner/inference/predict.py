@@ -44,6 +44,7 @@ from results.records import (
 )
 from trainable.dataset import DataError, discover, read_grey, read_mask
 from trainable.preprocess import dataset_fingerprint
+from tuner.inference import PREDICT_BATCH_SIZE
 from tuner.inference.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ def predict_folder(
     segmenter: Segmenter,
     images: Path,
     out: Path,
-    batch_size: int = 8,
+    batch_size: int = PREDICT_BATCH_SIZE,
     progress: bool = True,
     known: Known | None = None,
 ) -> tuple[list[Prediction], list[str]]:
