@@ -39,7 +39,6 @@ from results.layout import (
 )
 from results.records import (
     DataProvenance,
-    NewerFormatError,
     Outcome,
     Placement,
     Selected,
@@ -271,8 +270,6 @@ def _config(trial_dir: Path, base: TrainConfig, params: dict[str, Any]) -> Train
     if path.is_file():
         try:
             return read_config(path.read_text(), path)
-        except NewerFormatError:
-            raise
         except (json.JSONDecodeError, UnicodeDecodeError):
             log.warning("%s: damaged (empty or cut short); ignored", path)
         except ValueError as error:
@@ -297,8 +294,6 @@ def _last_start(trial_dir: Path) -> Placement | None:
         return None
     try:
         return Placement.from_line(starts[-1], placement)
-    except NewerFormatError:
-        raise
     except (ValueError, KeyError, TypeError):
         log.warning("%s: damaged (its last line is not a start); ignored", placement)
         return None
@@ -325,8 +320,6 @@ def _read_record(path: Path, parse: Callable[[str, Path], Any]) -> Any:
         return None
     try:
         return parse(path.read_text(), path)
-    except NewerFormatError:
-        raise
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
         reason = f"no {error}" if isinstance(error, KeyError) else _first_line(error)
         log.warning("%s: damaged (%s); ignored", path, reason)

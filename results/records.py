@@ -37,10 +37,16 @@ FAILURE_FORMAT = 1
 POINTER_FORMAT = 1
 PLACEMENT_FORMAT = 1
 OUTCOME_FORMAT = 1
+SPLIT_FORMAT = 1
+CONFIG_FORMAT = 1
+ORIGIN_FORMAT = 1
+# 1: paired by seed, images resampled singly, no primary endpoint (no longer read).
+CONFIRMATION_FORMAT = 2
 
 
 class NewerFormatError(UserError):
-    """A record written by a newer busi-tune than this one."""
+    """A record written by a newer busi-tune than this one. Not a ValueError: a reader
+    that calls a ValueError damage (and leaves the file out) lets this one through."""
 
 
 def stamped(record_format: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -54,15 +60,19 @@ def unstamped(raw: Any, newest: int, path: str | Path) -> tuple[int, dict[str, A
     if not isinstance(raw, dict):
         raise ValueError("not a JSON object")
     body = dict(raw)
-    found = body.pop(FORMAT, 0)
-    if not isinstance(found, int) or isinstance(found, bool) or found < 0:
+    return checked_format(body.pop(FORMAT, 0), newest, path), body
+
+
+def checked_format(found: Any, newest: int, path: str | Path) -> int:
+    """A record's format number; a newer one is refused, anything else is a ValueError."""
+    if not is_integer(found) or found < 0:
         raise ValueError(f"format {reprlib.repr(found)} is not a format number")
     if found > newest:
         raise NewerFormatError(
             f"{path}: format {found}, written by a newer busi-tune (this one reads up to "
             f"{newest}); upgrade busi-tune to read it"
         )
-    return found, body
+    return found
 
 
 def save_settings(settings: RunSettings, path: str | Path) -> None:
@@ -341,7 +351,8 @@ def read_selection(path: Path) -> SelectionArrays:
     The predictions are square, at the evaluation size, whatever size the trial trained
     at: their rows give the width their bits were packed from."""
     with np.load(path) as raw:  # allow_pickle is off: arrays only
-        unstamped({FORMAT: int(raw.get(FORMAT, 0))}, SELECTION_ARRAYS_FORMAT, path)
+        found = raw[FORMAT].item() if FORMAT in raw else 0
+        checked_format(found, SELECTION_ARRAYS_FORMAT, path)
         packed = raw["predictions"]
         if packed.ndim != 3 or packed.shape[2] != -(-packed.shape[1] // 8):
             raise ValueError("its predictions are not square masks")
@@ -502,11 +513,6 @@ class Outcome:
         return cls(errored=body["errored"], epochs=int(body.get("epochs", 0)))
 
 
-SPLIT_FORMAT = 1
-CONFIG_FORMAT = 1
-# 1: paired by seed, images resampled singly, no primary endpoint (no longer read).
-CONFIRMATION_FORMAT = 2
-ORIGIN_FORMAT = 1
 # The parts an image of the experiment's data can be in.
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 CROSS_VALIDATED = "cross-validated"  # in the training part, in some fold's validation part

@@ -68,7 +68,7 @@ from results.plots import (
     plot_parallel,
     plot_roc_pr,
 )
-from results.records import NewerFormatError, read_confirmation
+from results.records import read_confirmation
 from results.reference import PublishedReference, load_reference
 
 log = logging.getLogger(__name__)
@@ -227,8 +227,6 @@ def read_final(experiment: Experiment) -> dict[str, Any] | None:
         confirmation_lines(result)
         primary_lines(experiment, result)
         return result
-    except NewerFormatError:
-        raise
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
         log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
         return None
@@ -744,8 +742,6 @@ def _confirmation(path: Path) -> list[str]:
     """confirm.json in words; a damaged one is said so (with a warning), not a crash."""
     try:
         return confirmation_lines(read_confirmation(path.read_text(), path))
-    except NewerFormatError:
-        raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSON's are ValueErrors
         log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
         return [

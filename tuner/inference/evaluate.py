@@ -21,7 +21,7 @@ from results.errors import UserError
 from results.experiment import Experiment, Trial
 from results.keys import METRIC_KEYS
 from results.layout import SPLIT_FILE
-from results.records import NewerFormatError, SplitManifest
+from results.records import SplitManifest
 from trainable.engine import LOSS, pick_device
 from trainable.metrics import PixelStats
 from trainable.preprocess import load_sized
@@ -74,8 +74,6 @@ def recorded_part(path: Path, side: str) -> list[str]:
     depends on the near-duplicate grouping, which may have changed since the run."""
     try:
         return list(SplitManifest.from_text(path.read_text(), path).side(side))
-    except NewerFormatError:
-        raise
     except TypeError:
         raise UserError(
             f"{path}: damaged (its {side} is not a list of names); restore it"

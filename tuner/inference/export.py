@@ -19,7 +19,7 @@ from results import storage
 from results.errors import UserError
 from results.experiment import Experiment, Trial
 from results.layout import METRICS_FILE, SPLIT_FILE
-from results.records import NewerFormatError, SplitManifest
+from results.records import SplitManifest
 from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
 from trainable.preprocess import resize_rule
@@ -58,8 +58,6 @@ def recorded_split(path: Path) -> SplitManifest:
     """The trial's split.json, with the policy, seed, counts and hash a card names."""
     try:
         split = SplitManifest.from_text(path.read_text(), path)
-    except NewerFormatError:
-        raise
     except (OSError, ValueError, TypeError) as error:  # JSON's errors are ValueErrors
         raise UserError(
             f"{path}: missing or damaged ({type(error).__name__}); the model card cannot name "

@@ -39,7 +39,6 @@ from results.records import (
     TEST,
     TRAIN,
     VALIDATION,
-    NewerFormatError,
     SplitManifest,
 )
 from trainable.dataset import DataError, discover, read_grey, read_mask
@@ -146,8 +145,6 @@ def known_from_experiment(experiment: Experiment, trial: Trial) -> Known:
     path = trial.path / SPLIT_FILE
     try:
         parts = SplitManifest.from_text(path.read_text(), path).parts()
-    except NewerFormatError:
-        raise
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         return Known(unknown=f"{path} is missing or damaged")
     data = experiment.settings.data
