@@ -30,7 +30,7 @@ from typing import Any
 
 from results import escape, keys
 from results.errors import UserError
-from results.experiment import FINISHED, Experiment, Trial
+from results.experiment import Experiment, State, Trial
 from results.intervals import (
     CONFIDENCE,
     RESAMPLES,
@@ -163,7 +163,7 @@ def read_runs(candidates: Sequence[Candidate], retrained: Sequence[Experiment]) 
             if label is None:
                 log.warning("%s: its config is none of the candidates'; left out", trial.name)
                 continue
-            runs.append(run_of(trial, label, counts=trial.state == FINISHED))
+            runs.append(run_of(trial, label, counts=trial.status is State.FINISHED))
     return runs
 
 

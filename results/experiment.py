@@ -8,6 +8,7 @@ storage (s3://…) is read from a local mirror of its small files (results.stora
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import math
@@ -54,22 +55,31 @@ from results.settings import RunSettings, study_file_name
 
 log = logging.getLogger(__name__)
 
-FINISHED = "finished"
-ERRORED = "errored"
-STOPPED = "stopped early"
-INTERRUPTED = "interrupted"
+
+class State(enum.Enum):
+    """How a trial ended, the one rule for the report, the progress lines, TensorBoard's
+    HParams and the Optuna study's outcome."""
+
+    FINISHED = "finished"
+    STOPPED = "stopped early"  # by the scheduler, judged on what it reached
+    INTERRUPTED = "interrupted"  # cut off by an interrupted run
+    ERRORED = "errored"
+
+    def at(self, epochs_run: int) -> str:
+        """In words: "finished", "errored", "stopped early at epoch 3"."""
+        if self in (State.FINISHED, State.ERRORED):
+            return self.value
+        return f"{self.value} at epoch {epochs_run}"
 
 
-def trial_state(errored: bool, epochs_run: int, budget: int, ended: bool = True) -> str:
-    """finished / stopped early at epoch k / interrupted at epoch k / errored. A short trial
-    that has not ended was cut off by an interrupted run, not judged by the scheduler."""
+def trial_state(errored: bool, epochs_run: int, budget: int, ended: bool = True) -> State:
+    """A short trial that has not ended was cut off by an interrupted run, not judged by
+    the scheduler."""
     if errored:
-        return ERRORED
+        return State.ERRORED
     if epochs_run >= budget:
-        return FINISHED
-    if ended:
-        return f"{STOPPED} at epoch {epochs_run}"
-    return f"{INTERRUPTED} at epoch {epochs_run}"
+        return State.FINISHED
+    return State.STOPPED if ended else State.INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ class Trial:
     name: str  # trial_004_cc4fd320
     number: int  # the sweep's counter: 000 is the reference point (sweep and --reference)
     path: Path
-    state: str  # see trial_state
+    status: State  # see trial_state
     params: dict[str, Any]  # the searched values
     config: TrainConfig | None  # None only if neither config.json nor params resolve
     rows: tuple[dict[str, Any], ...]  # one per epoch, in epoch order
@@ -92,13 +102,18 @@ class Trial:
     _read: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def state(self) -> str:
+        """Its state in words, with the epoch it stopped at."""
+        return self.status.at(self.epochs_run)
+
+    @property
     def epochs_run(self) -> int:
         return int(self.rows[-1][keys.EPOCH]) if self.rows else 0
 
     @property
     def run_seconds(self) -> float | None:
         """Wall time the trial trained (Tune's time_total_s at its last epoch)."""
-        return _finite(self.rows[-1].get("time_total_s")) if self.rows else None
+        return _finite(self.rows[-1].get(keys.TIME_TOTAL)) if self.rows else None
 
     @property
     def on_gpu(self) -> bool:
@@ -123,13 +138,13 @@ class Trial:
 
     @property
     def errored(self) -> bool:
-        return self.state == ERRORED
+        return self.status is State.ERRORED
 
     @property
     def completed(self) -> bool:
         """Finished or stopped by the scheduler: judged on what it reached. An errored or
         interrupted trial never is, so it is never the best."""
-        return self.state == FINISHED or self.state.startswith(STOPPED)
+        return self.status in (State.FINISHED, State.STOPPED)
 
     @property
     def has_selection(self) -> bool:
@@ -303,14 +318,18 @@ def _selected(trial_dir: Path) -> Selected | None:
     return _read_record(trial_dir / METRICS_FILE, Selected.from_text)
 
 
-def _errored(trial_dir: Path) -> bool:
-    """Whether the trial's last attempt errored, as the driver recorded when it ended;
-    error.txt also keeps the failed attempts of a trial that a retry or --resume finished.
-    Without the record (an older experiment, a driver killed first): error.txt."""
+def _ending(trial_dir: Path, settings: RunSettings, optuna_state: str | None) -> tuple[bool, bool]:
+    """Whether the trial's last attempt errored, and whether it ended (a short trial that
+    did not end was cut off by an interrupted run), as the driver recorded when it ended
+    (outcome.json); error.txt also keeps the failed attempts of a trial that a retry or
+    --resume finished. Without the record (an older experiment, a driver killed first):
+    error.txt, and ended if a scheduler that stops trials ran and the study does not hold
+    the trial RUNNING."""
     outcome = _read_record(trial_dir / OUTCOME_FILE, Outcome.from_text)
     if outcome is not None:
-        return outcome.errored
-    return (trial_dir / ERROR_FILE).is_file()
+        return outcome.errored, True
+    ended = settings.stops_trials_early and optuna_state != "RUNNING"
+    return (trial_dir / ERROR_FILE).is_file(), ended
 
 
 def _read_record(path: Path, parse: Callable[[str, Path], Any]) -> Any:
@@ -330,19 +349,17 @@ def read_trial(trial_dir: Path, settings: RunSettings, optuna_states: dict[str, 
     number, tune_id = parse_trial_folder(trial_dir.name)
     params = _params(trial_dir)
     rows = read_rows(trial_dir)
-    error = None
-    if _errored(trial_dir):
-        error = _last_error_line(trial_dir / ERROR_FILE) or f"(no {ERROR_FILE})"
     optuna_state = optuna_states.get(tune_id)
+    errored, ended = _ending(trial_dir, settings, optuna_state)
+    error = None
+    if errored:
+        error = _last_error_line(trial_dir / ERROR_FILE) or f"(no {ERROR_FILE})"
     epochs_run = rows[-1][keys.EPOCH] if rows else 0
-    # A trial short of its budget was stopped by the scheduler, unless none stops trials
-    # (FIFO, a --reference run) or the study still holds it RUNNING: then it was cut off.
-    ended = settings.stops_trials_early and optuna_state != "RUNNING"
     return Trial(
         name=trial_dir.name,
         number=number,
         path=trial_dir,
-        state=trial_state(error is not None, epochs_run, settings.base.epochs, ended),
+        status=trial_state(errored, epochs_run, settings.base.epochs, ended),
         params=params,
         config=_config(trial_dir, settings.base, params),
         rows=rows,

@@ -53,6 +53,10 @@ TRAIN_SECONDS = "train_seconds"  # of the epoch's seconds, those training (the r
 IMAGES_PER_SECOND = "images_per_second"
 PEAK_GPU_BYTES = "peak_gpu_bytes"  # the trial's peak allocated GPU memory so far; NaN on a CPU
 TEST_LOSS = "test_loss"  # of the best-so-far model
+# Tune's own keys in each result: results so far (a trial reports once an epoch, so its
+# epochs run) and the seconds it has trained.
+ITERATION = "training_iteration"
+TIME_TOTAL = "time_total_s"
 
 
 def on_heldout(metric: str) -> str:

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial
 from results import escape, keys
 from results.compare import COMPARABLE, LOSS_NOT_COMPARED
 from results.errors import UserError
-from results.experiment import Experiment, Trial
+from results.experiment import Experiment, State, Trial
 from results.keys import (
     AVERAGE_PRECISION,
     DICE,
@@ -120,17 +120,13 @@ def plot_comparison(
     return Plot(title, _save(figure, path), note)
 
 
-# Line style by the first word of a trial's state, and its legend entry.
+# Line style by a trial's state (its legend entry is the state's name).
 STATE_STYLE = {
-    "finished": ("-", "finished"),
-    "stopped": ("--", "stopped early"),
-    "interrupted": ("-.", "interrupted"),
-    "errored": (":", "errored"),
+    State.FINISHED: "-",
+    State.STOPPED: "--",
+    State.INTERRUPTED: "-.",
+    State.ERRORED: ":",
 }
-
-
-def _state_key(state: str) -> str:
-    return state.split()[0]
 
 
 # Colour and width of the emphasised curves by their marks, and their legend entry.
@@ -157,10 +153,10 @@ def curve_legend(experiment: Experiment) -> dict[str, dict]:
         for mark, (colour, width, label) in ROLE_STYLE.items()
         if mark in drawn
     }
-    present = {_state_key(t.state) for t in curves}
-    for key, (style, text) in STATE_STYLE.items():
-        if key in present:
-            legend[text] = {"color": "grey", "ls": style}
+    present = {t.status for t in curves}
+    for state, style in STATE_STYLE.items():
+        if state in present:
+            legend[state.value] = {"color": "grey", "ls": style}
     return legend
 
 
@@ -183,7 +179,7 @@ def plot_learning_curves(experiment: Experiment, path: Path) -> Plot:
     for trial, shade in zip(curves, palette, strict=True):
         colour, width, _ = ROLE_STYLE.get(experiment.marks(trial), (shade, 1.0, ""))
         epochs = [row[keys.EPOCH] for row in trial.rows]
-        style = STATE_STYLE[_state_key(trial.state)][0]
+        style = STATE_STYLE[trial.status]
         for axis, key, _ in panels:
             values = [_plotted(row.get(key)) for row in trial.rows]
             axis.plot(epochs, values, style, marker="o", ms=3, color=colour, lw=width)

@@ -34,7 +34,7 @@ from results.confirm import (
     interval_text,
     sweep_assessment,
 )
-from results.experiment import ERRORED, FINISHED, Experiment, Trial
+from results.experiment import Experiment, State, Trial
 from results.keys import (
     AVERAGE_PRECISION,
     DICE_PER_IMAGE,
@@ -92,13 +92,9 @@ class ReportPaths:
 
 
 def state_counts(trials: tuple[Trial, ...]) -> str:
-    states = [t.state for t in trials]
-    return (
-        f"trials: {len(states)} — {states.count(FINISHED)} finished, "
-        f"{sum(s.startswith('stopped') for s in states)} stopped early, "
-        f"{sum(s.startswith('interrupted') for s in states)} interrupted, "
-        f"{states.count(ERRORED)} errored"
-    )
+    states = [t.status for t in trials]
+    counts = ", ".join(f"{states.count(state)} {state.value}" for state in State)
+    return f"trials: {len(states)} — {counts}"
 
 
 def _counts(experiment: Experiment) -> str:

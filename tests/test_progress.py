@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from results.experiment import trial_state
 from tuner.progress import EpochClock, TrialLines, TrialNamer
 
 
@@ -77,5 +76,4 @@ def test_the_best_so_far_is_named_by_its_number_past_999():
 
 def test_a_trial_cut_short_is_stopped_early_in_the_reports_words():
     (line,) = _lines(_Trial(3, 0.2, epochs=1))
-    assert f"  {trial_state(False, 1, 2)}  " in line
     assert "  stopped early at epoch 1  " in line

@@ -22,7 +22,7 @@ import pytest
 from results import records
 from results.compare import COMPARED
 from results.config import TrainConfig
-from results.experiment import FINISHED, load_experiment
+from results.experiment import State, load_experiment
 from results.layout import (
     CONFIG_FILE,
     DATA_FILE,
@@ -64,7 +64,7 @@ def test_an_experiment_from_before_formats_still_reads(old_experiment):
     experiment = load_experiment(old_experiment)
     assert experiment.settings.base.encoder == "resnet18" and experiment.settings.trials == 3
     assert [t.number for t in experiment.trials] == [0, 1, 2]
-    assert all(t.state == FINISHED for t in experiment.trials)
+    assert all(t.status is State.FINISHED for t in experiment.trials)
     assert experiment.reference is experiment.trials[0]  # the base config, enqueued first
     assert experiment.best is not None and experiment.best.objective is not None
     assert experiment.provenance == DataProvenance(

@@ -24,7 +24,7 @@ from results import confirm, layout, records
 from results.compare import COMPARABLE
 from results.config import TrainConfig
 from results.confirm import Run
-from results.experiment import load_experiment
+from results.experiment import State, load_experiment
 from results.intervals import Interval, Scores, draws, estimate, resampled, t_interval, verdict
 from results.plots import (
     curve_legend,
@@ -249,6 +249,20 @@ def test_a_trial_that_a_retry_finished_is_not_errored(handmade):
     assert experiment.best.name == "trial_002_bbbb"
     assert trials["trial_004_dddd"].state == "errored"
     assert trials["trial_004_dddd"].error.startswith("NonFiniteLossError")
+
+
+def test_a_short_trial_the_driver_saw_end_is_stopped_early_under_any_scheduler(handmade):
+    """The driver records a trial's end (outcome.json) when its progress line says "stopped
+    early"; the report says the same, FIFO or not. A short trial with no record was cut off."""
+    settings = records.load_settings(handmade / layout.SETTINGS_FILE)
+    fifo = dataclasses.replace(settings, scheduler=Scheduler.FIFO)
+    records.save_settings(fifo, handmade / layout.SETTINGS_FILE)
+    ended = handmade / "trial_003_cccc" / layout.OUTCOME_FILE
+    ended.write_text('{"format": 1, "errored": false, "epochs": 1}\n')
+    trials = {t.name: t for t in load_experiment(handmade).trials}
+    assert trials["trial_003_cccc"].status is State.STOPPED
+    assert trials["trial_003_cccc"].state == "stopped early at epoch 1"
+    assert trials["trial_005_eeee"].state == "interrupted at epoch 1"
 
 
 def test_damaged_files_do_not_stop_a_report(handmade, caplog):

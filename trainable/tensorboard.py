@@ -16,6 +16,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, Sessi
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from results.experiment import State
 from results.keys import DICE, DICE_PER_IMAGE, HD95, IOU, METRIC_KEYS
 from trainable.engine import EpochReport
 
@@ -99,19 +100,19 @@ class TrialWriter:
 HPARAMS_PREFIX = "hparams/"
 # The trial's state as TensorBoard knows states: it has none for "stopped early".
 SESSION_STATUS = {
-    "finished": api_pb2.Status.STATUS_SUCCESS,
-    "errored": api_pb2.Status.STATUS_FAILURE,
+    State.FINISHED: api_pb2.Status.STATUS_SUCCESS,
+    State.ERRORED: api_pb2.Status.STATUS_FAILURE,
 }
 
 
 def write_hparams(
-    directory: Path, params: dict, metrics: dict[str, float], state: str, step: int
+    directory: Path, params: dict, metrics: dict[str, float], state: State, epochs: int
 ) -> None:
-    """The trial's HParams into its TensorBoard run: searched values plus its `state`
-    (finished / stopped early at epoch k / errored), and `metrics` (the selected epoch's)
-    as scalars under hparams/."""
+    """The trial's HParams into its TensorBoard run: searched values plus its state after
+    `epochs` (finished / stopped early at epoch k / errored), and `metrics` (the selected
+    epoch's) as scalars under hparams/ at step `epochs`."""
     values = {k: v for k, v in params.items() if isinstance(v, int | float | str | bool)}
-    values["state"] = state
+    values["state"] = state.at(epochs)
     shown = {f"{HPARAMS_PREFIX}{k}": v for k, v in metrics.items()}
     # Not the experiment summary torch makes with it: TensorBoard shows one experiment's
     # columns, and a trial's lists only the parameters that trial sampled (the driver
@@ -122,7 +123,7 @@ def write_hparams(
         for summary in (start, end):
             writer.file_writer.add_summary(summary)
         for tag, value in shown.items():
-            writer.add_scalar(tag, value, step)
+            writer.add_scalar(tag, value, epochs)
 
 
 Interval = tuple[float, float]

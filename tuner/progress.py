@@ -136,11 +136,11 @@ class TrialLines(tune.Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        state = trial_state(False, _epochs(trial), self.budget)
+        state = trial_state(False, _epochs(trial), self.budget).at(_epochs(trial))
         self._line(trial, state, (trial.last_result or {}).get(self.metric))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._line(trial, trial_state(True, _epochs(trial), self.budget), None)
+        self._line(trial, trial_state(True, _epochs(trial), self.budget).at(_epochs(trial)), None)
 
 
 def _number(name: str) -> int:
@@ -152,7 +152,7 @@ def _number(name: str) -> int:
 
 
 def _epochs(trial) -> int:
-    return int((trial.last_result or {}).get("training_iteration", 0))
+    return int((trial.last_result or {}).get(keys.ITERATION, 0))
 
 
 class EpochClock:
@@ -205,10 +205,9 @@ class TrialOutcome(tune.Callback):
     ended."""
 
     def _write(self, trial, errored: bool) -> None:
-        epochs = int((trial.last_result or {}).get("training_iteration", 0))
         staging = Path(trial.storage.trial_driver_staging_path)
         staging.mkdir(parents=True, exist_ok=True)
-        (staging / OUTCOME_FILE).write_text(Outcome(errored, epochs).to_text())
+        (staging / OUTCOME_FILE).write_text(Outcome(errored, _epochs(trial)).to_text())
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._write(trial, errored=False)
@@ -226,19 +225,20 @@ class TrialHParams(tune.Callback):
     def __init__(self, budget: int) -> None:
         self.budget = budget
 
-    def _write(self, trial, state: str) -> None:
+    def _write(self, trial, errored: bool) -> None:
         result = trial.last_result or {}
         shown = {
             k: float(v)
             for k, v in result.items()
-            if k.startswith((keys.selected(""), "test_")) and isinstance(v, int | float)
+            if k.startswith((keys.selected(""), keys.on_test(""))) and isinstance(v, int | float)
         }
-        epochs = int(result.get("training_iteration", 0))
+        epochs = _epochs(trial)
         staging = Path(trial.storage.trial_driver_staging_path)
+        state = trial_state(errored, epochs, self.budget)
         write_hparams(staging, dict(trial.config), shown, state, epochs)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._write(trial, trial_state(False, _epochs(trial), self.budget))
+        self._write(trial, errored=False)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._write(trial, trial_state(True, _epochs(trial), self.budget))
+        self._write(trial, errored=True)

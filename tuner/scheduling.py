@@ -14,6 +14,7 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from results import keys
 from results.settings import REDUCTION_FACTOR, RunSettings, default_grace_period
 
 
@@ -29,7 +30,7 @@ def build_scheduler(settings: RunSettings) -> TrialScheduler:
     if not settings.stops_trials_early:
         return FIFOScheduler()
     return ASHAScheduler(
-        time_attr="training_iteration",
+        time_attr=keys.ITERATION,
         max_t=settings.base.epochs,
         grace_period=grace_period(settings),
         reduction_factor=REDUCTION_FACTOR,

@@ -41,7 +41,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from results import storage
+from results import keys, storage
+from results.experiment import State, trial_state
 from results.layout import TUNE_TRIAL_ID, trial_folder
 from results.settings import driver_study_path, study_location
 
@@ -63,13 +64,20 @@ def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
         )
 
 
+# A trial's state (results.experiment's rule) as the study records it.
+STUDY_STATE = {
+    State.FINISHED: TrialState.COMPLETE,
+    State.STOPPED: TrialState.PRUNED,
+    State.ERRORED: TrialState.FAIL,
+}
+
+
 def completion_state(value: float | None, epochs_run: int, budget: int, error: bool) -> TrialState:
-    """How a finished Tune trial is recorded in the study."""
-    if error or value is None or not math.isfinite(value):
+    """How an ended Tune trial is recorded in the study: as its state, except that one
+    without a finite value fails (the study cannot rank it)."""
+    if value is None or not math.isfinite(value):
         return TrialState.FAIL
-    if epochs_run < budget:
-        return TrialState.PRUNED
-    return TrialState.COMPLETE
+    return STUDY_STATE[trial_state(error, epochs_run, budget)]
 
 
 class BudgetAwareOptunaSearch(OptunaSearch):
@@ -120,13 +128,13 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
             return  # Optuna refuses non-finite intermediate values; the trial will fail
-        self._record_intermediate(trial_id, value, int(result["training_iteration"]))
+        self._record_intermediate(trial_id, value, int(result[keys.ITERATION]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id not in self._ot_trials or trial_id in self._retried:
             return
         value = result.get(self.metric) if result else None
-        epochs_run = int(result.get("training_iteration", 0)) if result else 0
+        epochs_run = int(result.get(keys.ITERATION, 0)) if result else 0
         state = completion_state(value, epochs_run, self._budget_epochs, error)
         failed_before = self._stored(trial_id).state is TrialState.FAIL
         if failed_before and state is not TrialState.FAIL:  # rerun by --resume: it recovered

@@ -19,7 +19,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from results.config import TrainConfig
 from results.errors import UserError
-from results.experiment import INTERRUPTED, Experiment, load_experiment
+from results.experiment import Experiment, State, load_experiment
 from results.layout import STATE_FOLDER
 from results.settings import RunSettings
 from search_spaces import get_space
@@ -271,7 +271,7 @@ def all_ended(settings: RunSettings, experiment: Experiment) -> bool:
     reader names their states: not an interrupted run."""
     planned = 1 if settings.reference_only else settings.trials
     trials = experiment.trials
-    return len(trials) >= planned and not any(t.state.startswith(INTERRUPTED) for t in trials)
+    return len(trials) >= planned and not any(t.status is State.INTERRUPTED for t in trials)
 
 
 def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
