@@ -183,8 +183,10 @@ def pick_winner(
     scored = [c for c in candidates if math.isfinite(validation[c.label].mean)]
     if not scored:
         return None
-    sign = keys.best_first(mode)
-    winner = min(scored, key=lambda c: sign * validation[c.label].mean)
+    order = {c.label: i for i, c in enumerate(candidates)}
+    winner = min(
+        scored, key=lambda c: keys.rank_key(validation[c.label].mean, mode, order[c.label])
+    )
     return {
         "label": winner.label,
         "trial": winner.trial,

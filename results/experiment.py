@@ -211,9 +211,8 @@ class Experiment:
 def rank_trials(trials: tuple[Trial, ...], mode: str) -> list[Trial]:
     """Trials with a finite objective, best first (ties: the lower number first). A trial
     stopped early competes with the value it reached, as in Tune's own choice of the best."""
-    sign = keys.best_first(mode)
     scored = [t for t in trials if t.objective is not None and t.completed]
-    return sorted(scored, key=lambda t: (sign * t.objective, t.number))
+    return sorted(scored, key=lambda t: keys.rank_key(t.objective, mode, t.number))
 
 
 def _read_json(path: Path) -> Any:

@@ -1,7 +1,7 @@
 """Names of the values a trial reports each epoch, shared by the trainable, the Tuner
 and the reporter so that the name reported and the name optimised cannot drift apart;
 and the objectives a sweep may rank by, each with its direction (lower or higher is
-better: `LOWER_IS_BETTER`, `OBJECTIVES`, `best_first`)."""
+better: `LOWER_IS_BETTER`, `OBJECTIVES`, `best_first`, `rank_key`)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,13 @@ DEFAULT_OBJECTIVE = selected(DICE)
 def best_first(mode: str) -> int:
     """The sign that sorts an objective's values best first: +1 for "min", -1 for "max"."""
     return 1 if mode == "min" else -1
+
+
+def rank_key(value: float, mode: str, order: int) -> tuple[float, int]:
+    """What ranks trials and candidates, best first: the value in the objective's
+    direction, a tie going to the lower `order` (the trial number, the candidate listed
+    first)."""
+    return best_first(mode) * value, order
 
 
 def best_is(mode: str) -> str:

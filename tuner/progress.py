@@ -112,12 +112,11 @@ class TrialLines(tune.Callback):
         self.eta.epoch(trial.trial_id, time.monotonic(), running)
 
     def _better(self, value: float, name: str) -> bool:
-        """Whether the trial `name` that reached `value` leads, as results.experiment's
-        rank_trials ranks: by value, a tie going to the lower trial number."""
+        """Whether the trial `name` that reached `value` leads, as the report ranks."""
         if self.best is None:
             return True
-        sign = keys.best_first(self.mode)
-        return (sign * value, _number(name)) < (sign * self.best[0], _number(self.best[1]))
+        leader = keys.rank_key(self.best[0], self.mode, _number(self.best[1]))
+        return keys.rank_key(value, self.mode, _number(name)) < leader
 
     def _line(self, trial, state: str, value: float | None) -> None:
         self.ended = (self.ended or 0) + 1
