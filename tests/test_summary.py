@@ -34,3 +34,24 @@ def test_on_a_tie_the_summary_and_the_report_name_the_same_best_trial(tmp_path, 
     marked = re.findall(r"^(B|R|BR) +(trial_\S+) ", capsys.readouterr().out, re.M)
     assert sorted(marked) == [("B", "trial_000_zzzz"), ("R", TRIAL)]
     assert best[1] == "trial_000_zzzz" == experiment.best.name
+
+
+def test_the_summary_names_an_experiment_under_the_working_folder_relatively(
+    tmp_path, monkeypatch
+):
+    """What the README shows: `runs/…` paths that work from where the command ran, not
+    the absolute ones the settings resolve."""
+    (tmp_path / "runs").mkdir()
+    folder = make_experiment(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    experiment = load_experiment(folder)
+    summary = summarise(experiment.settings, experiment)
+    assert "experiment: runs/handmade\n" in summary
+    assert f"details: runs/handmade/{TRIAL}/{layout.METRICS_FILE}\n" in summary
+    assert "optuna study: runs/handmade/handmade.sqlite\n" in summary
+    assert summary.endswith("tensorboard: tensorboard --logdir runs/handmade")
+    assert str(tmp_path) not in summary
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not under it: as it is
+    summary = summarise(experiment.settings, experiment)
+    assert f"experiment: {folder}\n" in summary

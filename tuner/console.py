@@ -12,6 +12,7 @@ written here cannot; in a pipe or a log file there is none."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def say(text: str = "") -> None:
@@ -29,3 +30,16 @@ def line(text: str) -> None:
     as its trial ends (also when stdout is a pipe or a file)."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def shown(location: str | Path) -> str:
+    """A local path as a person reads it, relative to the working folder when it lies under
+    it (`runs/sweep-…`); any other path, and a bucket's URI, as it is."""
+    text = str(location)
+    if "://" in text:
+        return text
+    path = Path(text)
+    try:
+        return str(path.relative_to(Path.cwd())) if path.is_absolute() else text
+    except ValueError:
+        return text
