@@ -37,6 +37,7 @@ from results.layout import (
     TRIAL_PREFIX,
     TUNE_TRIAL_ID,
     parse_trial_folder,
+    study_file_name,
 )
 from results.records import (
     DataProvenance,
@@ -51,7 +52,7 @@ from results.records import (
     read_selection,
     type_problem,
 )
-from results.settings import RunSettings, study_file_name
+from results.settings import RunSettings
 
 log = logging.getLogger(__name__)
 

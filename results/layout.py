@@ -5,12 +5,14 @@ each file holds, and its one writer and reader, are in `results.records`.
                      data.json                  the data's provenance and warnings
                      <name>.sqlite              the Optuna study (sweeps)
                      trial_<n>_<id>/            one folder per trial, files below
+                     report/                    what `report` and `confirm` write
 
 <storage> is a local folder or a URI (s3://bucket/prefix): see results.storage.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from results.errors import UserError
@@ -18,9 +20,12 @@ from results.errors import UserError
 SETTINGS_FILE = "busi_tune_settings.json"
 DATA_FILE = "data.json"  # the data's provenance
 ORIGIN_FILE = "origin.json"  # which machine created it (tuner.origin)
+LOCK_FILE = ".lock"  # held by the run that writes the experiment (tuner.lock)
 
-# A trial's folder: written by the trial (trainable.trial, .reporting, .failures) ...
+# A trial's folder: written by the trial (trainable.trial, .reporting, .failures,
+# .tune_adapter) ...
 STATE_FOLDER = "state"  # the latest full training state (model, optimiser, ...) to resume
+STATE_FILE = re.compile(r"epoch_(\d+)\.pt(?:\.partial)?")  # in it (`.partial` while written)
 POINTER_FILE = "state.json"  # inside Tune's checkpoint_*: which state file, of which epoch
 MODEL_FILE = "model.pt"  # the selected model's weights (state dict), rewritten on improvement
 FOLD_MODEL_FILE = "model_fold{fold}.pt"  # the same for each fold of a cross-validated trial
@@ -44,8 +49,27 @@ REPORT_DIR = "report"
 MARKDOWN_FILE = "report.md"
 TRIALS_FILE = "trials.csv"
 CONFIRM_FILE = "confirm.json"
-# Tune's own experiment state, which --resume needs.
+COMPARISON_PLOT = "comparison.png"
+CURVES_PLOT = "learning_curves.png"
+ROC_PR_PLOT = "roc_pr.png"
+HISTORY_PLOT = "history.png"
+IMPORTANCE_PLOT = "importance.png"
+PARALLEL_PLOT = "parallel_coordinates.png"
+EXAMPLES_PLOT = "examples.png"
+PLOT_FILES = (
+    COMPARISON_PLOT,
+    CURVES_PLOT,
+    ROC_PR_PLOT,
+    HISTORY_PLOT,
+    IMPORTANCE_PLOT,
+    PARALLEL_PLOT,
+    EXAMPLES_PLOT,
+)
+# Tune's own: its experiment state, which --resume needs, its run snapshots and its
+# checkpoint folders inside a trial's.
 TUNE_STATE_FILE = "tuner.pkl"
+TUNE_RUN_STATE = "experiment_state-*.json"
+TUNE_CHECKPOINT_PREFIX = "checkpoint_"
 
 TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming its Tune trial
 
@@ -72,6 +96,24 @@ def parse_trial_folder(name: str) -> tuple[int, str] | None:
     if prefix or not number.isdecimal() or not tune_id:
         return None
     return int(number), tune_id
+
+
+def study_file_name(name: str) -> str:
+    """The Optuna study's file: <name>.sqlite."""
+    return f"{name}.sqlite"
+
+
+def state_file(epoch: int) -> str:
+    """A full training state, relative to the trial's folder (a moved experiment still
+    finds it): state/epoch_0004.pt."""
+    return f"{STATE_FOLDER}/epoch_{epoch:04d}.pt"
+
+
+def state_file_epoch(name: str) -> int | None:
+    """The epoch of a state's file name (or of its `.partial` while it is written); None
+    for any other file."""
+    found = STATE_FILE.fullmatch(Path(name).name)
+    return int(found[1]) if found else None
 
 
 def model_files(folds: int) -> list[str]:

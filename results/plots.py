@@ -34,22 +34,6 @@ from results.reference import PublishedReference
 
 log = logging.getLogger(__name__)
 
-COMPARISON_PLOT = "comparison.png"
-CURVES_PLOT = "learning_curves.png"
-ROC_PR_PLOT = "roc_pr.png"
-HISTORY_PLOT = "history.png"
-IMPORTANCE_PLOT = "importance.png"
-PARALLEL_PLOT = "parallel_coordinates.png"
-EXAMPLES_PLOT = "examples.png"
-PLOT_FILES = (
-    COMPARISON_PLOT,
-    CURVES_PLOT,
-    ROC_PR_PLOT,
-    HISTORY_PLOT,
-    IMPORTANCE_PLOT,
-    PARALLEL_PLOT,
-    EXAMPLES_PLOT,
-)
 MAX_IMPORTANCES = 15
 MIN_IMPORTANCE_TRIALS = 8  # and two per varied parameter: see importance_needs
 DPI = 120

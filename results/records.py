@@ -24,6 +24,7 @@ from results import keys, storage
 from results.compare import COMPARED
 from results.config import TrainConfig
 from results.errors import UserError
+from results.layout import METRICS_FILE
 from results.settings import RunSettings, Scheduler, SplitPolicy
 
 FORMAT = "format"
@@ -229,7 +230,7 @@ class Selected:
         return cls.from_json(json.loads(text), path)
 
     @classmethod
-    def from_json(cls, raw: Any, path: str | Path = "metrics.json") -> Selected:
+    def from_json(cls, raw: Any, path: str | Path = METRICS_FILE) -> Selected:
         """Raises KeyError, TypeError or ValueError for a file that is not one."""
         _, raw = unstamped(raw, SELECTED_FORMAT, path)
         protocol = dict(raw["protocol"])

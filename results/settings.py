@@ -10,6 +10,7 @@ from pathlib import Path
 from results import keys, storage
 from results.config import TrainConfig
 from results.errors import UserError
+from results.layout import study_file_name
 
 
 class SplitPolicy(enum.StrEnum):
@@ -188,10 +189,6 @@ class RunSettings:
     def study_path(self) -> Path:
         """The Optuna study the driver writes: see driver_study_path."""
         return driver_study_path(self.experiment_dir, self.name)
-
-
-def study_file_name(name: str) -> str:
-    return f"{name}.sqlite"
 
 
 def study_location(experiment_dir: str, name: str) -> str:

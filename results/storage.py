@@ -23,11 +23,18 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from results.errors import UserError
+from results.layout import STATE_FOLDER, TUNE_CHECKPOINT_PREFIX
 
 log = logging.getLogger(__name__)
 # Never mirrored: resume states (gigabytes), Tune's checkpoints, weights (fetched when a
 # command needs them) and TensorBoard's event files.
-NOT_MIRRORED = ("state", "checkpoint_*", "*.pt", "events.out.tfevents.*", "*.partial")
+NOT_MIRRORED = (
+    STATE_FOLDER,
+    f"{TUNE_CHECKPOINT_PREFIX}*",
+    "*.pt",
+    "events.out.tfevents.*",
+    "*.partial",
+)
 FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: a full disk
 
 

@@ -24,7 +24,7 @@ from results import layout
 from results.errors import UserError
 from results.escape import code, text
 from results.experiment import load_experiment
-from results.plots import PLOT_FILES
+from results.layout import PLOT_FILES
 from results.report import write_report
 from trainable.model import build_model
 from trainable.preprocess import load_busi

@@ -36,9 +36,7 @@ def test_on_a_tie_the_summary_and_the_report_name_the_same_best_trial(tmp_path, 
     assert best[1] == "trial_000_zzzz" == experiment.best.name
 
 
-def test_the_summary_names_an_experiment_under_the_working_folder_relatively(
-    tmp_path, monkeypatch
-):
+def test_the_summary_names_an_experiment_under_the_working_folder_relatively(tmp_path, monkeypatch):
     """What the README shows: `runs/…` paths that work from where the command ran, not
     the absolute ones the settings resolve."""
     (tmp_path / "runs").mkdir()

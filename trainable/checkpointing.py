@@ -13,19 +13,15 @@ there directly too. Nothing here imports Ray.
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
 import torch
 
 from results import storage
-from results.layout import STATE_FOLDER
-
-STATE_NAME = re.compile(r"epoch_(\d+)\.pt(?:\.partial)?")
+from results.layout import STATE_FOLDER, state_file, state_file_epoch
 
 
 def snapshot(tree: Any, into: Any = None) -> Any:
@@ -191,8 +187,7 @@ class TrialStorage:
 
     @staticmethod
     def state_name(epoch: int) -> str:
-        """Relative to the trial's folder, so a moved experiment still finds it."""
-        return f"{STATE_FOLDER}/epoch_{epoch:04d}.pt"
+        return state_file(epoch)
 
     def state_path(self, epoch: int) -> str:
         return self.path(self.state_name(epoch))
@@ -227,16 +222,9 @@ class TrialStorage:
         """Delete the full states older than the oldest of `names` (see `state_name`),
         whole or partial. A newer one may be being written by the writer thread (a 2.4 GB
         state can take longer than an epoch): it is never touched."""
-        oldest = min(_state_epoch(name) for name in names)
+        oldest = min(state_file_epoch(name) for name in names)
         selector = pyarrow.fs.FileSelector(self.path(STATE_FOLDER), allow_not_found=True)
         for info in self.fs.get_file_info(selector):
-            epoch = _state_epoch(info.base_name)
+            epoch = state_file_epoch(info.base_name)
             if info.type == pyarrow.fs.FileType.File and epoch is not None and epoch < oldest:
                 self.fs.delete_file(info.path)
-
-
-def _state_epoch(name: str) -> int | None:
-    """The epoch of a state's file name (`epoch_0004.pt`, or its `.partial` while it is
-    written); None for any other file."""
-    found = STATE_NAME.fullmatch(Path(name).name)
-    return int(found[1]) if found else None

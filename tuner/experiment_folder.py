@@ -24,7 +24,13 @@ from results import keys, storage
 from results.config import TrainConfig
 from results.errors import UserError
 from results.experiment import Experiment, load_experiment, open_study
-from results.layout import DATA_FILE, SETTINGS_FILE, TRIAL_PREFIX, TUNE_STATE_FILE
+from results.layout import (
+    DATA_FILE,
+    SETTINGS_FILE,
+    TUNE_RUN_STATE,
+    TUNE_STATE_FILE,
+    parse_trial_folder,
+)
 from results.records import DataProvenance, damaged_settings, load_settings, save_settings
 from results.settings import RunSettings
 from search_spaces import SPACES, SearchSpace, get_space
@@ -32,8 +38,6 @@ from trainable.dataset import discover
 from trainable.preprocess import SizedData, dataset_fingerprint
 from trainable.synth import SYNTHETIC_MARKER
 from tuner import console, origin
-
-TUNE_RUN_STATE = "experiment_state-*.json"
 
 
 def resolve_settings(settings: RunSettings) -> RunSettings:
@@ -177,7 +181,7 @@ def remove_experiment(settings: RunSettings) -> None:
 def trial_started(location: str) -> bool:
     """Whether any trial of the experiment has started (its folder holds a file)."""
     with contextlib.suppress(UserError, OSError):
-        return any(name.startswith(TRIAL_PREFIX) for name in storage.list_files(location))
+        return any(parse_trial_folder(name.split("/")[0]) for name in storage.list_files(location))
     return True  # storage unreadable: keep what is there
 
 

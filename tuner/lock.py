@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import IO
 
 from results.errors import UserError
+from results.layout import LOCK_FILE
 
 log = logging.getLogger(__name__)
-
-LOCK_FILE = ".lock"
 
 
 def lock_experiment(directory: Path) -> IO[str]:

@@ -20,7 +20,7 @@ from ray.tune.schedulers import TrialScheduler
 from results.config import TrainConfig
 from results.errors import UserError
 from results.experiment import Experiment, State, load_experiment
-from results.layout import STATE_FOLDER
+from results.layout import STATE_FOLDER, TUNE_CHECKPOINT_PREFIX
 from results.settings import RunSettings
 from search_spaces import get_space
 from trainable.model import EncoderState, pretrained_encoders
@@ -287,8 +287,9 @@ def prune_checkpoints(settings: RunSettings, results: tune.ResultGrid) -> int:
         if result.error is None:
             selector = pyarrow.fs.FileSelector(result.path, allow_not_found=True)
             for info in result.filesystem.get_file_info(selector):
+                name = info.base_name
                 if info.type == pyarrow.fs.FileType.Directory and (
-                    info.base_name == STATE_FOLDER or info.base_name.startswith("checkpoint_")
+                    name == STATE_FOLDER or name.startswith(TUNE_CHECKPOINT_PREFIX)
                 ):
                     result.filesystem.delete_dir(info.path)
                     deleted += 1

@@ -12,7 +12,7 @@ from torch import nn
 from results import storage
 from results.errors import UserError
 from results.experiment import Experiment, Trial
-from results.layout import MODEL_FILE
+from results.layout import MODEL_FILE, short_trial_name
 from trainable.model import build_model
 
 
@@ -31,7 +31,7 @@ def pick_trial(experiment: Experiment, name: str | None) -> Trial:
             )
         return experiment.best
     for trial in experiment.trials:
-        if name in (trial.name, f"trial_{trial.number:03d}"):
+        if name in (trial.name, short_trial_name(trial.number)):
             return trial
     names = ", ".join(t.name for t in experiment.trials)
     raise UserError(f"--trial {name}: no such trial in {experiment.location}; valid: {names}")
