@@ -22,7 +22,7 @@ import optuna
 
 from results import keys, storage
 from results.config import TrainConfig
-from results.errors import UserError
+from results.errors import DamagedRecord, UserError
 from results.layout import (
     CONFIG_FILE,
     DATA_FILE,
@@ -34,6 +34,7 @@ from results.layout import (
     RESULT_FILE,
     SELECTION_FILE,
     SETTINGS_FILE,
+    SPLIT_FILE,
     TRIAL_PREFIX,
     TUNE_TRIAL_ID,
     parse_trial_folder,
@@ -45,6 +46,7 @@ from results.records import (
     Placement,
     Selected,
     SelectionArrays,
+    SplitManifest,
     is_integer,
     is_number,
     load_settings,
@@ -151,6 +153,17 @@ class Trial:
     def has_selection(self) -> bool:
         """selection.npz is there and readable."""
         return self.selection() is not None
+
+    def split(self) -> SplitManifest:
+        """split.json, the split the trial ran on; DamagedRecord when it is missing or
+        damaged, NewerFormatError when a newer busi-tune wrote it."""
+        path = self.path / SPLIT_FILE
+        try:
+            return SplitManifest.from_text(path.read_text(), path)
+        except (OSError, ValueError, KeyError, TypeError) as error:  # JSON's: ValueErrors
+            missing = isinstance(error, FileNotFoundError)
+            reason = "missing" if missing else f"damaged ({_first_line(error)})"
+            raise DamagedRecord(f"{path}: {reason}") from None
 
     def selection(self) -> SelectionArrays | None:
         """Read on demand (the arrays are only needed for the best trial's plots); None

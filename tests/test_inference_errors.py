@@ -17,10 +17,13 @@ from PIL import Image
 
 from results import layout, records
 from results.config import TrainConfig
+from results.errors import UserError
+from results.experiment import load_experiment
 from results.keys import METRIC_KEYS
 from results.settings import RunSettings
 from trainable.model import build_model
 from tuner.cli import main
+from tuner.inference.evaluate import recorded_part
 
 BASE = TrainConfig.reference().replace(
     encoder="resnet18", encoder_weights="none", image_size=32, batch_size=8, epochs=1
@@ -151,7 +154,7 @@ def test_export_refuses_an_out_name_that_its_card_would_overwrite(
     assert list(tmp_path.iterdir()) == []  # neither a model nor a card
 
 
-@pytest.mark.parametrize("damage", ["missing", "cut short", "no hash", "newer"])
+@pytest.mark.parametrize("damage", ["missing", "cut short", "binary", "no hash", "newer"])
 def test_export_with_a_damaged_split_record_is_one_line_and_writes_nothing(
     tmp_path, capsys, damage
 ):
@@ -162,6 +165,8 @@ def test_export_with_a_damaged_split_record_is_one_line_and_writes_nothing(
         split.unlink()
     elif damage == "cut short":
         split.write_text(split.read_text()[:20])
+    elif damage == "binary":
+        split.write_bytes(b"\xff\xfe\x00garbage")
     elif damage == "no hash":
         split.write_text(json.dumps({k: v for k, v in written.items() if k != "sha256"}))
     else:
@@ -289,3 +294,22 @@ def test_a_damaged_model_file_is_one_line(
     _one_error_line(capsys, copy / TRIAL / layout.MODEL_FILE, "--trial")
     if command == "export":
         assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "binary", "no side"])
+def test_evaluate_names_the_split_record_it_cannot_read(tmp_path, damage):
+    """evaluate, export and predict read split.json through one reader (Trial.split)."""
+    folder = make_experiment(tmp_path)
+    split = folder / TRIAL / layout.SPLIT_FILE
+    if damage == "missing":
+        split.unlink()
+    elif damage == "binary":
+        split.write_bytes(b"\xff\xfe\x00garbage")
+    (trial,) = load_experiment(folder).trials
+    with pytest.raises(UserError) as raised:
+        recorded_part(trial, "validation")  # the hand-made split names no validation part
+    message = str(raised.value)
+    assert message.startswith(f"{split}: ") and "\n" not in message
+    reason = {"missing": "missing", "binary": "damaged (", "no side": "damaged (no validation"}
+    assert message.startswith(f"{split}: {reason[damage]}")
+    assert message.endswith("restore the file from a copy, or evaluate another --trial")

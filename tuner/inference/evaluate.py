@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from results.errors import UserError
+from results.errors import DamagedRecord, UserError
 from results.experiment import Experiment, Trial
 from results.keys import METRIC_KEYS
 from results.layout import SPLIT_FILE
-from results.records import SplitManifest
 from trainable.engine import LOSS, pick_device
 from trainable.metrics import PixelStats
 from trainable.preprocess import load_sized
@@ -68,21 +67,20 @@ def _recorded(trial: Trial, part: Part, reference_only: bool) -> dict[str, float
     return None if reference_only else trial.selected.heldout
 
 
-def recorded_part(path: Path, side: str) -> list[str]:
+def recorded_part(trial: Trial, side: str) -> list[str]:
     """The names of one part of the split the trial recorded in split.json (its
     "validation" or "test"); one line when it cannot. Read, never recomputed: the split
     depends on the near-duplicate grouping, which may have changed since the run."""
     try:
-        return list(SplitManifest.from_text(path.read_text(), path).side(side))
-    except TypeError:
-        raise UserError(
-            f"{path}: damaged (its {side} is not a list of names); restore it"
-        ) from None
-    except (OSError, ValueError, KeyError) as error:  # JSON's errors are ValueErrors
-        raise UserError(
-            f"{path}: missing or damaged ({type(error).__name__}); the trial's {side} part is "
-            "unknown: restore the file from a copy, or evaluate another --trial"
-        ) from None
+        return list(trial.split().side(side))
+    except DamagedRecord as error:
+        reason = str(error)
+    except KeyError:
+        reason = f"{trial.path / SPLIT_FILE}: damaged (no {side} part)"
+    raise UserError(
+        f"{reason}; the trial's {side} part is unknown: restore the file from a copy, or "
+        "evaluate another --trial"
+    )
 
 
 def evaluate_trial(
@@ -120,7 +118,7 @@ def evaluate_trial(
                 "--part validation: a --reference run has none, and a cross-validated "
                 "trial's are per fold (metrics.json lists them)"
             )
-        names = recorded_part(trial.path / SPLIT_FILE, part.value)
+        names = recorded_part(trial, part.value)
         position = {name: i for i, name in enumerate(inputs.names)}
         missing = [name for name in names if name not in position]
         if missing:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from results import storage
-from results.errors import UserError
+from results.errors import DamagedRecord, UserError
 from results.experiment import Experiment, Trial
 from results.layout import METRICS_FILE, SPLIT_FILE
 from results.records import SplitManifest
@@ -54,16 +54,17 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), **found}
 
 
-def recorded_split(path: Path) -> SplitManifest:
+def recorded_split(trial: Trial) -> SplitManifest:
     """The trial's split.json, with the policy, seed, counts and hash a card names."""
     try:
-        split = SplitManifest.from_text(path.read_text(), path)
-    except (OSError, ValueError, TypeError) as error:  # JSON's errors are ValueErrors
+        split = trial.split()
+    except DamagedRecord as error:
         raise UserError(
-            f"{path}: missing or damaged ({type(error).__name__}); the model card cannot name "
-            "the trial's split: restore the file from a copy, or export another --trial"
+            f"{error}; the model card cannot name the trial's split: restore the file from "
+            "a copy, or export another --trial"
         ) from None
     if None in (split.policy, split.seed, split.counts, split.sha256):
+        path = trial.path / SPLIT_FILE
         raise UserError(f"{path}: damaged (no policy, seed, counts or hash); restore it")
     return split
 
@@ -75,7 +76,7 @@ def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> di
             f"{storage.join(experiment.location, trial.name, METRICS_FILE)}: missing or "
             "damaged, so the model card cannot say what was selected; choose another --trial"
         )
-    split = recorded_split(trial.path / SPLIT_FILE)
+    split = recorded_split(trial)
     reference = load_reference()
     size, eval_size = config.image_size, experiment.settings.base.image_size
     return {

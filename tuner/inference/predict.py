@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from results import escape
-from results.errors import UserError
+from results.errors import DamagedRecord, UserError
 from results.experiment import Experiment, Trial
 from results.layout import SPLIT_FILE
 from results.records import (
@@ -39,7 +39,6 @@ from results.records import (
     TEST,
     TRAIN,
     VALIDATION,
-    SplitManifest,
 )
 from trainable.dataset import DataError, discover, read_grey, read_mask
 from trainable.preprocess import dataset_fingerprint
@@ -142,11 +141,10 @@ class Known:
 def known_from_experiment(experiment: Experiment, trial: Trial) -> Known:
     """The trial's split.json mapped to the files of the experiment's data folder, when
     that folder is on this machine and holds the content the run recorded."""
-    path = trial.path / SPLIT_FILE
     try:
-        parts = SplitManifest.from_text(path.read_text(), path).parts()
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        return Known(unknown=f"{path} is missing or damaged")
+        parts = trial.split().parts()
+    except (DamagedRecord, KeyError):
+        return Known(unknown=f"{trial.path / SPLIT_FILE} is missing or damaged")
     data = experiment.settings.data
     if data is None or not data.is_dir():
         return Known(unknown=f"the experiment's data {data} is not on this machine")
