@@ -530,3 +530,21 @@ def test_the_inference_commands_defaults_are_their_functions():
     predict = parser.parse_args(["predict", "x", "--images", "i", "--out", "o"])
     assert predict.batch_size == default(predict_folder, "batch_size")
     assert parser.parse_args(["export", "x", "--out", "m.pt"]).format == default(export, "fmt")
+
+
+def test_a_readers_warning_is_a_warning_line_as_the_commands_own(tmp_path):
+    """Library code logs; without -v its warnings read as the commands' own `warning:`
+    lines, not as `WARNING results.experiment: …`."""
+    from test_inference_errors import TRIAL, make_experiment
+
+    from results.layout import OUTCOME_FILE
+
+    folder = make_experiment(tmp_path)
+    damaged = folder / TRIAL / OUTCOME_FILE
+    damaged.write_text("{")
+    done = run_cli(
+        "report", str(folder), cwd=tmp_path, env_extra={"BUSI_TUNE_CACHE": str(tmp_path)}
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"warning: {damaged}: damaged (" in done.stderr
+    assert "WARNING" not in done.stderr

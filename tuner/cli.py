@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
-import logging
 import re
 from pathlib import Path
 
@@ -604,10 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    console.log_to_stderr(args.verbose)
     try:
         return args.handler(args)
     except UserError as error:
