@@ -1,6 +1,6 @@
 """An experiment directory read offline: settings, trials, the best and the reference trial.
 
-Plain files only (JSON, CSV, NumPy, the Optuna SQLite study): no Ray cluster is needed, so
+Plain files only (JSON, NumPy, the Optuna SQLite study): no Ray cluster is needed, so
 a report can be made from a copied or interrupted experiment. An experiment on remote
 storage (s3://…) is read from a local mirror of its small files (results.storage).
 """

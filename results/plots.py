@@ -511,6 +511,3 @@ def plot_examples(
         f"{chosen}."
     )
     return Plot(title, _save(figure, path), note)
-
-
-# --- report.md -----------------------------------------------------------------------

@@ -3,7 +3,10 @@
 Every record is written with a `format` number. A reader takes its own format and the
 files written before formats existed (format 0, read as they were written: experiments
 made before this module still report, resume and evaluate); a newer format is refused in
-one line that says to upgrade. File names are in `results.layout`.
+one line that says to upgrade. The one exception is a confirmation (confirm.json,
+final.json), which carried a format from the start: its format 1 used another protocol,
+is not read, and is left out of the report with a warning. File names are in
+`results.layout`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ OUTCOME_FORMAT = 1
 SPLIT_FORMAT = 1
 CONFIG_FORMAT = 1
 ORIGIN_FORMAT = 1
-# 1: paired by seed, images resampled singly, no primary endpoint (no longer read).
+# 1: paired by seed, images resampled singly, no primary endpoint (not read).
 CONFIRMATION_FORMAT = 2
 
 

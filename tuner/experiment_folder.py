@@ -1,10 +1,11 @@
 """The experiment on storage (a local folder, NFS or s3://): its name refused when taken or
 resumed when absent, its folder made with the settings, the data's provenance, the origin
 stamp and the sweep's HParams, removed again when no trial starts, checked before a resume,
-and opened for reading. No Ray or torch. A command that reads an experiment a user names
-(report, confirm, evaluate, predict, export) opens it here (`open_experiment`, which checks
-its search space); `run` and the retraining runs read back what they have just run (its
-space checked before it started) with results.experiment.load_experiment."""
+and opened for reading. No Ray; torch only for TensorBoard's HParams writer. A command
+that reads an experiment a user names (report, confirm, evaluate, predict, export) opens it
+here (`open_experiment`, which checks its search space); `run` and the retraining runs read
+back what they have just run (its space checked before it started) with
+results.experiment.load_experiment."""
 
 from __future__ import annotations
 
