@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 
-from results.keys import ACCURACY, DICE, F1, IOU, PRECISION, RECALL, ROC_AUC
+from results.keys import ACCURACY, DICE, F1, IOU, LOSS, PRECISION, RECALL, ROC_AUC
 from results.reference import PublishedReference, load_reference
 
 # The published table's rows, in its order ("loss" is the test Dice loss).
-COMPARED = ("loss", ACCURACY, PRECISION, RECALL, F1, IOU, DICE, ROC_AUC)
+COMPARED = (LOSS, ACCURACY, PRECISION, RECALL, F1, IOU, DICE, ROC_AUC)
 # The rows set beside ours. Not the loss: the paper's is smp's batch-pooled Dice loss
 # averaged over batches (it moves with batch size and scores a lesion-free batch as 0),
 # ours the soft Dice loss pooled over every pixel of the part. Same name, another number.
-COMPARABLE = tuple(m for m in COMPARED if m != "loss")
+COMPARABLE = tuple(m for m in COMPARED if m != LOSS)
 LOSS_NOT_COMPARED = (
     "not compared: ours is the soft Dice loss pooled over the whole part, the paper's "
     "smp's batch Dice loss averaged over batches"
@@ -35,6 +35,6 @@ def comparison_table(test: dict[str, float], reference: PublishedReference | Non
             f"{metric:<10} {test.get(metric, math.nan):>8.4f} "
             f"{reference.test[metric]:>10.4f} {difference[metric]:>+8.4f}"
         )
-    loss = test.get("loss", math.nan)
+    loss = test.get(LOSS, math.nan)
     lines.append(f"{'loss':<10} {loss:>8.4f} {'—':>10} {'—':>8}  ({LOSS_NOT_COMPARED})")
     return "\n".join(lines)

@@ -58,7 +58,7 @@ from results.records import confirmation_to_text
 log = logging.getLogger(__name__)
 
 # Test metrics assessed (f1 is left out: on pooled counts it is the Dice, a duplicate).
-METRICS = (DICE, IOU, PRECISION, RECALL, ACCURACY, ROC_AUC, DICE_PER_IMAGE, "loss")
+METRICS = (DICE, IOU, PRECISION, RECALL, ACCURACY, ROC_AUC, DICE_PER_IMAGE, keys.LOSS)
 REFERENCE = "reference"
 THIS_RUN = "this run"  # a --reference run's one trial
 CONFIRM, FINAL, SWEEP = "confirm", "final", "sweep"  # what retrained the runs, if anything
@@ -68,7 +68,7 @@ def primary_metric(objective: str) -> str:
     """The test metric of the objective a sweep optimised: `selected_heldout_dice` ->
     `dice`; the combined loss (a selection rule with a training term) -> the test loss."""
     if objective == keys.BEST_COMBINED_LOSS:
-        return "loss"
+        return keys.LOSS
     return objective.removeprefix(keys.selected(""))
 
 

@@ -41,6 +41,8 @@ METRIC_KEYS: tuple[str, ...] = (
     NORMAL_FP_RATE,
 )
 
+# The Dice loss pooled over a part, recorded beside the metrics of that part.
+LOSS = "loss"
 EPOCH = "epoch"
 TRAIN_LOSS = "train_loss"
 HELDOUT_LOSS = "heldout_loss"  # validation part, or test part under the reference protocol
@@ -72,18 +74,18 @@ def selected(metric: str) -> str:
     return f"selected_heldout_{metric}"
 
 
-SELECTED_LOSS = selected("loss")
+SELECTED_LOSS = selected(LOSS)
 SELECTED_METRICS = tuple(selected(m) for m in METRIC_KEYS)
 
 # The objectives a sweep may rank configs by, with their direction: the selected model's
 # held-out values (never the test part's), or the combined loss with its training term.
 # A spread describes a model but ranks none (a uniformly poor model has a small one).
-LOWER_IS_BETTER = {"loss", HD95, HD95_MEDIAN, MISSED_LESION_RATE, NORMAL_FP_RATE}
+LOWER_IS_BETTER = {LOSS, HD95, HD95_MEDIAN, MISSED_LESION_RATE, NORMAL_FP_RATE}
 NOT_OBJECTIVES = {DICE_PER_IMAGE_SD}
 OBJECTIVES: dict[str, str] = {
     **{
         selected(m): "min" if m in LOWER_IS_BETTER else "max"
-        for m in ("loss", *METRIC_KEYS)
+        for m in (LOSS, *METRIC_KEYS)
         if m not in NOT_OBJECTIVES
     },
     BEST_COMBINED_LOSS: "min",

@@ -215,7 +215,7 @@ class Selected:
             "models": list(self.models),
             keys.COMBINED_LOSS: self.combined_loss,
             "heldout": self.heldout,
-            keys.TEST_LOSS: test.pop("loss"),
+            keys.TEST_LOSS: test.pop(keys.LOSS),
             "test": test,
         }
         if self.folds is not None:
@@ -245,7 +245,7 @@ class Selected:
             split_seed=protocol["split_seed"],
             counts=protocol["counts"],
             combined_loss=raw[keys.COMBINED_LOSS],
-            test={"loss": raw[keys.TEST_LOSS], **raw["test"]},
+            test={keys.LOSS: raw[keys.TEST_LOSS], **raw["test"]},
             folds=raw.get("objective"),
             models=tuple(_list(raw.get("models", []))),
             heldout=raw.get("heldout"),

@@ -38,6 +38,7 @@ from results.experiment import Experiment, State, Trial
 from results.keys import (
     AVERAGE_PRECISION,
     DICE_PER_IMAGE,
+    LOSS,
     METRIC_KEYS,
     NORMAL_FP_RATE,
 )
@@ -74,7 +75,7 @@ from results.reference import PublishedReference, load_reference
 log = logging.getLogger(__name__)
 
 
-TEST_KEYS = ("loss", *METRIC_KEYS)
+TEST_KEYS = (LOSS, *METRIC_KEYS)
 TRIALS_CSV_PARAM = "param_"  # trials.csv's column prefix of a searched value
 # Test metrics the published table does not report, shown beside it.
 UNPUBLISHED = (AVERAGE_PRECISION, DICE_PER_IMAGE, NORMAL_FP_RATE)
@@ -447,7 +448,7 @@ def trial_row(
     test = (_test(trial) or {}) if test_metrics else {}
     difference = deltas(test, reference) if test else {}
     tested = {
-        **{f"test_{m}": _csv(test.get(m)) for m in TEST_KEYS},
+        **{keys.on_test(m): _csv(test.get(m)) for m in TEST_KEYS},
         **{f"delta_{m}": _csv(difference.get(m)) for m in COMPARABLE},
     }
     return {
@@ -549,7 +550,7 @@ def comparison_section(
             "Winner: the sweep's best trial on the validation objective (one run); the "
             "reference config is the sweep's own run of it."
         )
-    unpublished = [m for m in (*UNPUBLISHED, "loss") if all(m in row.test for row in rows)]
+    unpublished = [m for m in (*UNPUBLISHED, LOSS) if all(m in row.test for row in rows)]
     lines = [
         how,
         "",

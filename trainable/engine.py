@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from results.config import LrSchedule, Optimizer, TrainConfig
+from results.keys import LOSS
 from trainable.augment import build_augmentation, normalise
 from trainable.metrics import PixelStats, best_threshold
 from trainable.model import EncoderState, build_loss, build_model
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 # Evaluation's batch size changes nothing but speed and memory (the results are pooled).
 EVAL_BATCH_SIZE = 16
-LOSS = "loss"  # the key of the pooled held-out loss beside the metric keys
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -11,7 +11,7 @@ from results import keys
 from results.keys import METRIC_KEYS
 from results.layout import model_files
 from results.records import Selected, SelectionArrays
-from trainable.engine import LOSS, EpochReport
+from trainable.engine import EpochReport
 from trainable.splits import Split
 from trainable.trial_setup import TrialSetup
 
@@ -34,7 +34,7 @@ def to_tune_metrics(report: EpochReport, objective: str) -> dict[str, float]:
         keys.COMBINED_LOSS: report.combined_loss,
         keys.BEST_COMBINED_LOSS: report.best_combined_loss,
         keys.BEST_EPOCH: report.best_epoch,
-        keys.SELECTED_LOSS: report.selected_heldout[LOSS],
+        keys.SELECTED_LOSS: report.selected_heldout[keys.LOSS],
         keys.LR: report.lr,
         keys.EPOCH_SECONDS: report.seconds,
         keys.TRAIN_SECONDS: report.train_seconds,
@@ -69,7 +69,7 @@ def selection_record(
             f"lowest {setup.base.selection_train_weight:g} x train loss + "
             f"{1 - setup.base.selection_train_weight:g} x held-out loss"
         ),
-        "heldout_loss": "soft Dice loss pooled over every pixel of the part",
+        keys.HELDOUT_LOSS: "soft Dice loss pooled over every pixel of the part",
         "threshold": (
             "chosen on the validation part: the highest pooled Dice on 0.05, 0.10, ..., "
             "0.95 (the lowest on a tie), for the held-out and test metrics"
@@ -107,7 +107,7 @@ def selection_record(
         split_seed=split.seed,
         counts={**counts, "test": len(split.test)},
         combined_loss=report.best_combined_loss,
-        test={"loss": report.test_loss, **report.test},
+        test={keys.LOSS: report.test_loss, **report.test},
         folds=objective,
         models=tuple(model_files(setup.folds)),
         heldout=report.selected_heldout,

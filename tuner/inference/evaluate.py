@@ -19,9 +19,9 @@ import numpy as np
 
 from results.errors import DamagedRecord, UserError
 from results.experiment import Experiment, Trial
-from results.keys import METRIC_KEYS
+from results.keys import LOSS, METRIC_KEYS
 from results.layout import SPLIT_FILE
-from trainable.engine import LOSS, pick_device
+from trainable.engine import pick_device
 from trainable.metrics import PixelStats
 from trainable.preprocess import load_sized
 from tuner.inference import EVALUATE_BATCH_SIZE, segmenter
