@@ -46,6 +46,8 @@ CONFIG_FORMAT = 1
 ORIGIN_FORMAT = 1
 # 1: paired by seed, images resampled singly, no primary endpoint (not read).
 CONFIRMATION_FORMAT = 2
+# 0: the card's "format" named the runtime ("torchscript" or "onnx"), now "runtime".
+MODEL_CARD_FORMAT = 1
 
 
 class NewerFormatError(UserError):
@@ -620,6 +622,60 @@ def read_confirmation(text: str | bytes, path: str | Path) -> dict[str, Any]:
     if found != CONFIRMATION_FORMAT:
         raise ValueError(f"format {found}, from an older version")
     return body
+
+
+RUNTIMES = ("torchscript", "onnx")
+SPLIT_IMAGES = "split_images"  # the card's copy of the split, as content hashes
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The JSON card beside an exported model (tuner.inference.export writes it): what
+    `predict` needs to run the file alone, read from the card as written; the rest
+    (config, split, metrics, software) is for people and other programs."""
+
+    runtime: str  # RUNTIMES
+    trial: str | None  # the trial it was exported from
+    input_size: int
+    evaluation_size: int
+    threshold: float
+    # Each part's images by content hash ({"parts": {part: [hash, ...]}}), None when the
+    # card carries none (exported without the data at hand).
+    split_images: dict[str, list[str]] | None
+
+    @staticmethod
+    def to_text(runtime: str, card: dict[str, Any]) -> str:
+        """The whole card: its format and runtime first, then `card` as export lays it out
+        ("input": {"size"}, "evaluation_size", "threshold", SPLIT_IMAGES, ...)."""
+        return json.dumps(stamped(MODEL_CARD_FORMAT, {"runtime": runtime, **card}), indent=2)
+
+    @classmethod
+    def from_text(cls, text: str | bytes, path: str | Path) -> ModelCard:
+        """Raises ValueError (JSON's included), KeyError or TypeError for a card that is
+        not one, NewerFormatError for a newer one."""
+        raw = json.loads(text)
+        if isinstance(raw, dict) and isinstance(raw.get(FORMAT), str):  # format 0
+            raw = {**raw, FORMAT: 0, "runtime": raw[FORMAT]}
+        _, body = unstamped(raw, MODEL_CARD_FORMAT, path)
+        runtime = body.get("runtime", RUNTIMES[0])  # format 0 without one: torchscript
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r} unknown ({' or '.join(RUNTIMES)})")
+        split = body.get(SPLIT_IMAGES)
+        parts = None
+        if split is not None:
+            parts = {str(part): [str(h) for h in hashes] for part, hashes in split["parts"].items()}
+        threshold = body["threshold"]
+        if not is_number(threshold):
+            raise TypeError("threshold is not a number")
+        trial = body.get("trial")
+        return cls(
+            runtime=runtime,
+            trial=None if trial is None else str(trial),
+            input_size=int(body["input"]["size"]),
+            evaluation_size=int(body["evaluation_size"]),
+            threshold=float(threshold),
+            split_images=parts,
+        )
 
 
 @dataclass(frozen=True)

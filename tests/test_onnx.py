@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from test_inference_errors import TRIAL, make_experiment
 
+from results.records import MODEL_CARD_FORMAT, NewerFormatError
 from trainable.dataset import read_grey
 from trainable.preprocess import resize_image
 from tuner.cli import main
@@ -100,7 +101,7 @@ def test_predict_with_the_onnx_file_writes_the_torchscript_masks(exports, real_i
 def test_the_onnx_card_names_its_format_and_the_exact_resize(exports):
     pt, onnx_file = exports
     card = json.loads(onnx_file.with_suffix(".json").read_text())
-    assert (card["file"], card["format"], card["trial"]) == ("model.onnx", "onnx", TRIAL)
+    assert (card["file"], card["runtime"], card["trial"]) == ("model.onnx", "onnx", TRIAL)
     assert card["onnx"] == {"opset": 17, "input": "images", "output": "probabilities"}
     assert card["input"]["resize"] == (
         "cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA) when the uint8 grey image "
@@ -108,9 +109,10 @@ def test_the_onnx_card_names_its_format_and_the_exact_resize(exports):
         "the aspect ratio is not kept"
     )
     assert card["input"]["dtype"] == "float32" and card["input"]["shape"] == [None, 1, 32, 32]
-    # The TorchScript card says the same of the input; only the file and format differ.
+    # The TorchScript card says the same of the input; only the file and runtime differ.
     torchscript = json.loads(pt.with_suffix(".json").read_text())
-    assert torchscript["format"] == "torchscript" and "onnx" not in torchscript
+    assert torchscript["runtime"] == "torchscript" and "onnx" not in torchscript
+    assert card["format"] == torchscript["format"] == MODEL_CARD_FORMAT
     assert torchscript["input"] == card["input"] and torchscript["output"] == card["output"]
     # The rule as written is the one predict applies: shrink both, enlarge both, mixed.
     rng = np.random.default_rng(0)
@@ -141,3 +143,23 @@ def test_the_readme_onnxruntime_example_gives_predicts_masks(
         exec(snippet, scope)
         expected = np.asarray(Image.open(predicted / f"{name}_pred.png")) > 0
         assert np.array_equal(scope["mask"], expected), name
+
+
+def test_a_card_from_before_card_formats_still_runs_and_a_newer_one_is_refused(exports, tmp_path):
+    """Cards written before they carried a format named the runtime in "format" (and a
+    TorchScript card once named none); a newer card is one line that says to upgrade."""
+    images = [np.random.default_rng(0).integers(0, 256, (40, 50), dtype=np.uint8)]
+    cpu = torch.device("cpu")
+    for exported, old_runtime in zip(exports, ({}, {"format": "onnx"}), strict=True):
+        card = json.loads(exported.with_suffix(".json").read_text())
+        copy = tmp_path / exported.name
+        shutil.copy(exported, copy)
+        old = {k: v for k, v in card.items() if k not in ("format", "runtime")}
+        copy.with_suffix(".json").write_text(json.dumps({**old_runtime, **old}))
+        expected = segmenter.from_export(exported, device=cpu).probabilities(images)
+        assert np.array_equal(
+            segmenter.from_export(copy, device=cpu).probabilities(images), expected
+        )
+    copy.with_suffix(".json").write_text(json.dumps({**card, "format": MODEL_CARD_FORMAT + 1}))
+    with pytest.raises(NewerFormatError, match="written by a newer busi-tune"):
+        segmenter.from_export(copy, device=cpu)

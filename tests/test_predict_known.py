@@ -197,7 +197,7 @@ def test_an_exported_model_carries_the_split_by_content(experiment, split, image
     exported = tmp_path / "model.pt"
     assert main(["export", str(experiment), "--out", str(exported)]) == 0
     card = json.loads(exported.with_suffix(".json").read_text())
-    parts = card[predict.CARD_KEY]["parts"]
+    parts = card[records.SPLIT_IMAGES]["parts"]
     assert {part: len(hashes) for part, hashes in parts.items()} == split["counts"]
     out = tmp_path / "out"
     assert main(["predict", str(exported), "--images", str(images), "--out", str(out)]) == 0

@@ -307,7 +307,8 @@ def predict(args: argparse.Namespace) -> int:
     flip = args.tta == "flip"
     if Path(args.source).is_file():
         model = segmenter.from_export(Path(args.source), flip, args.threshold)
-        known = prediction.known_from_card(segmenter.card_path(Path(args.source)))
+        card_file = segmenter.card_path(Path(args.source))
+        known = prediction.known_from_card(segmenter.read_card(Path(args.source)), card_file)
     else:
         from tuner.experiment_folder import open_experiment
         from tuner.inference.model import pick_trial

@@ -5,7 +5,6 @@ a JSON model card beside it that says everything needed to use and judge it."""
 from __future__ import annotations
 
 import io
-import json
 import platform
 import warnings
 from importlib import metadata
@@ -19,13 +18,13 @@ from results import storage
 from results.errors import DamagedRecord, UserError
 from results.experiment import Experiment, Trial
 from results.layout import METRICS_FILE, SPLIT_FILE
-from results.records import SplitManifest
+from results.records import SPLIT_IMAGES, ModelCard, SplitManifest
 from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
 from trainable.preprocess import resize_rule
 from tuner.inference import EXPORT_FORMATS
 from tuner.inference.model import load_tuned_model, trial_threshold
-from tuner.inference.predict import CARD_KEY, split_images
+from tuner.inference.predict import split_images
 from tuner.inference.segmenter import card_path
 
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -81,7 +80,6 @@ def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> di
     size, eval_size = config.image_size, experiment.settings.base.image_size
     return {
         "file": file.name,
-        "format": fmt,
         # What a program that runs the ONNX file must name.
         **({"onnx": {"opset": ONNX_OPSET, **ONNX_NAMES}} if fmt == "onnx" else {}),
         "experiment": experiment.location,
@@ -131,7 +129,7 @@ def model_card(experiment: Experiment, trial: Trial, file: Path, fmt: str) -> di
         },
         "software": _versions(),
         # The split's images by content, for predict's in_experiment column.
-        CARD_KEY: split_images(experiment, trial),
+        SPLIT_IMAGES: split_images(experiment, trial),
     }
 
 
@@ -221,7 +219,7 @@ def export(experiment: Experiment, trial: Trial, out: Path, fmt: str = EXPORT_FO
     size = trial.config.image_size
     example = torch.zeros(1, 1, size, size)
     data = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(model, example)
-    card = json.dumps(model_card(experiment, trial, out, fmt), indent=2) + "\n"
+    card = ModelCard.to_text(fmt, model_card(experiment, trial, out, fmt)) + "\n"
     written: list[Path] = []
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

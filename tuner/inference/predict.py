@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import filecmp
 import hashlib
-import json
 import logging
 import re
 import tempfile
@@ -39,6 +38,7 @@ from results.records import (
     TEST,
     TRAIN,
     VALIDATION,
+    ModelCard,
 )
 from trainable.dataset import DataError, discover, read_grey, read_mask
 from trainable.preprocess import dataset_fingerprint
@@ -70,7 +70,6 @@ OUTLINE_WIDTH = 2  # pixels, inside the lesion: visible on a 500 px image, hides
 # in_experiment: the part of the experiment's split an image is, or what is known of it.
 UNSEEN, UNKNOWN = "unseen", "unknown"
 SEEN = (TRAIN, VALIDATION, CROSS_VALIDATED)  # fit or chosen on: results there are no test
-CARD_KEY = "split_images"  # the model card's copy of the split, as content hashes
 # One content in two parts (BUSI holds one exact duplicate pair, benign (433) and
 # malignant (145), which a random split may part): the part the model learnt most from wins.
 _PRECEDENCE = (TRAIN, CROSS_VALIDATED, VALIDATION, TEST)
@@ -180,19 +179,17 @@ def split_images(experiment: Experiment, trial: Trial) -> dict | None:
     }
 
 
-def known_from_card(card_file: Path) -> Known:
-    """The split the model card carries (CARD_KEY), if it carries one."""
-    known = Known()
-    try:
-        parts = json.loads(card_file.read_text()).get(CARD_KEY) or {}
-        for part, hashes in parts["parts"].items():
-            for key in hashes:
-                known.add(key, part)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+def known_from_card(card: ModelCard, card_file: Path) -> Known:
+    """The split the model card carries, if it carries one."""
+    if card.split_images is None:
         return Known(
             unknown=f"{card_file.name} lists no images of the split (exported without the "
             "experiment's data at hand, or by an older busi-tune)"
         )
+    known = Known()
+    for part, hashes in card.split_images.items():
+        for key in hashes:
+            known.add(key, part)
     return known
 
 

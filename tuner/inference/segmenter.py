@@ -10,7 +10,6 @@ normalisation, and probabilities at the experiment's evaluation size
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 
 from results.errors import UserError
 from results.experiment import Experiment
+from results.records import ModelCard
 from trainable.engine import Precision, pick_device, predict_probabilities, resize_probabilities
 from trainable.preprocess import resize_image
 from tuner.inference.model import load_tuned_model, pick_trial, reason, trial_threshold
@@ -126,12 +126,9 @@ def card_path(export_file: Path) -> Path:
     return export_file.with_suffix(".json")
 
 
-def from_export(
-    path: Path, flip: bool = False, threshold: float | None = None, device=None
-) -> Segmenter:
-    """An exported TorchScript or ONNX file and the model card beside it (whose "format"
-    says which)."""
-    device = device or pick_device()
+def read_card(path: Path) -> ModelCard:
+    """The model card beside the exported file `path`; one line when there is none or it
+    cannot be read."""
     card_file = card_path(path)
     if card_file == path:
         raise UserError(
@@ -141,29 +138,31 @@ def from_export(
     if not card_file.is_file():
         raise UserError(f"{path}: no model card {card_file.name} beside it; export it again")
     try:
-        card = json.loads(card_file.read_text())
-        size, eval_size = card["input"]["size"], card["evaluation_size"]
-        threshold = threshold or card["threshold"]
-        fmt = card.get("format", "torchscript")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        return ModelCard.from_text(card_file.read_bytes(), card_file)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise UserError(
             f"{card_file}: damaged model card ({reason(error)}); export the model again"
         ) from None
-    if fmt == "onnx":
-        forward = _onnx_forward(path)
-    elif fmt == "torchscript":
-        forward = _torchscript_forward(path, device)
-    else:
-        raise UserError(
-            f"{card_file}: format {fmt!r} unknown (torchscript or onnx); export the model again"
-        )
+
+
+def from_export(
+    path: Path, flip: bool = False, threshold: float | None = None, device=None
+) -> Segmenter:
+    """An exported TorchScript or ONNX file and the model card beside it (whose "runtime"
+    says which)."""
+    device = device or pick_device()
+    card = read_card(path)
+    size, eval_size = card.input_size, card.evaluation_size
+    threshold = threshold or card.threshold
+    onnx = card.runtime == "onnx"
+    forward = _onnx_forward(path) if onnx else _torchscript_forward(path, device)
 
     @torch.no_grad()
     def run(images: np.ndarray) -> torch.Tensor:
         x = images.astype(np.float32)[:, None]  # grey values 0-255, (N, 1, S, S)
         return resize_probabilities(forward(x), eval_size)
 
-    member = Member(card.get("trial", path.name), size, run)
+    member = Member(card.trial or path.name, size, run)
     return Segmenter((member,), eval_size, threshold, flip)
 
 
