@@ -137,7 +137,11 @@ def test_two_node_cluster_on_s3_moves_a_lost_trial_with_the_drivers_weights(
 ):
     """A node is removed mid-trial: the trial resumes on the other node from its checkpoint
     in the bucket, and its placement record keeps both starts. The encoder's weights are a
-    relative file that only the driver ever reads: it is gone once the driver has it."""
+    relative file that only the driver ever reads: it is gone once the driver has it.
+
+    The head runs no trial (no CPU): with one there, a loaded machine can start the second
+    trial's worker more slowly than the first trial trains, and Tune then reuses the first
+    trial's actor on the head for it, so no trial ever runs on a node that can be removed."""
     import segmentation_models_pytorch as smp
     from ray.cluster_utils import Cluster
     from safetensors.torch import save_file
@@ -153,8 +157,10 @@ def test_two_node_cluster_on_s3_moves_a_lost_trial_with_the_drivers_weights(
         return found
 
     monkeypatch.setattr(sweep, "pretrained_encoders", read_then_remove)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    worker = cluster.add_node(num_cpus=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = {node.node_id: node for node in (cluster.add_node(num_cpus=1) for _ in range(2))}
+    removed: list[str] = []
+    sweep_done = threading.Event()
     location = storage.join(s3_storage, "cluster")
     try:
         ray.init(address=cluster.address)
@@ -173,23 +179,26 @@ def test_two_node_cluster_on_s3_moves_a_lost_trial_with_the_drivers_weights(
             cache_dir=tmp_path / "cache",
         )
 
-        def remove_worker_mid_trial() -> None:
-            deadline = time.time() + 600
-            while time.time() < deadline:
+        def remove_a_node_mid_trial() -> None:
+            while not sweep_done.is_set():
                 files = storage.list_files(location) if storage.exists(location) else {}
                 for trial in {p.split("/")[0] for p in files if p.startswith("trial_")}:
                     starts = _placements(location, trial)
                     # Its second full state written: the driver has long had the first.
-                    resumable = f"{trial}/state/epoch_0004.pt" in files
-                    if starts and starts[0]["node_id"] == worker.node_id and resumable:
-                        cluster.remove_node(worker)
+                    if starts and f"{trial}/state/epoch_0004.pt" in files:
+                        node_id = starts[0]["node_id"]
+                        cluster.remove_node(workers[node_id])
+                        removed.append(node_id)
                         return
                 time.sleep(0.2)
 
-        killer = threading.Thread(target=remove_worker_mid_trial, daemon=True)
+        killer = threading.Thread(target=remove_a_node_mid_trial, daemon=True)
         killer.start()
-        _, results = sweep.run(settings)
-        killer.join(timeout=5)
+        try:
+            _, results = sweep.run(settings)
+        finally:
+            sweep_done.set()
+            killer.join()
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -197,11 +206,11 @@ def test_two_node_cluster_on_s3_moves_a_lost_trial_with_the_drivers_weights(
     assert all(r.metrics["training_iteration"] == 6 for r in results)
     placements = {name: _placements(location, name) for name in _trial_names(location)}
     nodes = {entry["node_id"] for entries in placements.values() for entry in entries}
-    assert worker.node_id in nodes and len(nodes) == 2  # trials ran on both nodes
+    assert len(removed) == 1 and nodes == set(workers)  # trials ran on both nodes
     moved = [entries for entries in placements.values() if len(entries) > 1]
     assert len(moved) == 1, placements
     first_start, restart = moved[0]
-    assert first_start["node_id"] == worker.node_id != restart["node_id"]
+    assert first_start["node_id"] == removed[0] != restart["node_id"]
     assert restart["resumed_after_epoch"] >= 2  # from a checkpoint, not from epoch 0
     saved = json.loads(storage.read_bytes(storage.join(location, SETTINGS_FILE)))
     assert saved["base"]["encoder_weights"] == str(tmp_path / "encoder.safetensors")
