@@ -195,6 +195,25 @@ def study_location(experiment_dir: str, name: str) -> str:
     return storage.join(experiment_dir, study_file_name(name))
 
 
+@dataclass(frozen=True)
+class ConfirmSettings:
+    """`confirm`: the reference and the `top` best configs retrained with `seeds` fresh
+    training seeds each, on `split_seeds` splits (the sweep's first)."""
+
+    seeds: int = 3
+    split_seeds: int = 1
+    top: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1 or self.split_seeds < 1 or self.seeds * self.split_seeds < 2:
+            raise UserError(
+                "confirm: --seeds × --split-seeds must be at least 2 (an interval needs two "
+                "runs of a config), each at least 1"
+            )
+        if self.top < 1:
+            raise UserError("confirm: --top must be at least 1")
+
+
 def driver_study_path(experiment_dir: str, name: str) -> Path:
     """The SQLite study the driver writes: in the experiment when its storage is local;
     else a local file (SQLite needs one) that the searcher copies into the experiment with

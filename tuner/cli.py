@@ -21,6 +21,7 @@ from results.settings import (
     GRACE_SHARE,
     MAX_DEFAULT_CPUS,
     REDUCTION_FACTOR,
+    ConfirmSettings,
     ConflictPolicy,
     RunSettings,
     Scheduler,
@@ -30,7 +31,14 @@ from results.settings import (
 from trainable.synth import write_synthetic_busi  # no torch: cv2 and PIL only
 from tuner import commands, console
 from tuner.commands import AUTO, DEMO
-from tuner.inference import EVALUATE_BATCH_SIZE, EXPORT_FORMATS, PREDICT_BATCH_SIZE
+from tuner.inference import (
+    ENSEMBLE,
+    EVALUATE_BATCH_SIZE,
+    EXPORT_FORMATS,
+    PREDICT_BATCH_SIZE,
+    Part,
+    Tta,
+)
 
 
 def _percent(share: float) -> str:
@@ -98,6 +106,7 @@ def suggestion(message: str, parser: argparse.ArgumentParser) -> str:
 
 
 _REFERENCE = TrainConfig.reference()
+CONFIRM_DEFAULTS = ConfirmSettings()
 
 
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
@@ -417,12 +426,15 @@ def _add_confirm_parser(subparsers) -> None:
     )
     confirm.add_argument("dir", help="the sweep's folder, <storage>/<name> (or s3://…)")
     confirm.add_argument(
-        "--seeds", type=int, default=3, help="training seeds per config (default: %(default)s)"
+        "--seeds",
+        type=int,
+        default=CONFIRM_DEFAULTS.seeds,
+        help="training seeds per config (default: %(default)s)",
     )
     confirm.add_argument(
         "--split-seeds",
         type=int,
-        default=1,
+        default=CONFIRM_DEFAULTS.split_seeds,
         help="splits to retrain on: the sweep's, then other draws of its split policy, each "
         "a Tune run <name>-confirm-split<seed>, so that the split's own noise counts "
         "(default: %(default)s, the sweep's split only)",
@@ -430,7 +442,7 @@ def _add_confirm_parser(subparsers) -> None:
     confirm.add_argument(
         "--top",
         type=int,
-        default=1,
+        default=CONFIRM_DEFAULTS.top,
         help="how many of the best trials to retrain besides the reference (default: %(default)s)",
     )
     confirm.add_argument(
@@ -469,8 +481,8 @@ def _add_evaluate_parser(subparsers) -> None:
     )
     evaluate.add_argument(
         "--part",
-        choices=["validation", "test"],
-        default="test",
+        choices=list(Part),
+        default=Part.TEST.value,
         help="part of the experiment's split (default: %(default)s)",
     )
     evaluate.add_argument(
@@ -487,15 +499,15 @@ def _add_evaluate_parser(subparsers) -> None:
     )
     evaluate.add_argument(
         "--tta",
-        choices=["none", "flip"],
-        default="none",
+        choices=list(Tta),
+        default=Tta.NONE.value,
         help="flip: average with the horizontally flipped pass, as `predict --tta flip` "
         "(default: %(default)s)",
     )
     evaluate.add_argument(
         "--ensemble",
         type=int,
-        default=1,
+        default=ENSEMBLE,
         help="average the probabilities of the K best trials, as `predict --ensemble K`, at "
         "the best trial's threshold (default: %(default)s)",
     )
@@ -526,13 +538,13 @@ def _add_predict_parser(subparsers) -> None:
     predict.add_argument(
         "--ensemble",
         type=int,
-        default=1,
+        default=ENSEMBLE,
         help="average the probabilities of the K best trials (default: %(default)s)",
     )
     predict.add_argument(
         "--tta",
-        choices=["none", "flip"],
-        default="none",
+        choices=list(Tta),
+        default=Tta.NONE.value,
         help="flip: average with the horizontally flipped pass (default: %(default)s)",
     )
     predict.add_argument(

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from results import storage
 from results.config import TrainConfig
 from results.errors import UserError
-from results.settings import ConflictPolicy, RunSettings, Scheduler, SplitPolicy
+from results.settings import ConfirmSettings, ConflictPolicy, RunSettings, Scheduler, SplitPolicy
 from tuner import console
+from tuner.inference import Tta
 
 if TYPE_CHECKING:
     from results.experiment import Experiment
@@ -236,17 +237,11 @@ def confirm(args: argparse.Namespace) -> int:
     from tuner.experiment_folder import open_experiment
     from tuner.progress import ConsoleLines
 
-    if args.seeds < 1 or args.split_seeds < 1 or args.seeds * args.split_seeds < 2:
-        raise UserError(
-            "confirm: --seeds × --split-seeds must be at least 2 (an interval needs two runs "
-            "of a config), each at least 1"
-        )
-    if args.top < 1:
-        raise UserError("confirm: --top must be at least 1")
+    plan = ConfirmSettings(args.seeds, args.split_seeds, args.top)
     experiment = open_experiment(args.dir)
-    candidates = choose_candidates(experiment, args.top)
-    seeds = training_seeds(experiment.settings.base.seed, args.seeds)
-    splits = split_seeds(experiment.settings.seed, args.split_seeds)
+    candidates = choose_candidates(experiment, plan.top)
+    seeds = training_seeds(experiment.settings.base.seed, plan.seeds)
+    splits = split_seeds(experiment.settings.seed, plan.split_seeds)
     locations, complete = retrain.run(
         experiment,
         candidates,
@@ -278,7 +273,8 @@ def confirm(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     from tuner.experiment_folder import open_experiment
-    from tuner.inference.evaluate import Part, evaluate_trial, format_result
+    from tuner.inference import Part
+    from tuner.inference.evaluate import evaluate_trial, format_result
     from tuner.inference.model import pick_trial
 
     if args.trial is not None and args.ensemble > 1:
@@ -291,7 +287,7 @@ def evaluate(args: argparse.Namespace) -> int:
         Part(args.part),
         args.data,
         args.batch_size,
-        flip=args.tta == "flip",
+        flip=Tta(args.tta) is Tta.FLIP,
         ensemble=args.ensemble,
     )
     console.say(json.dumps(result.to_json()) if args.json else format_result(result))
@@ -304,7 +300,7 @@ def predict(args: argparse.Namespace) -> int:
 
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise UserError(f"--threshold {args.threshold}: must lie strictly between 0 and 1")
-    flip = args.tta == "flip"
+    flip = Tta(args.tta) is Tta.FLIP
     if Path(args.source).is_file():
         model = segmenter.from_export(Path(args.source), flip, args.threshold)
         card_file = segmenter.card_path(Path(args.source))

@@ -9,7 +9,6 @@ On the experiment's own parts it reproduces what the trial recorded at selection
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,7 @@ from results.layout import SPLIT_FILE
 from trainable.engine import pick_device
 from trainable.metrics import PixelStats
 from trainable.preprocess import load_sized
-from tuner.inference import EVALUATE_BATCH_SIZE, segmenter
-
-
-class Part(enum.StrEnum):
-    VALIDATION = "validation"
-    TEST = "test"
+from tuner.inference import ENSEMBLE, EVALUATE_BATCH_SIZE, Part, segmenter
 
 
 @dataclass(frozen=True)
@@ -90,7 +84,7 @@ def evaluate_trial(
     data_dir: Path | None = None,
     batch_size: int = EVALUATE_BATCH_SIZE,
     flip: bool = False,
-    ensemble: int = 1,
+    ensemble: int = ENSEMBLE,
 ) -> Result:
     """`trial`'s selected model (with `ensemble` > 1, the K best trials', `trial` being the
     best) through `predict`'s segmenter, with flip TTA if asked, at the trial's threshold."""

@@ -23,6 +23,7 @@ from results.experiment import Experiment
 from results.records import ModelCard
 from trainable.engine import Precision, pick_device, predict_probabilities, resize_probabilities
 from trainable.preprocess import resize_image
+from tuner.inference import ENSEMBLE
 from tuner.inference.model import load_tuned_model, pick_trial, reason, trial_threshold
 
 # Uint8 images (N, S, S) at a member's input size -> probabilities (N, E, E).
@@ -75,7 +76,7 @@ class Segmenter:
 def from_experiment(
     experiment: Experiment,
     trial: str | None = None,
-    ensemble: int = 1,
+    ensemble: int = ENSEMBLE,
     flip: bool = False,
     threshold: float | None = None,
     device: torch.device | None = None,
