@@ -15,7 +15,7 @@ One primary endpoint: the test value of the metric the sweep optimised (test Dic
 Bonferroni-corrected for their number, so that reading all of them keeps the error rate
 of one. The same assessment, of one run per config, gives the report of a sweep without a
 final round its numbers. The statistics are pure functions; the retraining is in
-`tuner.confirm` (the only package that runs Ray).
+`tuner.retrain` (the only package that runs Ray).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ PARAMS_FILE = "params.json"  # the searched values
 ERROR_FILE = "error.txt"  # written when a trial errors (every failed attempt, never cleared)
 # ... and by the driver when a trial ends: whether its last attempt errored.
 OUTCOME_FILE = "outcome.json"
-# The sweep's final round (tuner.confirm.final_round), at the experiment's root: its
+# The sweep's final round (tuner.retrain.final_round), at the experiment's root: its
 # configs retrained with fresh seeds, the winner picked on validation, test intervals.
 FINAL_FILE = "final.json"
 # What readers write, in the experiment's report/ folder: the report, and `confirm`'s result.
@@ -96,6 +96,16 @@ def parse_trial_folder(name: str) -> tuple[int, str] | None:
     if prefix or not number.isdecimal() or not tune_id:
         return None
     return int(number), tune_id
+
+
+# The retraining runs beside a sweep (tuner.retrain): `confirm`'s and the final round's.
+CONFIRM_SUFFIX = "-confirm"
+FINAL_SUFFIX = "-final"
+
+
+def retraining_name(sweep: str, suffix: str, split_seed: int, sweep_seed: int) -> str:
+    """<sweep>-confirm, <sweep>-final, or <sweep>-confirm-split<seed> on another split."""
+    return sweep + suffix + ("" if split_seed == sweep_seed else f"-split{split_seed}")
 
 
 def study_file_name(name: str) -> str:

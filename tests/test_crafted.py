@@ -29,7 +29,7 @@ from results.report import write_report
 from trainable.model import build_model
 from trainable.preprocess import load_busi
 from tuner.cli import main
-from tuner.confirm import confirm_settings
+from tuner.retrain import confirm_settings
 
 handmade = test_report.handmade  # the fixture: five trials with known numbers, a study
 BEST = "trial_002_bbbb"  # the hand-made experiment's best trial

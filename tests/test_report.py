@@ -641,7 +641,7 @@ def test_an_experiment_in_a_bucket_reads_reports_and_confirms_as_a_local_one(
     states), the same trials, best and reference; its report is uploaded beside it, and a
     confirm run would go beside it in the bucket."""
     from results import storage
-    from tuner.confirm import confirm_settings
+    from tuner.retrain import confirm_settings
 
     monkeypatch.setenv("BUSI_TUNE_CACHE", str(tmp_path / "reader-cache"))
     (handmade / "trial_001_aaaa" / "model.pt").write_bytes(b"weights")
@@ -964,7 +964,7 @@ def test_report_of_a_real_sweep(real_sweep, synth_root, capsys):
         assert selection["groups"].shape == selection["names"].shape
     # `run --resume` continues the final round: a finished one is not trained again.
     from results.confirm import choose_candidates
-    from tuner.confirm import final_round
+    from tuner.retrain import final_round
 
     experiment = load_experiment(real_sweep)
     settings = dataclasses.replace(experiment.settings, resume=True)

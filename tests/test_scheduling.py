@@ -86,7 +86,7 @@ def test_a_grace_period_outside_the_budget_is_one_line(tmp_path, capsys):
 
 
 def test_a_trial_short_of_its_budget_was_stopped_only_where_a_scheduler_stops(tmp_path):
-    """The reader's one rule, which the run summary, sweep.all_ended and tuner.confirm
+    """The reader's one rule, which the run summary, sweep.all_ended and tuner.retrain
     use: a trial that ended short without an error was stopped early under ASHA, and cut
     off (interrupted) under FIFO, whose retraining runs have no study to say so."""
     from results.experiment import read_trial

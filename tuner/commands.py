@@ -149,7 +149,7 @@ def _final_round(settings: RunSettings, experiment: Experiment, write) -> int:
     """After the last trial: the winner over fresh seeds (--final-seeds)."""
     from results.confirm import choose_candidates, confirmation_lines
     from tuner import experiment_folder, interrupts
-    from tuner.confirm import final_round
+    from tuner.retrain import final_round
 
     try:
         candidates = choose_candidates(experiment, settings.final_top)
@@ -233,7 +233,7 @@ def confirm(args: argparse.Namespace) -> int:
         training_seeds,
     )
     from results.layout import REPORT_DIR
-    from tuner import confirm as retrain
+    from tuner import retrain
     from tuner.experiment_folder import open_experiment
     from tuner.progress import ConsoleLines
 

@@ -267,7 +267,7 @@ def disk_full(error: BaseException) -> bool:
 
 def all_ended(settings: RunSettings, experiment: Experiment) -> bool:
     """Every planned trial of the run (a sweep, a --reference run or a retraining run of
-    tuner.confirm) ran and ended, finished, stopped early or errored, as the experiment's
+    tuner.retrain) ran and ended, finished, stopped early or errored, as the experiment's
     reader names their states: not an interrupted run."""
     planned = 1 if settings.reference_only else settings.trials
     trials = experiment.trials

@@ -27,7 +27,13 @@ from results.config import TrainConfig
 from results.confirm import FINAL, Candidate, confirmation, training_seeds
 from results.errors import UserError
 from results.experiment import Experiment, load_experiment
-from results.layout import FINAL_FILE, TUNE_STATE_FILE
+from results.layout import (
+    CONFIRM_SUFFIX,
+    FINAL_FILE,
+    FINAL_SUFFIX,
+    TUNE_STATE_FILE,
+    retraining_name,
+)
 from results.records import confirmation_to_text
 from results.settings import RunSettings, Scheduler
 from tuner.cluster import check_resources, init_ray, resolve_cpus, resolve_gpus, ship
@@ -41,8 +47,6 @@ from tuner.sweep import (
     resolve_pretrained,
 )
 
-SUFFIX = "-confirm"
-FINAL_SUFFIX = "-final"
 # The retraining runs' trials are numbered from 0 (Tune's basic generator counts from 0).
 NAMER = TrialNamer(sweep=False)
 
@@ -53,14 +57,14 @@ def confirm_settings(
     address: str | None,
     cpus_per_trial: int | None,
     gpus_per_trial: float | None,
-    suffix: str = SUFFIX,
+    suffix: str = CONFIRM_SUFFIX,
     split_seed: int | None = None,
 ) -> RunSettings:
     """The sweep's settings, for a FIFO run of `runs` trials in a new experiment beside it,
     on the sweep's split or on the split of `split_seed`."""
     sweep = experiment.settings
     split_seed = sweep.seed if split_seed is None else split_seed
-    name = sweep.name + suffix + ("" if split_seed == sweep.seed else f"-split{split_seed}")
+    name = retraining_name(sweep.name, suffix, split_seed, sweep.seed)
     return dataclasses.replace(
         sweep,
         name=name,
@@ -94,7 +98,7 @@ def run(
     seeds: Sequence[int],
     splits: Sequence[int] | None = None,
     *,
-    suffix: str = SUFFIX,
+    suffix: str = CONFIRM_SUFFIX,
     resume: bool = False,
     address: str | None = None,
     cpus_per_trial: int | None = None,
