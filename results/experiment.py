@@ -137,7 +137,7 @@ class Trial:
     @property
     def fold_spread(self) -> float | None:
         """The objective's std over cross-validation folds (None without folds)."""
-        return self.selected.folds["std"] if self.selected and self.selected.folds else None
+        return self.selected.folds.std if self.selected and self.selected.folds else None
 
     @property
     def errored(self) -> bool:

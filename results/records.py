@@ -175,6 +175,32 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class FoldObjective:
+    """A cross-validated trial's objective: its value on each fold, their mean (what the
+    sweep ranks) and sample standard deviation; metrics.json's "objective"."""
+
+    metric: str
+    per_fold: tuple[float, ...]
+    mean: float
+    std: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "per_fold": list(self.per_fold)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> FoldObjective:
+        """Raises KeyError, TypeError or ValueError for one that is not."""
+        if not isinstance(raw, dict):
+            raise TypeError("objective is not an object")
+        values = raw["per_fold"]
+        if not isinstance(values, list) or not all(is_number(v) for v in values):
+            raise TypeError("objective's per_fold is not a list of numbers")
+        if not (is_number(raw["mean"]) and is_number(raw["std"])):
+            raise TypeError("objective's mean or std is not a number")
+        return cls(str(raw["metric"]), tuple(values), float(raw["mean"]), float(raw["std"]))
+
+
+@dataclass(frozen=True)
 class Selected:
     """metrics.json: the selected epoch and its test metrics, with the protocol behind them."""
 
@@ -186,13 +212,14 @@ class Selected:
     combined_loss: float
     test: dict[str, float]  # "loss" (the test Dice loss) and the metric keys
     # Cross-validation: the objective per fold, its mean and std (None with one split).
-    folds: dict[str, Any] | None = None
+    folds: FoldObjective | None = None
     models: tuple[str, ...] = ()  # the selected weights' file names in the trial folder
     heldout: dict[str, float] | None = None  # "loss" and metrics on the held-out part
     # The selected model's decision threshold (None in files from before it was recorded:
     # the config's); chosen on the validation part under --threshold auto.
     threshold: float | None = None
-    # The protocol's rules in words, and each fold's own selection (cross-validation).
+    # The protocol's rules in words, and each fold's own selection (cross-validation:
+    # its epoch, threshold and metrics, written for people, read by no command).
     rules: dict[str, Any] = dataclasses.field(default_factory=dict)
     per_fold: tuple[dict[str, Any], ...] = ()
 
@@ -221,7 +248,7 @@ class Selected:
             "test": test,
         }
         if self.folds is not None:
-            body["objective"] = self.folds
+            body["objective"] = self.folds.to_json()
             body["folds"] = list(self.per_fold)
         return stamped(SELECTED_FORMAT, body)
 
@@ -248,7 +275,9 @@ class Selected:
             counts=protocol["counts"],
             combined_loss=raw[keys.COMBINED_LOSS],
             test={keys.LOSS: raw[keys.TEST_LOSS], **raw["test"]},
-            folds=raw.get("objective"),
+            folds=None
+            if raw.get("objective") is None
+            else FoldObjective.from_json(raw["objective"]),
             models=tuple(_list(raw.get("models", []))),
             heldout=raw.get("heldout"),
             threshold=raw.get("threshold"),
@@ -269,13 +298,6 @@ class Selected:
             and _mapping(self.counts, is_integer),
             "combined_loss": is_number(self.combined_loss),
             "test": _mapping(self.test, is_number) and all(m in self.test for m in COMPARED),
-            "objective": self.folds is None
-            or (
-                isinstance(self.folds, dict)
-                and is_number(self.folds.get("std"))
-                and isinstance(self.folds.get("per_fold"), list)
-                and all(is_number(v) for v in self.folds["per_fold"])
-            ),
             "models": all(_file_name(name) for name in self.models),
             "heldout": self.heldout is None or _mapping(self.heldout, is_number),
             "threshold": self.threshold is None or is_number(self.threshold),

@@ -177,7 +177,7 @@ def objective_words(metric: str) -> str:
 def _details(trial: Trial) -> str:
     searched = describe_params(trial.params)
     if trial.selected and trial.selected.folds:
-        per_fold = ", ".join(f"{v:.4f}" for v in trial.selected.folds["per_fold"])
+        per_fold = ", ".join(f"{v:.4f}" for v in trial.selected.folds.per_fold)
         searched += f"; objective per fold {per_fold} (± {trial.fold_spread:.4f})"
     return f"{searched}; error: {trial.error}" if trial.error else searched
 

@@ -128,6 +128,12 @@ def test_each_record_reads_what_its_writer_wrote(tmp_path):
     written = json.loads(selected.to_text())
     assert written["format"] == records.SELECTED_FORMAT and written["test_loss"] == 0.3
     assert Selected.from_text(selected.to_text(), "m") == selected
+    objective = records.FoldObjective("selected_heldout_dice", (0.5, 0.7), 0.6, 0.1414)
+    per_fold = ({"fold": 0, "selected_epoch": 2}, {"fold": 1, "selected_epoch": 3})
+    cross_validated = dataclasses.replace(selected, folds=objective, per_fold=per_fold)
+    written = json.loads(cross_validated.to_text())
+    assert written["objective"]["per_fold"] == [0.5, 0.7] and written["folds"][1]["fold"] == 1
+    assert Selected.from_text(cross_validated.to_text(), "m") == cross_validated
     folds = SplitManifest("grouped", 0, None, {"cross-validated": 3, "test": 1}, "ab", test=("d",))
     folds = dataclasses.replace(folds, folds=(("a",), ("b", "c")))
     assert SplitManifest.from_text(folds.to_text(), "s") == folds

@@ -10,7 +10,7 @@ import numpy as np
 from results import keys
 from results.keys import METRIC_KEYS
 from results.layout import model_files
-from results.records import Selected, SelectionArrays
+from results.records import FoldObjective, Selected, SelectionArrays
 from trainable.engine import EpochReport
 from trainable.splits import Split
 from trainable.trial_setup import TrialSetup
@@ -82,12 +82,12 @@ def selection_record(
     objective, per_fold = None, ()
     if report.folds:
         values = [objective_value(fold, setup.objective) for fold in report.folds]
-        objective = {
-            "metric": setup.objective,
-            "per_fold": values,
-            "mean": float(np.mean(values)),
-            "std": float(np.std(values, ddof=1)),  # sample SD, as reported every epoch
-        }
+        objective = FoldObjective(
+            metric=setup.objective,
+            per_fold=tuple(values),
+            mean=float(np.mean(values)),
+            std=float(np.std(values, ddof=1)),  # sample SD, as reported every epoch
+        )
         per_fold = tuple(
             {
                 "fold": k,
