@@ -34,8 +34,9 @@ from results.plots import (
     varied_params,
 )
 from results.reference import load_reference
-from results.report import format_terminal_table, write_report
+from results.report import write_report
 from results.settings import RunSettings, Scheduler
+from results.tables import format_terminal_table
 from search_spaces import get_space
 from trainable.metrics import METRIC_KEYS
 from trainable.preprocess import load_busi

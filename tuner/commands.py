@@ -204,7 +204,8 @@ def spaces(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     from results.layout import REPORT_DIR
-    from results.report import format_terminal_table, write_report
+    from results.report import write_report
+    from results.tables import format_terminal_table
     from trainable.preprocess import load_busi
     from tuner.experiment_folder import open_experiment
 

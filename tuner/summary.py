@@ -1,6 +1,6 @@
 """The text printed at the end of `python -m tuner run`, read from the experiment as the
 report reads it (results.experiment): the same trial states, counted in the report's words
-(results.report.state_counts), and the same best trial."""
+(results.words.state_counts), and the same best trial."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from results import storage
 from results.compare import comparison_table
 from results.experiment import Experiment
 from results.layout import METRICS_FILE
-from results.report import state_counts
 from results.settings import RunSettings
+from results.words import state_counts
 from tuner import console
 
 
