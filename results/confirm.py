@@ -26,7 +26,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from results import escape, keys
 from results.errors import UserError
@@ -53,7 +52,15 @@ from results.keys import (
     ROC_AUC,
 )
 from results.layout import CONFIRM_FILE, own_folder
-from results.records import confirmation_to_text
+from results.records import (
+    Candidate,
+    Comparison,
+    Confirmation,
+    ConfirmProtocol,
+    Estimate,
+    RecordedRun,
+    Winner,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +77,6 @@ def primary_metric(objective: str) -> str:
     if objective == keys.BEST_COMBINED_LOSS:
         return keys.LOSS
     return objective.removeprefix(keys.selected(""))
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A config to retrain: the reference or one of the sweep's best."""
-
-    label: str  # "reference", "best", "rank 2", ...
-    trial: str  # the sweep's trial it comes from
-    rank: int  # its place by validation objective in the sweep (1 = best)
-    point: dict[str, Any]  # its values on every searched key
 
 
 def choose_candidates(experiment: Experiment, top: int) -> tuple[Candidate, ...]:
@@ -173,7 +170,7 @@ def _scores(runs: Sequence[Run], label: str) -> list[Scores]:
 
 def pick_winner(
     candidates: Sequence[Candidate], runs: Sequence[Run], objective: str, mode: str
-) -> dict[str, Any] | None:
+) -> Winner | None:
     """The candidate with the best mean validation objective over its runs (a tie keeps
     the one listed first, the reference); each candidate's mean with its t-interval."""
     validation = {
@@ -187,19 +184,19 @@ def pick_winner(
     winner = min(
         scored, key=lambda c: keys.rank_key(validation[c.label].mean, mode, order[c.label])
     )
-    return {
-        "label": winner.label,
-        "trial": winner.trial,
-        "rule": f"the {keys.best_is(mode)} mean validation {objective} "
+    return Winner(
+        label=winner.label,
+        trial=winner.trial,
+        rule=f"the {keys.best_is(mode)} mean validation {objective} "
         "over its runs (the test part picks nothing)",
-        "validation": {label: dataclasses.asdict(i) for label, i in validation.items()},
-    }
+        validation={label: Estimate(**dataclasses.asdict(i)) for label, i in validation.items()},
+    )
 
 
-def _interval(metric: str, a: list[Scores], b: list[Scores] | None, level: float) -> dict:
+def _interval(metric: str, a: list[Scores], b: list[Scores] | None, level: float) -> Estimate:
     interval = estimate(metric, a, b, confidence=level)
-    raw = {**dataclasses.asdict(interval), "confidence": level}
-    return raw if b is None else {**raw, "verdict": verdict(interval, metric)}
+    judged = None if b is None else verdict(interval, metric)
+    return Estimate(**dataclasses.asdict(interval), confidence=level, verdict=judged)
 
 
 def assess(
@@ -207,9 +204,9 @@ def assess(
     experiment: Experiment,
     candidates: Sequence[Candidate],
     runs: Sequence[Run],
-    protocol: dict[str, Any],
+    protocol: ConfirmProtocol,
     retrained_in: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> Confirmation:
     """Everything confirm.json (and final.json) holds: the plan, every run, the winner,
     each config's test numbers and each one's difference from the reference."""
     settings = experiment.settings
@@ -222,44 +219,46 @@ def assess(
         if run.scores is not None and run.scores.split_seed not in parts:
             parts[run.scores.split_seed] = group_summary(run.scores.groups, len(run.scores.names))
     reference = _scores(runs, REFERENCE)
-    return {
-        "kind": kind,
-        "experiment": experiment.location,
-        "retrained_in": list(retrained_in),
-        "confidence": CONFIDENCE,
-        "primary": {"metric": primary, "objective": settings.metric},
-        "secondary": {"metrics": secondary, "confidence": level},
-        "resamples": RESAMPLES,
-        "protocol": {**protocol, "test_groups": {str(k): v for k, v in parts.items()}},
-        "seeds": sorted({r.seed for r in runs}),
-        "split_seeds": sorted(parts),
-        "candidates": [dataclasses.asdict(c) for c in candidates],
-        "runs": [
-            {
-                "label": r.label,
-                "seed": r.seed,
-                "split_seed": r.scores.split_seed if r.scores else None,
-                "trial": r.trial,
-                "state": r.state,
-                "objective": r.objective,
-                "test": r.scores.test if r.scores else None,
-            }
+    return Confirmation(
+        kind=kind,
+        experiment=experiment.location,
+        retrained_in=tuple(retrained_in),
+        confidence=CONFIDENCE,
+        primary_metric=primary,
+        objective=settings.metric,
+        secondary_metrics=tuple(secondary),
+        secondary_confidence=level,
+        resamples=RESAMPLES,
+        protocol=dataclasses.replace(protocol, test_groups={str(k): v for k, v in parts.items()}),
+        seeds=tuple(sorted({r.seed for r in runs})),
+        split_seeds=tuple(sorted(parts)),
+        candidates=tuple(candidates),
+        runs=tuple(
+            RecordedRun(
+                label=r.label,
+                seed=r.seed,
+                split_seed=r.scores.split_seed if r.scores else None,
+                trial=r.trial,
+                state=r.state,
+                objective=r.objective,
+                test=r.scores.test if r.scores else None,
+            )
             for r in runs
-        ],
-        "winner": pick_winner(candidates, runs, settings.metric, settings.mode),
-        "summary": {
+        ),
+        winner=pick_winner(candidates, runs, settings.metric, settings.mode),
+        summary={
             c.label: {m: _interval(m, _scores(runs, c.label), None, levels[m]) for m in levels}
             for c in candidates
         },
-        "comparisons": [
-            {
-                "label": c.label,
-                **{m: _interval(m, _scores(runs, c.label), reference, levels[m]) for m in levels},
-            }
+        comparisons=tuple(
+            Comparison(
+                c.label,
+                {m: _interval(m, _scores(runs, c.label), reference, levels[m]) for m in levels},
+            )
             for c in candidates
             if c.label != REFERENCE and _scores(runs, c.label) and reference
-        ],
-    }
+        ),
+    )
 
 
 def confirmation(
@@ -267,23 +266,23 @@ def confirmation(
     candidates: Sequence[Candidate],
     retrained: Sequence[Experiment],
     kind: str = CONFIRM,
-) -> dict[str, Any]:
+) -> Confirmation:
     """The assessment of retrained runs (one experiment per split)."""
     settings = retrained[0].settings
     counts = next((t.selected.counts for e in retrained for t in e.trials if t.selected), {})
-    protocol = {
-        "split": settings.split.value,
-        "split_seed": experiment.settings.seed,
-        "counts": counts,
-        "epochs": settings.base.epochs,
-        "scheduler": "fifo (no early stopping)",
-        "selection": "validation part (test part locked); numbers are on the test part",
-    }
+    protocol = ConfirmProtocol(
+        split=settings.split.value,
+        split_seed=experiment.settings.seed,
+        counts=counts,
+        epochs=settings.base.epochs,
+        scheduler="fifo (no early stopping)",
+        selection="validation part (test part locked); numbers are on the test part",
+    )
     runs = read_runs(candidates, retrained)
     return assess(kind, experiment, candidates, runs, protocol, [e.location for e in retrained])
 
 
-def sweep_assessment(experiment: Experiment) -> dict[str, Any] | None:
+def sweep_assessment(experiment: Experiment) -> Confirmation | None:
     """The sweep's own numbers, one run per config: its best trial (the winner, picked on
     validation) against its reference trial; a --reference run's one trial alone. None
     without a scored best trial."""
@@ -299,34 +298,34 @@ def sweep_assessment(experiment: Experiment) -> dict[str, Any] | None:
     candidates = [Candidate(label, t.name, _rank(t, ranked), dict(t.params)) for label, t in chosen]
     runs = [run_of(t, label) for label, t in chosen]
     selected = best.selected
-    protocol = {
-        "split": experiment.settings.split.value,
-        "split_seed": experiment.settings.seed,
-        "counts": selected.counts if selected else {},
-        "epochs": experiment.settings.base.epochs,
-        "scheduler": experiment.settings.scheduler.value,
-        "selection": "validation part (test part locked); numbers are on the test part",
-    }
+    protocol = ConfirmProtocol(
+        split=experiment.settings.split.value,
+        split_seed=experiment.settings.seed,
+        counts=selected.counts if selected else {},
+        epochs=experiment.settings.base.epochs,
+        scheduler=experiment.settings.scheduler.value,
+        selection="validation part (test part locked); numbers are on the test part",
+    )
     return assess(SWEEP, experiment, candidates, runs, protocol)
 
 
-def save_confirmation(result: dict[str, Any], directory: Path) -> Path:
+def save_confirmation(result: Confirmation, directory: Path) -> Path:
     path = own_folder(directory) / CONFIRM_FILE
     path.unlink(missing_ok=True)  # written anew, never through a link in its place
-    path.write_text(confirmation_to_text(result))
+    path.write_text(result.to_text())
     return path
 
 
 # --- in words ------------------------------------------------------------------------
 
 
-def interval_text(raw: dict[str, Any], signed: bool = False) -> str:
+def interval_text(raw: Estimate, signed: bool = False) -> str:
     sign = "+" if signed else ""
-    if not math.isfinite(raw["mean"]):
+    if not math.isfinite(raw.mean):
         return "—"
-    if not math.isfinite(raw["low"]):
-        return f"{raw['mean']:{sign}.4f} (n={raw['n']}: no interval)"
-    return f"{raw['mean']:{sign}.4f} [{raw['low']:{sign}.4f}, {raw['high']:{sign}.4f}]"
+    if not math.isfinite(raw.low):
+        return f"{raw.mean:{sign}.4f} (n={raw.n}: no interval)"
+    return f"{raw.mean:{sign}.4f} [{raw.low:{sign}.4f}, {raw.high:{sign}.4f}]"
 
 
 def in_words(label: str, outcome: str, measure: str, level: float = CONFIDENCE) -> str:
@@ -342,10 +341,10 @@ def in_words(label: str, outcome: str, measure: str, level: float = CONFIDENCE) 
     )
 
 
-def groups_words(result: dict[str, Any]) -> str:
+def groups_words(result: Confirmation) -> str:
     """How the test images fall into groups, per split, in words."""
     said = []
-    for seed, summary in result["protocol"]["test_groups"].items():
+    for seed, summary in result.protocol.test_groups.items():
         if summary is None:
             said.append(
                 f"split {seed}: no group ids recorded (an experiment from before they were), "
@@ -359,64 +358,64 @@ def groups_words(result: dict[str, Any]) -> str:
     return "; ".join(said)
 
 
-def endpoint_lines(result: dict[str, Any]) -> list[str]:
+def endpoint_lines(result: Confirmation) -> list[str]:
     """Which number decides, and how the others are read."""
-    primary, secondary = result["primary"], result["secondary"]
+    secondary = result.secondary_metrics
     return [
-        f"Primary endpoint: test `{primary['metric']}` (the sweep optimised "
-        f"`{primary['objective']}` on validation), {result['confidence']:.0%} intervals. "
-        f"Secondary: {', '.join(secondary['metrics'])}, with intervals widened to "
-        f"{secondary['confidence']:.2%} (Bonferroni, {len(secondary['metrics'])} "
+        f"Primary endpoint: test `{result.primary_metric}` (the sweep optimised "
+        f"`{result.objective}` on validation), {result.confidence:.0%} intervals. "
+        f"Secondary: {', '.join(secondary)}, with intervals widened to "
+        f"{result.secondary_confidence:.2%} (Bonferroni, {len(secondary)} "
         "comparisons). A bootstrap resamples whole near-duplicate groups of test images "
-        f"({result['resamples']:,} resamples; {groups_words(result)}). Runs of two configs "
+        f"({result.resamples:,} resamples; {groups_words(result)}). Runs of two configs "
         "with the same seed are not paired (a seed means nothing across configs): a "
         "difference is of the configs' means.",
     ]
 
 
-def winner_lines(result: dict[str, Any]) -> list[str]:
+def winner_lines(result: Confirmation) -> list[str]:
     """The winner, its rule, and whether it is distinguishable from the reference on the
     primary endpoint."""
-    text, winner = escape.text, result["winner"]
-    primary = result["primary"]["metric"]
+    text, winner = escape.text, result.winner
+    primary = result.primary_metric
     if winner is None:
         return ["No run of any config selected an epoch: no winner."]
-    label = winner["label"]
-    validation = winner["validation"][label]
+    label = winner.label
+    validation = winner.validation[label]
     lines = [
-        f"**Winner**: {text(label)} (from {text(winner['trial'])}), picked by "
-        f"{text(winner['rule'])}: {interval_text(validation)} over {validation['n']} run(s)."
+        f"**Winner**: {text(label)} (from {text(winner.trial)}), picked by "
+        f"{text(winner.rule)}: {interval_text(validation)} over {validation.n} run(s)."
     ]
     if label == REFERENCE:
         lines.append("The reference config wins on validation: the search found nothing better.")
         return lines
-    comparison = next((c for c in result["comparisons"] if c["label"] == label), None)
+    comparison = result.comparison(label)
     if comparison is None:
         lines.append("The reference config has no run to compare it with.")
         return lines
-    raw = comparison[primary]
+    raw = comparison.estimates[primary]
     lines.append(
         f"**Verdict** on the test part: {text(label)} − reference, test {text(primary)}: "
-        f"{interval_text(raw, signed=True)} (covers {text(raw['covers'] or 'nothing measured')}): "
-        f"{in_words(text(label), raw['verdict'], 'the primary endpoint', raw['confidence'])}."
+        f"{interval_text(raw, signed=True)} (covers {text(raw.covers or 'nothing measured')}): "
+        f"{in_words(text(label), text(raw.verdict), 'the primary endpoint', raw.confidence)}."
     )
     return lines
 
 
-def confirmation_lines(result: dict[str, Any], endpoints: bool = True) -> list[str]:
+def confirmation_lines(result: Confirmation, endpoints: bool = True) -> list[str]:
     """Markdown for confirm.json or final.json (readable as plain text too): the plan,
     which endpoint decides (unless said already: `endpoints`), the winner, per config its
     validation mean and test intervals, then each difference from the reference with its
     verdict. Every string read from the file is escaped: an experiment, its report folder
     included, can come from elsewhere."""
     text = escape.text
-    protocol = result["protocol"]
-    primary = result["primary"]["metric"]
-    metrics = [primary, *result["secondary"]["metrics"]]
-    counts = ", ".join(f"{n} {part}" for part, n in protocol["counts"].items())
-    splits = result["split_seeds"]
+    protocol = result.protocol
+    primary = result.primary_metric
+    metrics = [primary, *result.secondary_metrics]
+    counts = ", ".join(f"{n} {part}" for part, n in protocol.counts.items())
+    splits = result.split_seeds
     where = (
-        f"the sweep's split ({text(protocol['split'])}, seed {text(protocol['split_seed'])}; "
+        f"the sweep's split ({text(protocol.split)}, seed {text(protocol.split_seed)}; "
         f"{text(counts)})"
     )
     if len(splits) > 1:
@@ -425,12 +424,12 @@ def confirmation_lines(result: dict[str, Any], endpoints: bool = True) -> list[s
             f"{', '.join(text(s) for s in splits[1:])}; the configs were chosen on the "
             "sweep's validation part, which another split's test part may overlap)"
         )
-    objective = result["primary"]["objective"]
+    objective = result.objective
     lines = [
-        f"Retrained for the full budget ({text(protocol['epochs'])} epochs, "
-        f"{text(protocol['scheduler'])}) with fresh training seeds "
-        f"{', '.join(text(s) for s in result['seeds'])} on {where}; epochs selected on the "
-        f"{text(protocol['selection'])}.",
+        f"Retrained for the full budget ({text(protocol.epochs)} epochs, "
+        f"{text(protocol.scheduler)}) with fresh training seeds "
+        f"{', '.join(text(s) for s in result.seeds)} on {where}; epochs selected on the "
+        f"{text(protocol.selection)}.",
         "",
         *([*endpoint_lines(result), ""] if endpoints else []),
         *winner_lines(result),
@@ -440,20 +439,21 @@ def confirmation_lines(result: dict[str, Any], endpoints: bool = True) -> list[s
         + " |",
         "|---|---|---|---|" + "---|" * len(metrics),
     ]
-    validation = result["winner"]["validation"] if result["winner"] else {}
-    for candidate in result["candidates"]:
-        label = candidate["label"]
-        summary = result["summary"][label]
-        runs = sum(r["label"] == label and r["test"] is not None for r in result["runs"])
+    validation = result.winner.validation if result.winner else {}
+    for candidate in result.candidates:
+        label = candidate.label
+        summary = result.summary[label]
+        runs = sum(r.label == label and r.test is not None for r in result.runs)
         shown = interval_text(validation[label]) if label in validation else "—"
         cells = " | ".join(interval_text(summary[m]) for m in metrics)
         lines.append(
-            f"| {text(label)} | {text(candidate['trial'])} ({text(candidate['rank'])}) | "
+            f"| {text(label)} | {text(candidate.trial)} ({text(candidate.rank)}) | "
             f"{runs} | {shown} | {cells} |"
         )
     lower = ", ".join(m for m in metrics if m in LOWER_IS_BETTER)
-    for comparison in result["comparisons"]:
-        label = text(comparison["label"])
+    for comparison in result.comparisons:
+        label = text(comparison.label)
+        by_metric = comparison.estimates
         lines += [
             "",
             f"**{label} − reference** on the test part (for {lower} lower is better):",
@@ -462,9 +462,9 @@ def confirmation_lines(result: dict[str, Any], endpoints: bool = True) -> list[s
             "|---|---|---|---|---|",
             *(
                 f"| {text(m)}{' (primary)' if m == primary else ''} | "
-                f"{interval_text(comparison[m], signed=True)} | "
-                f"{comparison[m]['confidence']:.2%} | {text(comparison[m]['covers'] or '—')} | "
-                f"{text(comparison[m]['verdict'])} |"
+                f"{interval_text(by_metric[m], signed=True)} | "
+                f"{by_metric[m].confidence:.2%} | {text(by_metric[m].covers or '—')} | "
+                f"{text(by_metric[m].verdict)} |"
                 for m in metrics
             ),
         ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -25,22 +24,22 @@ from results.experiment import Experiment, Trial
 from results.layout import (
     FINAL_FILE,
 )
-from results.records import read_confirmation
+from results.records import Confirmation
 from results.reference import PublishedReference, load_reference
 
 log = logging.getLogger(__name__)
 
 
-def read_final(experiment: Experiment) -> dict[str, Any] | None:
+def read_final(experiment: Experiment) -> Confirmation | None:
     """The sweep's final round (final.json), None without one; a damaged one, or one from
-    another version, is said in the log and left out. It is checked by rendering it: a
-    file from elsewhere can hold anything."""
+    another version, is said in the log and left out. Read as a typed record, then checked
+    by rendering it (its labels must match): a file from elsewhere can hold anything."""
     path = experiment.path / FINAL_FILE
     if not path.is_file():
         return None
     try:
-        result = read_confirmation(path.read_text(), path)
-        if result["kind"] != FINAL:
+        result = Confirmation.from_text(path.read_bytes(), path)
+        if result.kind != FINAL:
             raise ValueError("not a final round")
         confirmation_lines(result)
         primary_lines(experiment, result)
@@ -54,13 +53,13 @@ def shown_trial(experiment: Experiment) -> Trial | None:
     """The trial whose test images and curves are drawn: the final round's winner's (its
     sweep trial), else the best trial; chosen on validation either way."""
     final = read_final(experiment)
-    if final is not None and final["winner"] is not None:
-        name = final["winner"]["trial"]
+    if final is not None and final.winner is not None:
+        name = final.winner.trial
         return next((t for t in experiment.trials if t.name == name), experiment.best)
     return experiment.best
 
 
-def assessment(experiment: Experiment) -> dict[str, Any] | None:
+def assessment(experiment: Experiment) -> Confirmation | None:
     """The numbers the report shows: the final round's when there is one, else the
     sweep's own (its best trial and its reference trial, one run each)."""
     return read_final(experiment) or sweep_assessment(experiment)
@@ -78,24 +77,24 @@ class HeadlineRow:
     differences: tuple[str, ...]  # what differs from the paper, in words
 
 
-def headline(experiment: Experiment, result: dict[str, Any] | None) -> list[HeadlineRow]:
+def headline(experiment: Experiment, result: Confirmation | None) -> list[HeadlineRow]:
     """The winner (picked on validation) and the reference config, once if they are the
     same config; a --reference run's one trial."""
-    if result is None or result["winner"] is None:
+    if result is None or result.winner is None:
         return []
-    winner = result["winner"]["label"]
+    winner = result.winner.label
     labels = [winner] + ([REFERENCE] if winner != REFERENCE else [])
-    trials = {c["label"]: c["trial"] for c in result["candidates"]}
+    trials = {c.label: c.trial for c in result.candidates}
     by_name = {t.name: t for t in experiment.trials}
     rows = []
     for label in labels:
-        tests = [r["test"] for r in result["runs"] if r["label"] == label and r["test"]]
+        tests = [r.test for r in result.runs if r.label == label and r.test]
         if not tests:
             continue
         trial = by_name.get(trials.get(label))
         if experiment.settings.reference_only:
             title = f"this run: {trials[label]}"
-        elif result["kind"] == FINAL:
+        elif result.kind == FINAL:
             role = "winner" if label == winner else "reference config"
             if label == winner == REFERENCE:
                 role = "winner = reference config"
@@ -121,7 +120,7 @@ def paper_differences(
     label: str,
     winner: str,
     runs: int,
-    result: dict[str, Any],
+    result: Confirmation,
     reference: PublishedReference | None = None,
 ) -> tuple[str, ...]:
     """What differs between this row's numbers and the paper's, in words: data, split,
@@ -154,7 +153,7 @@ def paper_differences(
     if not settings.reference_only:
         said.append("epoch selected on validation (paper: on test, optimistic)")
         if label == winner and label != REFERENCE:
-            how = "on the mean over its runs" if result["kind"] == FINAL else "one run each"
+            how = "on the mean over its runs" if result.kind == FINAL else "one run each"
             said.append(
                 f"config chosen on validation among {len(experiment.trials)} trials ({how}; "
                 "paper: one config)"
@@ -176,7 +175,7 @@ def paper_differences(
 
 
 def primary_lines(
-    experiment: Experiment, result: dict[str, Any] | None, quote: Callable[[str], str] = str
+    experiment: Experiment, result: Confirmation | None, quote: Callable[[str], str] = str
 ) -> list[str]:
     """The primary endpoint of the winner and the reference config with its interval, and
     their difference with its verdict: what decides, in words; `quote` renders what was
@@ -184,24 +183,24 @@ def primary_lines(
     rows = headline(experiment, result)
     if not rows:
         return []
-    primary = result["primary"]["metric"]
+    primary = result.primary_metric
     said = []
     for row in rows:
-        raw = result["summary"][row.label][primary]
+        raw = result.summary[row.label][primary]
         said.append(
             f"{quote(row.title)}: test {quote(primary)} {interval_text(raw)} "
-            f"({quote(raw['covers'] or 'nothing measured')})"
+            f"({quote(raw.covers or 'nothing measured')})"
         )
-    comparison = next((c for c in result["comparisons"] if c["label"] == rows[0].label), None)
+    comparison = result.comparison(rows[0].label)
     if comparison is not None:
-        raw = comparison[primary]
-        verdict = in_words("the winner", quote(raw["verdict"]), "the primary endpoint")
+        raw = comparison.estimates[primary]
+        verdict = in_words("the winner", quote(raw.verdict), "the primary endpoint")
         said.append(
             f"winner − reference config, test {quote(primary)}: "
-            f"{interval_text(raw, signed=True)} ({quote(raw['covers'] or 'nothing measured')}): "
+            f"{interval_text(raw, signed=True)} ({quote(raw.covers or 'nothing measured')}): "
             f"{verdict}"
         )
-        if result["kind"] != FINAL:
+        if result.kind != FINAL:
             said.append(
                 "one run per config: seed noise is not in these intervals (a config's runs "
                 "differ by several points of Dice); `run --final-seeds S` or `confirm` "

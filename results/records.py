@@ -631,19 +631,221 @@ def read_config(text: str, path: str | Path) -> TrainConfig:
     return TrainConfig.from_flat(flat)
 
 
-def confirmation_to_text(result: dict[str, Any]) -> str:
-    """confirm.json and final.json: a confirmation's plan, runs, winner and intervals, as
-    `results.confirm.assess` makes them."""
-    return json.dumps(stamped(CONFIRMATION_FORMAT, result), indent=2) + "\n"
+# --- confirm.json and final.json: a confirmation (results.confirm.assess makes one) ------
 
 
-def read_confirmation(text: str | bytes, path: str | Path) -> dict[str, Any]:
-    """Raises ValueError (JSON's included) for a file that is not one or is of an older
-    format; the caller checks the rest by rendering it (`confirmation_lines`)."""
-    found, body = unstamped(json.loads(text), CONFIRMATION_FORMAT, path)
-    if found != CONFIRMATION_FORMAT:
-        raise ValueError(f"format {found}, from an older version")
-    return body
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its interval (results.intervals), as a confirmation records it."""
+
+    mean: float
+    low: float  # NaN: no interval (one run and nothing to resample)
+    high: float
+    n: int  # the runs behind the mean (of the first config, for a difference)
+    covers: str = ""  # the noise the interval includes, in words
+    confidence: float | None = None  # None: a validation mean's (the default level)
+    verdict: str | None = None  # a difference's: better, worse or undecided
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Estimate:
+        if problem := type_problem(cls, raw):
+            raise TypeError(f"an interval: {problem}")
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A config to retrain: the reference or one of the sweep's best."""
+
+    label: str  # "reference", "best", "rank 2", ...
+    trial: str  # the sweep's trial it comes from
+    rank: int  # its place by validation objective in the sweep (1 = best)
+    point: dict[str, Any]  # its values on every searched key
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """One run of a config: a retraining, or a sweep's own trial; `test` is None for one
+    that did not count (a retraining that did not finish its budget)."""
+
+    label: str
+    seed: int  # its training seed
+    split_seed: int | None
+    trial: str
+    state: str
+    objective: float | None  # the sweep's objective on its validation part
+    test: dict[str, float] | None
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The candidate picked on validation, by `rule`; each candidate's validation mean."""
+
+    label: str
+    trial: str
+    rule: str
+    validation: dict[str, Estimate]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate's difference from the reference config on the test part, per metric."""
+
+    label: str
+    estimates: dict[str, Estimate]
+
+
+@dataclass(frozen=True)
+class ConfirmProtocol:
+    split: str
+    split_seed: int
+    counts: dict[str, int]
+    epochs: int
+    scheduler: str
+    selection: str
+    # Per split seed: the test images, their near-duplicate groups and the images that
+    # share one (None: groups not recorded, images resampled singly).
+    test_groups: dict[str, dict[str, int] | None] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """confirm.json and final.json (and a sweep's own assessment, never written): the
+    plan, every run, the winner, each config's test intervals and each one's difference
+    from the reference. The JSON keeps the layout of its format (see `to_json`)."""
+
+    kind: str  # confirm, final or sweep (results.confirm)
+    experiment: str
+    retrained_in: tuple[str, ...]
+    confidence: float
+    primary_metric: str  # the test metric that decides
+    objective: str  # the validation objective the sweep optimised
+    secondary_metrics: tuple[str, ...]
+    secondary_confidence: float  # Bonferroni-corrected
+    resamples: int
+    protocol: ConfirmProtocol
+    seeds: tuple[int, ...]
+    split_seeds: tuple[int, ...]
+    candidates: tuple[Candidate, ...]
+    runs: tuple[RecordedRun, ...]
+    winner: Winner | None
+    summary: dict[str, dict[str, Estimate]]  # candidate label -> metric -> its mean
+    comparisons: tuple[Comparison, ...]
+
+    def comparison(self, label: str) -> Comparison | None:
+        """The candidate `label`'s difference from the reference, if it has one."""
+        return next((c for c in self.comparisons if c.label == label), None)
+
+    def to_json(self) -> dict[str, Any]:
+        def estimates(by_metric: dict[str, Estimate]) -> dict[str, Any]:
+            return {metric: e.to_json() for metric, e in by_metric.items()}
+
+        winner = None
+        if self.winner is not None:
+            winner = {
+                **dataclasses.asdict(self.winner),
+                "validation": estimates(self.winner.validation),
+            }
+        return stamped(
+            CONFIRMATION_FORMAT,
+            {
+                "kind": self.kind,
+                "experiment": self.experiment,
+                "retrained_in": list(self.retrained_in),
+                "confidence": self.confidence,
+                "primary": {"metric": self.primary_metric, "objective": self.objective},
+                "secondary": {
+                    "metrics": list(self.secondary_metrics),
+                    "confidence": self.secondary_confidence,
+                },
+                "resamples": self.resamples,
+                "protocol": dataclasses.asdict(self.protocol),
+                "seeds": list(self.seeds),
+                "split_seeds": list(self.split_seeds),
+                "candidates": [dataclasses.asdict(c) for c in self.candidates],
+                "runs": [dataclasses.asdict(r) for r in self.runs],
+                "winner": winner,
+                "summary": {label: estimates(s) for label, s in self.summary.items()},
+                "comparisons": [
+                    {"label": c.label, **estimates(c.estimates)} for c in self.comparisons
+                ],
+            },
+        )
+
+    def to_text(self) -> str:
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str | bytes, path: str | Path) -> Confirmation:
+        """Raises ValueError (JSON's included), KeyError or TypeError for a file that is
+        not one or is of an older format (see CONFIRMATION_FORMAT), NewerFormatError for
+        a newer one."""
+        found, body = unstamped(json.loads(text), CONFIRMATION_FORMAT, path)
+        if found != CONFIRMATION_FORMAT:
+            raise ValueError(f"format {found}, from an older version")
+
+        def estimates(raw: Any) -> dict[str, Estimate]:
+            if not isinstance(raw, dict):
+                raise TypeError("intervals are not an object")
+            return {str(metric): Estimate.from_json(e) for metric, e in raw.items()}
+
+        def candidate(raw: dict[str, Any]) -> Candidate:
+            if not isinstance(raw.get("point"), dict):
+                raise TypeError("a candidate's point is not an object")
+            return Candidate(str(raw["label"]), str(raw["trial"]), int(raw["rank"]), raw["point"])
+
+        def run(raw: dict[str, Any]) -> RecordedRun:
+            test = raw["test"]
+            if test is not None and not _mapping(test, is_number):
+                raise TypeError("a run's test metrics are not numbers")
+            scalars = {k: v for k, v in raw.items() if k != "test"}
+            if problem := type_problem(RecordedRun, scalars):
+                raise TypeError(f"a run: {problem}")
+            return RecordedRun(**scalars, test=test)
+
+        protocol = dict(body["protocol"])
+        groups = protocol.pop("test_groups", {})
+        if problem := type_problem(ConfirmProtocol, protocol):
+            raise TypeError(f"protocol: {problem}")
+        if not isinstance(groups, dict) or not all(
+            g is None or _mapping(g, is_integer) for g in groups.values()
+        ):
+            raise TypeError("protocol's test_groups are not counts")
+        raw_winner = body["winner"]
+        winner = None
+        if raw_winner is not None:
+            winner = Winner(
+                str(raw_winner["label"]),
+                str(raw_winner["trial"]),
+                str(raw_winner["rule"]),
+                estimates(raw_winner["validation"]),
+            )
+        comparisons = tuple(
+            Comparison(str(c["label"]), estimates({k: v for k, v in c.items() if k != "label"}))
+            for c in body["comparisons"]
+        )
+        return cls(
+            kind=str(body["kind"]),
+            experiment=str(body["experiment"]),
+            retrained_in=tuple(str(e) for e in body["retrained_in"]),
+            confidence=float(body["confidence"]),
+            primary_metric=str(body["primary"]["metric"]),
+            objective=str(body["primary"]["objective"]),
+            secondary_metrics=tuple(str(m) for m in body["secondary"]["metrics"]),
+            secondary_confidence=float(body["secondary"]["confidence"]),
+            resamples=int(body["resamples"]),
+            protocol=ConfirmProtocol(**protocol, test_groups=groups),
+            seeds=tuple(int(s) for s in body["seeds"]),
+            split_seeds=tuple(int(s) for s in body["split_seeds"]),
+            candidates=tuple(candidate(c) for c in body["candidates"]),
+            runs=tuple(run(r) for r in body["runs"]),
+            winner=winner,
+            summary={str(label): estimates(s) for label, s in body["summary"].items()},
+            comparisons=comparisons,
+        )
 
 
 RUNTIMES = ("torchscript", "onnx")

@@ -19,7 +19,6 @@ import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -64,7 +63,7 @@ from results.plots import (
     plot_parallel,
     plot_roc_pr,
 )
-from results.records import read_confirmation
+from results.records import Confirmation
 from results.reference import PublishedReference, load_reference
 from results.tables import write_trials_csv
 from results.words import fold_warning, protocol_lines, shown_value, state_counts, trial_details
@@ -117,7 +116,7 @@ def reference_section(reference: PublishedReference) -> list[str]:
 
 
 def comparison_section(
-    experiment: Experiment, reference: PublishedReference, result: dict[str, Any]
+    experiment: Experiment, reference: PublishedReference, result: Confirmation
 ) -> list[str]:
     """The winner and the reference config against the published numbers, each row with
     what differs from the paper; then the metrics the paper lacks and the test loss (not
@@ -134,10 +133,10 @@ def comparison_section(
         difference = deltas(row.test, reference)
         cells = [_with_delta(row.test.get(m), difference[m]) for m in COMPARABLE]
         table.append([text(row.title), *cells, text("; ".join(row.differences))])
-    if result["kind"] == FINAL:
+    if result.kind == FINAL:
         how = (
             "Winner: picked by the sweep's final round on "
-            f"{text(result['winner']['rule'])}; numbers are means over its runs."
+            f"{text(result.winner.rule)}; numbers are means over its runs."
         )
     elif experiment.settings.reference_only:
         how = "A --reference run: its one config, one run."
@@ -285,7 +284,7 @@ def render_markdown(
     reference: PublishedReference,
     plots: list[Plot],
     directory: Path,
-    result: dict[str, Any] | None = None,
+    result: Confirmation | None = None,
 ) -> str:
     """report.md; `result`: the assessment its test numbers come from (`assessment`)."""
     settings = experiment.settings
@@ -318,7 +317,7 @@ def render_markdown(
         lines += comparison_section(experiment, reference, result)
     else:
         lines.append("_No trial has selected an epoch yet: there are no test metrics._")
-    if result is not None and result["kind"] == FINAL:
+    if result is not None and result.kind == FINAL:
         lines += ["", "### The final round", "", *confirmation_lines(result)]
     lines += ["", *trials_section(experiment), "", *where_section(experiment)]
     lines += ["## Plots", ""]
@@ -334,7 +333,7 @@ def render_markdown(
 def _confirmation(path: Path) -> list[str]:
     """confirm.json in words; a damaged one is said so (with a warning), not a crash."""
     try:
-        return confirmation_lines(read_confirmation(path.read_text(), path))
+        return confirmation_lines(Confirmation.from_text(path.read_bytes(), path))
     except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSON's are ValueErrors
         log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
         return [

@@ -508,7 +508,7 @@ def _final_round(handmade: Path, runs: list[tuple[str, int, float, float]]) -> d
             final, f"trial_{i:03d}_f{i}", params, [0.9, 0.8, 1 - validation], test, None, counts
         )
     result = confirmation(experiment, list(candidates.values()), [load_experiment(final)], FINAL)
-    (handmade / layout.FINAL_FILE).write_text(records.confirmation_to_text(result))
+    (handmade / layout.FINAL_FILE).write_text(result.to_text())
     return result
 
 
@@ -523,23 +523,24 @@ def test_a_final_round_picks_the_winner_on_validation_and_the_report_shows_it(ha
             ("best", 2, 0.56, 0.72),
         ],
     )
-    winner = result["winner"]
-    assert (winner["label"], winner["trial"]) == ("best", "trial_002_bbbb")
-    assert winner["validation"]["best"]["mean"] == pytest.approx(0.63)
-    assert result["seeds"] == [1, 2] and result["split_seeds"] == [0]
+    # final.json holds the record as it was made (a typed record, read back whole).
+    assert records.Confirmation.from_text(result.to_text(), layout.FINAL_FILE) == result
+    winner = result.winner
+    assert (winner.label, winner.trial) == ("best", "trial_002_bbbb")
+    assert winner.validation["best"].mean == pytest.approx(0.63)
+    assert result.seeds == (1, 2) and result.split_seeds == (0,)
     # The difference of the means, with seeds (Welch) and test images (bootstrap) in it.
     names = ("benign (1)", "benign (2)", "malignant (1)", "normal (1)")
     best = [Scores(0, {"dice": d}, names, None, COUNTS) for d in (0.70, 0.72)]
     reference = [Scores(0, {"dice": d}, names, None, REFERENCE_COUNTS) for d in (0.80, 0.82)]
     expected = estimate("dice", best, reference)
-    (comparison,) = result["comparisons"]
-    assert comparison["dice"]["mean"] == pytest.approx(-0.10)
-    assert (comparison["dice"]["low"], comparison["dice"]["high"]) == pytest.approx(
-        (expected.low, expected.high)
-    )
-    assert comparison["dice"]["covers"] == "training seeds, single test images (no groups)"
-    assert comparison["dice"]["confidence"] == 0.95
-    assert comparison["iou"]["confidence"] == pytest.approx(1 - 0.05 / 7)  # secondary
+    (comparison,) = result.comparisons
+    dice = comparison.estimates["dice"]
+    assert dice.mean == pytest.approx(-0.10)
+    assert (dice.low, dice.high) == pytest.approx((expected.low, expected.high))
+    assert dice.covers == "training seeds, single test images (no groups)"
+    assert dice.confidence == 0.95
+    assert comparison.estimates["iou"].confidence == pytest.approx(1 - 0.05 / 7)  # secondary
     seeds_only = estimate("dice", _seeded([0.70, 0.72]), _seeded([0.80, 0.82]))
     assert expected.high - expected.low > seeds_only.high - seeds_only.low
 
@@ -555,11 +556,10 @@ def test_a_final_round_picks_the_winner_on_validation_and_the_report_shows_it(ha
         markdown
     )
     assert "seed noise is not in these intervals" not in markdown
-    raw = comparison["dice"]
-    assert f"test dice: {raw['mean']:+.4f} [{raw['low']:+.4f}, {raw['high']:+.4f}]" in markdown
+    assert f"test dice: {dice.mean:+.4f} [{dice.low:+.4f}, {dice.high:+.4f}]" in markdown
     table = format_terminal_table(experiment)
     assert "winner (best, from trial_002_bbbb), mean of 2 runs" in table
-    assert f"{raw['verdict']}" in table
+    assert dice.verdict in table
 
 
 def test_a_final_round_that_the_reference_wins_says_so(handmade):
@@ -572,7 +572,7 @@ def test_a_final_round_that_the_reference_wins_says_so(handmade):
             ("best", 2, 0.62, 0.72),
         ],
     )
-    assert result["winner"]["label"] == "reference"
+    assert result.winner.label == "reference"
     lines = confirm.confirmation_lines(result)
     assert any("the search found nothing better" in line for line in lines)
     markdown = write_report(load_experiment(handmade)).markdown.read_text()
@@ -879,16 +879,15 @@ def test_the_winner_is_picked_on_validation_and_a_tie_keeps_the_reference():
 
     runs = [run("reference", 1, 0.60), run("reference", 2, 0.64)]
     tied = [*runs, run("best", 1, 0.70), run("best", 2, 0.54)]  # means 0.62 and 0.62
-    assert confirm.pick_winner(candidates, tied, "selected_heldout_dice", "max")["label"] == (
-        "reference"
-    )
+    tie = confirm.pick_winner(candidates, tied, "selected_heldout_dice", "max")
+    assert tie.label == "reference"
     ahead = [*runs, run("best", 1, 0.70), run("best", 2, 0.56)]  # 0.63: on validation
     winner = confirm.pick_winner(candidates, ahead, "selected_heldout_dice", "max")
-    assert winner["label"] == "best" and winner["trial"] == "trial_004"
-    assert winner["validation"]["best"]["mean"] == pytest.approx(0.63)
-    assert winner["validation"]["best"]["n"] == 2
+    assert winner.label == "best" and winner.trial == "trial_004"
+    assert winner.validation["best"].mean == pytest.approx(0.63)
+    assert winner.validation["best"].n == 2
     lower = confirm.pick_winner(candidates, ahead, "selected_heldout_loss", "min")
-    assert lower["label"] == "reference"
+    assert lower.label == "reference"
     assert confirm.primary_metric("selected_heldout_dice") == "dice"
     assert confirm.primary_metric("best_combined_loss") == "loss"
 
@@ -978,7 +977,8 @@ def test_report_of_a_real_sweep(real_sweep, synth_root, capsys):
     finally:
         ray.shutdown()
     assert {p: (p / "result.json").read_text() for p in epochs} == epochs
-    assert again["winner"] == final["winner"] and again["runs"] == final["runs"]
+    written = again.to_json()
+    assert written["winner"] == final["winner"] and written["runs"] == final["runs"]
 
     assert main(["report", str(real_sweep)]) == 0
     printed = capsys.readouterr().out

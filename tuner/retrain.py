@@ -24,7 +24,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from results import storage
 from results.config import TrainConfig
-from results.confirm import FINAL, Candidate, confirmation, training_seeds
+from results.confirm import FINAL, confirmation, training_seeds
 from results.errors import UserError
 from results.experiment import Experiment, load_experiment
 from results.layout import (
@@ -34,7 +34,7 @@ from results.layout import (
     TUNE_STATE_FILE,
     retraining_name,
 )
-from results.records import confirmation_to_text
+from results.records import Candidate, Confirmation
 from results.settings import RunSettings, Scheduler
 from tuner.cluster import check_resources, init_ray, resolve_cpus, resolve_gpus, ship
 from tuner.experiment_folder import create_experiment, freed_if_no_trial_starts
@@ -176,7 +176,7 @@ def final_round(
     experiment: Experiment,
     candidates: Sequence[Candidate],
     write: Callable[[str], None] | None = None,
-) -> dict[str, Any] | None:
+) -> Confirmation | None:
     """A sweep's final round: `candidates` (its reference and best configs) retrained with
     --final-seeds fresh seeds each on the sweep's split, as `<name>-final` beside it; the
     assessment (the winner on validation, test intervals) goes into the sweep's folder
@@ -196,6 +196,6 @@ def final_round(
     if not complete:
         return None
     result = confirmation(experiment, candidates, [load_experiment(p) for p in locations], FINAL)
-    text = confirmation_to_text(result)
+    text = result.to_text()
     storage.write_bytes(storage.join(settings.experiment_dir, FINAL_FILE), text.encode())
     return result
