@@ -27,6 +27,7 @@ from results import keys, storage
 from results.compare import COMPARED
 from results.config import TrainConfig
 from results.errors import UserError
+from results.intervals import Interval
 from results.layout import METRICS_FILE
 from results.settings import RunSettings, Scheduler, SplitPolicy
 
@@ -635,14 +636,10 @@ def read_config(text: str, path: str | Path) -> TrainConfig:
 
 
 @dataclass(frozen=True)
-class Estimate:
-    """A mean with its interval (results.intervals), as a confirmation records it."""
+class Estimate(Interval):
+    """A mean with its interval (results.intervals), as a confirmation records it: with
+    its level, and a difference's verdict."""
 
-    mean: float
-    low: float  # NaN: no interval (one run and nothing to resample)
-    high: float
-    n: int  # the runs behind the mean (of the first config, for a difference)
-    covers: str = ""  # the noise the interval includes, in words
     confidence: float | None = None  # None: a validation mean's (the default level)
     verdict: str | None = None  # a difference's: better, worse or undecided
 
