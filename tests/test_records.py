@@ -193,3 +193,19 @@ def test_newer_selection_arrays_and_split_files_are_refused(tmp_path):
         read_selection(path)
     with pytest.raises(NewerFormatError, match="format 3, written by a newer busi-tune"):
         SplitManifest.from_text('{"format": 3, "test": []}', SPLIT_FILE)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        Outcome.from_text,
+        Failure.from_text,
+        StatePointer.from_text,
+        Origin.from_text,
+        records.Confirmation.from_text,
+        records.ModelCard.from_text,
+    ],
+)
+def test_every_other_record_refuses_a_newer_format(read):
+    with pytest.raises(NewerFormatError, match="format 99, written by a newer busi-tune"):
+        read('{"format": 99}', "record.json")
