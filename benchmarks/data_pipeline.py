@@ -27,15 +27,10 @@ from results.settings import SplitPolicy
 from search_spaces import AUGMENTATION_PROBABILITIES, AUGMENTATION_STRENGTHS
 from trainable.augment import build_augmentation, normalise
 from trainable.dataset import Sample, discover, load_sample
-from trainable.engine import (
-    Precision,
-    build_optimizer,
-    limit_threads,
-    make_train_loader,
-    pick_device,
-    train_one_epoch,
-)
+from trainable.engine import Precision, pick_device, train_one_epoch
+from trainable.loading import limit_threads, make_train_loader
 from trainable.model import build_loss, build_model
+from trainable.optim import build_optimizer
 from trainable.preprocess import BusiArrays, load_busi, resize_pair
 from trainable.splits import make_split
 

@@ -27,14 +27,10 @@ import torch
 from benchmarks.common import add_data_flags, data_source, load_arrays, machine, table, write_json
 from results.config import TrainConfig
 from results.settings import GPU_HEADROOM, SplitPolicy
-from trainable.engine import (
-    Precision,
-    build_optimizer,
-    make_train_loader,
-    pick_device,
-    train_one_epoch,
-)
+from trainable.engine import Precision, pick_device, train_one_epoch
+from trainable.loading import make_train_loader
 from trainable.model import build_loss, build_model
+from trainable.optim import build_optimizer
 from trainable.splits import make_split
 
 # name: (autocast dtype, channels-last, torch.compile); bf16+channels-last is what a

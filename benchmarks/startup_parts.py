@@ -55,7 +55,7 @@ def time_first_batches(args: argparse.Namespace) -> dict[str, float]:
     from benchmarks.common import load_arrays
     from results.config import TrainConfig
     from results.settings import SplitPolicy
-    from trainable.engine import make_train_loader
+    from trainable.loading import make_train_loader
     from trainable.splits import make_split
 
     data = load_arrays(args, args.image_size)

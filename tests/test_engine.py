@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from results.settings import SplitPolicy
-from trainable import engine
+from trainable import engine, loading, optim
 from trainable.checkpointing import Snapshots, TrialStorage
 from trainable.engine import NonFiniteLossError, TrainingState, fit
 from trainable.metrics import METRIC_KEYS
@@ -300,7 +300,7 @@ def test_a_last_batch_of_one_image_does_not_stop_training(synth_root, cache_dir,
     config = tiny_config.replace(image_size=32, epochs=1, batch_size=batch_size)
     _, reports = _reports(config, data, split)
     assert math.isfinite(reports[0].train_loss)
-    loader = engine.make_train_loader(data, split, tiny_config, num_workers=0)
+    loader = loading.make_train_loader(data, split, tiny_config, num_workers=0)
     assert not loader.drop_last  # only when a batch of one would be left over
 
 
@@ -316,7 +316,7 @@ def test_a_trial_of_three_cpus_runs_two_single_threaded_workers(
     OpenCV), and the same batches, augmentation included, as without workers."""
     split = make_split(synth_arrays, SplitPolicy.RANDOM, seed=0, with_validation=True)
     config = tiny_config.replace(aug_hflip_p=0.5, aug_affine_p=0.5, aug_gauss_noise_p=0.5)
-    make_batch = engine.SegmentationSet.__getitems__
+    make_batch = loading.SegmentationSet.__getitems__
 
     def probed(dataset, batch):  # which process made the batch, with how many threads
         line = f"{os.getpid()} {torch.get_num_threads()} {cv2.getNumThreads()}\n"
@@ -324,10 +324,10 @@ def test_a_trial_of_three_cpus_runs_two_single_threaded_workers(
             log.write(line)
         return make_batch(dataset, batch)
 
-    monkeypatch.setattr(engine.SegmentationSet, "__getitems__", probed)
+    monkeypatch.setattr(loading.SegmentationSet, "__getitems__", probed)
     before = torch.get_num_threads(), cv2.getNumThreads()
-    engine.limit_threads(1)  # as the trial does for its trainer: 3 CPUs - 2 workers
-    loader = engine.make_train_loader(synth_arrays, split, config, num_workers=2)
+    loading.limit_threads(1)  # as the trial does for its trainer: 3 CPUs - 2 workers
+    loader = loading.make_train_loader(synth_arrays, split, config, num_workers=2)
     assert loader.persistent_workers
     with_workers = [batch for epoch in (1, 2) for batch in _epoch(loader, epoch)]
     lines = [
@@ -338,7 +338,7 @@ def test_a_trial_of_three_cpus_runs_two_single_threaded_workers(
     torch.set_num_threads(before[0])
     cv2.setNumThreads(before[1])
 
-    alone = engine.make_train_loader(synth_arrays, split, config, num_workers=0)
+    alone = loading.make_train_loader(synth_arrays, split, config, num_workers=0)
     without = [batch for epoch in (1, 2) for batch in _epoch(alone, epoch)]
     assert len(without) == len(with_workers)
     for (image_a, mask_a), (image_b, mask_b) in zip(with_workers, without, strict=True):
@@ -368,9 +368,9 @@ def test_the_reference_optimiser_is_one_group_at_a_constant_rate(tiny_config):
     from trainable.model import build_model
 
     model = build_model(tiny_config)
-    optimizer = engine.build_optimizer(model, tiny_config)
+    optimizer = optim.build_optimizer(model, tiny_config)
     assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["lr"] == 1e-4
-    assert engine.build_scheduler(optimizer, tiny_config) is None
+    assert optim.build_scheduler(optimizer, tiny_config) is None
 
 
 def test_the_encoder_trains_at_its_scaled_rate_after_a_linear_warm_up(tiny_config):
@@ -378,11 +378,11 @@ def test_the_encoder_trains_at_its_scaled_rate_after_a_linear_warm_up(tiny_confi
 
     config = tiny_config.replace(encoder_lr_scale=0.1, warmup_epochs=2, epochs=6, lr=1e-3)
     model = build_model(config)
-    optimizer = engine.build_optimizer(model, config)
+    optimizer = optim.build_optimizer(model, config)
     decoder, encoder = optimizer.param_groups
     assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.parameters()}
     assert len(decoder["params"]) + len(encoder["params"]) == len(list(model.parameters()))
-    scheduler = engine.build_scheduler(optimizer, config)
+    scheduler = optim.build_scheduler(optimizer, config)
     rates = []
     for _ in range(config.epochs):
         rates.append((decoder["lr"], encoder["lr"]))
@@ -393,7 +393,7 @@ def test_the_encoder_trains_at_its_scaled_rate_after_a_linear_warm_up(tiny_confi
 
 
 def test_a_cosine_after_the_warm_up_ends_near_zero():
-    factor = engine.LrFactor(warmup=2, epochs=6, cosine=True)
+    factor = optim.LrFactor(warmup=2, epochs=6, cosine=True)
     quarter = 0.5 * math.cos(math.pi / 4)
     expected = [1 / 3, 2 / 3, 1.0, 0.5 + quarter, 0.5, 0.5 - quarter]
     assert [factor(e) for e in range(6)] == pytest.approx(expected)

@@ -129,3 +129,41 @@ def test_the_inference_commands_need_no_ray():
         or (name.split(".")[0] == "tuner" and not name.startswith("tuner.inference"))
     ]
     assert found == []
+
+
+def _module_path(module: str) -> Path | None:
+    path = ROOT / Path(*module.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def _top_level_names(path: Path) -> set[str]:
+    """What a module defines or imports at its top level (and in its top-level blocks)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def test_every_name_imported_from_our_modules_is_there():
+    """A name moved to another module leaves no import behind, in a function's body or a
+    benchmark too (which no fast test runs)."""
+    missing = []
+    for path in sorted(p for package in OURS for p in (ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom) or node.module.split(".")[0] not in OURS:
+                continue
+            source = _module_path(node.module)
+            assert source is not None, f"{path}: imports {node.module}, which is not there"
+            names = _top_level_names(source)
+            for alias in node.names:
+                submodule = _module_path(f"{node.module}.{alias.name}")
+                if alias.name not in names and submodule is None:
+                    missing.append(f"{path.relative_to(ROOT)}: {node.module}.{alias.name}")
+    assert missing == []

@@ -19,7 +19,6 @@ at that threshold, and the selected model's test metrics at the one chosen with 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -27,17 +26,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from results.config import LrSchedule, Optimizer, TrainConfig
+from results.config import TrainConfig
 from results.keys import LOSS
-from trainable.augment import build_augmentation, normalise
+from trainable.augment import normalise
+from trainable.loading import make_train_loader
 from trainable.metrics import PixelStats, best_threshold
 from trainable.model import EncoderState, build_loss, build_model
+from trainable.optim import build_optimizer, build_scheduler
 from trainable.preprocess import BusiArrays
 from trainable.splits import Split
 
@@ -158,73 +158,6 @@ class Precision:
         )
 
 
-class SegmentationSet(torch.utils.data.Dataset):
-    """Training items from the cached arrays: augmented, normalised, (1, S, S) float32."""
-
-    def __init__(self, data: BusiArrays, indices: np.ndarray, config: TrainConfig) -> None:
-        self.data, self.indices, self.seed = data, indices, config.seed
-        self.augmentation = build_augmentation(config)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.__getitems__([i])[0]
-
-    def __getitems__(self, batch: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        # Batched fetch: without augmentation one fancy-indexing copy serves the batch.
-        rows = self.indices[batch]
-        images, masks = self.data.images[rows], self.data.masks[rows]
-        if self.augmentation is not None:
-            # Seeded by the batch itself (the shuffled order differs every epoch): the same
-            # augmentation whichever worker makes the batch, with or without workers, and
-            # after a resume.
-            self.augmentation.set_random_seed(batch_seed(self.seed, batch))
-            pairs = [
-                self.augmentation(image=im, mask=m) for im, m in zip(images, masks, strict=True)
-            ]
-            images = np.stack([p["image"] for p in pairs])
-            masks = np.stack([p["mask"] for p in pairs])
-        images = torch.from_numpy(normalise(images)).unsqueeze(1)
-        masks = torch.from_numpy(masks.astype(np.float32)).unsqueeze(1)
-        return list(zip(images, masks, strict=True))
-
-
-def batch_seed(seed: int, batch: list[int]) -> int:
-    digest = hashlib.blake2b(np.asarray([seed, *batch], dtype=np.int64).tobytes(), digest_size=8)
-    return int.from_bytes(digest.digest(), "little") % 2**32
-
-
-def limit_threads(threads: int) -> None:
-    """Torch's and OpenCV's thread pools to `threads` in this process. Call it before the
-    DataLoader starts its workers: they inherit OpenCV's setting (which ignores
-    OMP_NUM_THREADS and would use every core of the node in every worker; changing it in
-    a forked worker can deadlock), and torch gives each worker one thread itself."""
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-
-
-def make_train_loader(
-    data: BusiArrays, split: Split, config: TrainConfig, num_workers: int
-) -> torch.utils.data.DataLoader:
-    """The training part in a shuffled order that `loader.sampler.generator` alone decides
-    (reseeded every epoch by the trainer): the DataLoader draws its workers' seeds from
-    its own generator once per iterator, which persistent workers make once per trial."""
-    dataset = SegmentationSet(data, split.train, config)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=torch.utils.data.RandomSampler(dataset, generator=torch.Generator()),
-        # BatchNorm cannot train on a batch of one image: such a last batch is dropped
-        # (a different image each epoch, as the order is shuffled).
-        drop_last=len(split.train) % config.batch_size == 1,
-        num_workers=num_workers,
-        # Workers live as long as the loader (the trial), not one epoch.
-        persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
@@ -338,58 +271,6 @@ def score_probabilities(
     for start in range(0, len(probs), batch_size):
         stats.update(probs[start : start + batch_size].numpy(), masks[start : start + batch_size])
     return Evaluation(stats.dice_loss(), stats, (probs > threshold).numpy(), probs)
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """One parameter group at lr; with an encoder learning-rate scale below 1, the
-    encoder's parameters in a second group at lr x scale (the first group, the one logged,
-    stays the decoder's and head's)."""
-    kind = torch.optim.AdamW if config.optimizer is Optimizer.ADAMW else torch.optim.Adam
-    parameters: Any = model.parameters()
-    if config.encoder_lr_scale != 1.0:
-        encoder = {id(p) for p in model.encoder.parameters()}
-        parameters = [
-            {"params": [p for p in model.parameters() if id(p) not in encoder]},
-            {
-                "params": list(model.encoder.parameters()),
-                "lr": config.lr * config.encoder_lr_scale,
-            },
-        ]
-    # On a GPU, one fused kernel updates every parameter (launch-bound steps at batch 8).
-    fused = next(model.parameters()).is_cuda or None
-    return kind(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Stepped once per epoch: linear warm-up over `warmup_epochs`, then constant or a
-    cosine over the remaining epochs; None for the reference's constant rate."""
-    warmup, epochs = config.warmup_epochs, config.epochs
-    cosine = config.lr_schedule is LrSchedule.COSINE
-    if not warmup and not cosine:
-        return None
-    if not warmup:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, LrFactor(warmup, epochs, cosine))
-
-
-@dataclass(frozen=True)
-class LrFactor:
-    """The learning rate's factor at epoch `e` (0-based): (e + 1) / (warmup + 1) while it
-    warms up, then 1, or a cosine from 1 to 0 over the epochs after the warm-up. A class,
-    not a closure: the scheduler's state is saved with the training state."""
-
-    warmup: int
-    epochs: int
-    cosine: bool
-
-    def __call__(self, epoch: int) -> float:
-        if epoch < self.warmup:
-            return (epoch + 1) / (self.warmup + 1)
-        if not self.cosine:
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * (epoch - self.warmup) / (self.epochs - self.warmup)))
 
 
 class Trainer:

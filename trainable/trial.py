@@ -16,7 +16,8 @@ from results.config import TrainConfig
 from results.layout import CONFIG_FILE, METRICS_FILE, SELECTION_FILE, SPLIT_FILE, model_files
 from results.records import save_config
 from trainable.checkpointing import TrialStorage
-from trainable.engine import EpochReport, TrainingState, fit, fit_folds, limit_threads
+from trainable.engine import EpochReport, TrainingState, fit, fit_folds
+from trainable.loading import limit_threads
 from trainable.model import EncoderState
 from trainable.preprocess import SizedData
 from trainable.reporting import Reports, Send

@@ -78,8 +78,9 @@ def heaviest_configs(settings: RunSettings) -> list[TrainConfig]:
 def device_bytes_for(config: TrainConfig) -> tuple[int, int] | None:
     """On a GPU: (bytes the process holds after one training step of `config`, the GPU's
     total); None without CUDA."""
-    from trainable.engine import Precision, build_optimizer
+    from trainable.engine import Precision
     from trainable.model import build_loss, build_model
+    from trainable.optim import build_optimizer
 
     if not torch.cuda.is_available():
         return None
