@@ -15,19 +15,16 @@ from PIL import Image
 
 from results.settings import ConflictPolicy
 from trainable.dataset import DataError, discover, load_sample
-from trainable.integrity import (
+from trainable.duplicates import (
     LINKS_FILE,
-    IntegrityReport,
     ReviewedLinks,
     analysis_image,
-    check_dataset,
     exact_duplicate_groups,
-    format_report,
     frame_conflicts,
     near_duplicate_groups,
     read_links,
-    report_json,
 )
+from trainable.integrity import IntegrityReport, check_dataset, format_report, report_json
 from trainable.preprocess import dataset_fingerprint, load_sized
 from tuner.cli import main
 

@@ -9,7 +9,7 @@ import pytest
 from results import records
 from results.records import DataProvenance, SplitManifest
 from results.settings import ConflictPolicy, SplitPolicy
-from trainable.integrity import LINKS_FILE
+from trainable.duplicates import LINKS_FILE
 from trainable.preprocess import apply_conflicts, load_busi
 from trainable.splits import make_folds, make_split, manifest_of
 

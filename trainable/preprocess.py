@@ -24,7 +24,7 @@ from results import storage
 from results.errors import UserError
 from results.settings import ConflictPolicy
 from trainable.dataset import BusiClass, Sample, data_warnings, discover, read_sample
-from trainable.integrity import (
+from trainable.duplicates import (
     LINKS_FILE,
     Conflict,
     ReviewedLinks,
@@ -52,7 +52,7 @@ class BusiArrays:
     groups: np.ndarray
     # Legal but suspicious data (see dataset.data_warnings), said by `data check` and `run`.
     warnings: tuple[str, ...] = ()
-    # Copies of one frame whose labels or masks contradict (integrity.frame_conflicts).
+    # Copies of one frame whose labels or masks contradict (duplicates.frame_conflicts).
     conflicts: tuple[Conflict, ...] = ()
     # The images `apply_conflicts` left out, by name.
     excluded: tuple[str, ...] = ()

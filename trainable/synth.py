@@ -7,7 +7,7 @@ multiplicative (Rayleigh) speckle; lesions are dark (hypoechoic) blobs, round or
 when benign, irregular and spiculated when malignant. A lesion is 30-50% as bright as the
 tissue around it: a 3-level U-Net (16 channels) trained on 66 such images at 128x128 reached
 a Dice of 0.7-0.9 on 22 others within 12-20 CPU epochs. The tissue varies enough that no two
-images are near-duplicates by `trainable.integrity`, as in a dataset of distinct scans.
+images are near-duplicates by `trainable.duplicates`, as in a dataset of distinct scans.
 """
 
 from __future__ import annotations
