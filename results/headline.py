@@ -44,7 +44,7 @@ def read_final(experiment: Experiment) -> Confirmation | None:
         confirmation_lines(result)
         primary_lines(experiment, result)
         return result
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as error:
         log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
         return None
 

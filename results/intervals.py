@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from results.keys import DICE, DICE_PER_IMAGE, F1, IOU, LOWER_IS_BETTER, PRECISION, RECALL
 
@@ -69,6 +68,8 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
     mean = float(x.mean()) if x.size else math.nan
     if x.size < 2:
         return Interval(mean, math.nan, math.nan, int(x.size))
+    from scipy import stats  # see estimate
+
     half = stats.t.ppf((1 + confidence) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
     return Interval(mean, float(mean - half), float(mean + half), int(x.size), "runs")
 
@@ -229,6 +230,8 @@ def estimate(
     runs = sum(p.runs for p in parts)
     if not math.isfinite(variance):
         return Interval(value, math.nan, math.nan, runs)
+    from scipy import stats  # here: records.Estimate is an Interval, and trials need no scipy
+
     quantile = stats.t.ppf((1 + confidence) / 2, df) if math.isfinite(df) else None
     if quantile is None:
         quantile = stats.norm.ppf((1 + confidence) / 2)

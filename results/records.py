@@ -881,10 +881,11 @@ class ModelCard:
         runtime = body.get("runtime", RUNTIMES[0])  # format 0 without one: torchscript
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r} unknown ({' or '.join(RUNTIMES)})")
-        split = body.get(SPLIT_IMAGES)
-        parts = None
-        if split is not None:
-            parts = {str(part): [str(h) for h in hashes] for part, hashes in split["parts"].items()}
+        try:  # optional: a card without a readable copy of the split still runs
+            split = body[SPLIT_IMAGES]["parts"]
+            parts = {str(part): [str(h) for h in hashes] for part, hashes in split.items()}
+        except (KeyError, TypeError, AttributeError):
+            parts = None
         threshold = body["threshold"]
         if not is_number(threshold):
             raise TypeError("threshold is not a number")

@@ -334,7 +334,7 @@ def _confirmation(path: Path) -> list[str]:
     """confirm.json in words; a damaged one is said so (with a warning), not a crash."""
     try:
         return confirmation_lines(Confirmation.from_text(path.read_bytes(), path))
-    except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSON's are ValueErrors
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         log.warning("%s: damaged (%s); left out of the report", path, type(error).__name__)
         return [
             f"_{CONFIRM_FILE} is damaged or from an older version: run `confirm` again to "

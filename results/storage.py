@@ -42,6 +42,18 @@ def is_remote(location: str | Path) -> bool:
     return "://" in str(location)
 
 
+def shown(location: str | Path) -> str:
+    """A local path as a person reads it, relative to the working folder when it lies under
+    it (`runs/sweep-…`); any other path, and a bucket's URI, as it is."""
+    if is_remote(location):
+        return str(location)
+    path = Path(location)
+    try:
+        return str(path.relative_to(Path.cwd())) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
 def join(location: str | Path, *names: str) -> str:
     return "/".join([str(location).rstrip("/"), *names])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from results import escape, keys
+from results import escape, keys, storage
 from results.compare import COMPARABLE, deltas
 from results.experiment import Experiment, Trial
 from results.headline import assessment, headline, primary_lines
@@ -35,7 +35,8 @@ def format_terminal_table(
     settings = experiment.settings
     kind = "--reference run" if settings.reference_only else f"sweep ({settings.space} space)"
     lines = [
-        f"experiment: {experiment.location} — {kind}; {state_counts(experiment.trials)}",
+        f"experiment: {storage.shown(experiment.location)} — {kind}; "
+        f"{state_counts(experiment.trials)}",
         *protocol_lines(experiment, reference),
         "",
         f"{'':3}{'trial':<24}{'state':<28}{'objective':>10}  searched values",

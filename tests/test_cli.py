@@ -548,3 +548,11 @@ def test_a_readers_warning_is_a_warning_line_as_the_commands_own(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"warning: {damaged}: damaged (" in done.stderr
     assert "WARNING" not in done.stderr
+
+
+def test_a_wrong_choice_lists_the_choices_as_typed(capsys):
+    for argv in (["evaluate", "x", "--tta", "flp"], ["evaluate", "x", "--part", "tst"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    err = capsys.readouterr().err
+    assert "(choose from 'none', 'flip')" in err and "(choose from 'validation', 'test')" in err

@@ -209,3 +209,15 @@ def test_newer_selection_arrays_and_split_files_are_refused(tmp_path):
 def test_every_other_record_refuses_a_newer_format(read):
     with pytest.raises(NewerFormatError, match="format 99, written by a newer busi-tune"):
         read('{"format": 99}', "record.json")
+
+
+def test_a_model_card_without_a_readable_split_copy_still_reads():
+    """The split's hashes are optional: predict then calls every image's part unknown."""
+    card = {"runtime": "onnx", "input": {"size": 32}, "evaluation_size": 64, "threshold": 0.5}
+    for split_images in (None, {"parts": 5}, "garbage"):
+        text = records.ModelCard.to_text("onnx", {**card, records.SPLIT_IMAGES: split_images})
+        read = records.ModelCard.from_text(text, "card.json")
+        assert (read.runtime, read.input_size, read.split_images) == ("onnx", 32, None)
+    hashes = {records.SPLIT_IMAGES: {"parts": {"test": ["ab", "cd"]}}}
+    text = records.ModelCard.to_text("torchscript", {**card, **hashes})
+    assert records.ModelCard.from_text(text, "card.json").split_images == {"test": ["ab", "cd"]}

@@ -582,7 +582,10 @@ def test_a_final_round_that_the_reference_wins_says_so(handmade):
 
 
 def test_a_damaged_final_round_is_a_warning_and_the_sweeps_numbers_stand(handmade, caplog):
-    for damage in ("{not json", json.dumps({"format": 2, "kind": "final", "winner": 1})):
+    made = _final_round(handmade, [("reference", 1, 0.60, 0.80), ("best", 1, 0.70, 0.70)])
+    infinite = made.to_text().replace('"resamples": 10000', '"resamples": Infinity')
+    assert infinite != made.to_text()
+    for damage in ("{not json", json.dumps({"format": 2, "kind": "final", "winner": 1}), infinite):
         (handmade / layout.FINAL_FILE).write_text(damage)
         markdown = write_report(load_experiment(handmade)).markdown.read_text()
         assert "final.json: damaged" in caplog.text

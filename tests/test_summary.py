@@ -12,6 +12,7 @@ from test_inference_errors import TRIAL, make_experiment
 
 from results import layout
 from results.experiment import load_experiment
+from results.tables import format_terminal_table
 from tuner.cli import main
 from tuner.summary import summarise
 
@@ -49,6 +50,7 @@ def test_the_summary_names_an_experiment_under_the_working_folder_relatively(tmp
     assert "optuna study: runs/handmade/handmade.sqlite\n" in summary
     assert summary.endswith("tensorboard: tensorboard --logdir runs/handmade")
     assert str(tmp_path) not in summary
+    assert format_terminal_table(experiment).startswith("experiment: runs/handmade — ")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # not under it: as it is
     summary = summarise(experiment.settings, experiment)

@@ -481,7 +481,7 @@ def _add_evaluate_parser(subparsers) -> None:
     )
     evaluate.add_argument(
         "--part",
-        choices=list(Part),
+        choices=[part.value for part in Part],
         default=Part.TEST.value,
         help="part of the experiment's split (default: %(default)s)",
     )
@@ -499,7 +499,7 @@ def _add_evaluate_parser(subparsers) -> None:
     )
     evaluate.add_argument(
         "--tta",
-        choices=list(Tta),
+        choices=[tta.value for tta in Tta],
         default=Tta.NONE.value,
         help="flip: average with the horizontally flipped pass, as `predict --tta flip` "
         "(default: %(default)s)",
@@ -543,7 +543,7 @@ def _add_predict_parser(subparsers) -> None:
     )
     predict.add_argument(
         "--tta",
-        choices=list(Tta),
+        choices=[tta.value for tta in Tta],
         default=Tta.NONE.value,
         help="flip: average with the horizontally flipped pass (default: %(default)s)",
     )

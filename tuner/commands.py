@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         from trainable.synth import write_synthetic_busi
 
         count = write_synthetic_busi(settings.data, **DEMO_SYNTH)
-        where = console.shown(settings.data)
+        where = storage.shown(settings.data)
         console.say(f"wrote a synthetic BUSI set of {count} images to {where}")
     from tuner.progress import ConsoleLines
 
@@ -215,10 +215,10 @@ def report(args: argparse.Namespace) -> int:
     read_images = functools.partial(load_busi, progress=False)
     paths = write_report(experiment, args.all_test_metrics, read_images)
     console.say(format_terminal_table(experiment))
-    console.say(f"report:  {console.shown(paths.markdown)}")
-    console.say(f"trials:  {console.shown(paths.trials_csv)}")
+    console.say(f"report:  {storage.shown(paths.markdown)}")
+    console.say(f"trials:  {storage.shown(paths.trials_csv)}")
     for plot in paths.plots:
-        console.say(f"plot:    {console.shown(plot)}")
+        console.say(f"plot:    {storage.shown(plot)}")
     if experiment.is_remote:
         console.say(f"copied:  {storage.join(experiment.location, REPORT_DIR)}/")
     return 0
@@ -266,8 +266,8 @@ def confirm(args: argparse.Namespace) -> int:
         storage.upload(path, remote)
         path = remote
     console.say("\n".join(confirmation_lines(result)))
-    console.say(f"\nsaved: {console.shown(path)}")
-    where = shlex.quote(console.shown(experiment.location))
+    console.say(f"\nsaved: {storage.shown(path)}")
+    where = shlex.quote(storage.shown(experiment.location))
     console.say(f"report with it: python -m tuner report {where}")
     return 0
 
@@ -330,8 +330,8 @@ def predict(args: argparse.Namespace) -> int:
     console.say(f"segmented {len(predictions)} images with {model.describe()}")
     if line := prediction.summary(predictions):
         console.say(line)
-    console.say(f"masks, overlays: {console.shown(args.out)}")
-    console.say(f"table:           {console.shown(args.out / prediction.CSV_FILE)}")
+    console.say(f"masks, overlays: {storage.shown(args.out)}")
+    console.say(f"table:           {storage.shown(args.out / prediction.CSV_FILE)}")
     return 0
 
 
@@ -343,8 +343,8 @@ def export(args: argparse.Namespace) -> int:
     experiment = open_experiment(args.dir)
     trial = pick_trial(experiment, args.trial)
     card = export_model(experiment, trial, args.out, args.format)
-    console.say(f"exported {trial.name} ({args.format}): {console.shown(args.out)}")
-    console.say(f"model card: {card}")
+    console.say(f"exported {trial.name} ({args.format}): {storage.shown(args.out)}")
+    console.say(f"model card: {storage.shown(card)}")
     console.say(
         f"use it:     python -m tuner predict {shlex.quote(str(args.out))} --images DIR --out DIR"
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 
 def say(text: str = "") -> None:
@@ -29,7 +28,8 @@ def warn(text: str) -> None:
 
 class _Lowercase(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+        line = f"{record.levelname.lower()}: {record.getMessage()}"
+        return f"{line}\n{self.formatException(record.exc_info)}" if record.exc_info else line
 
 
 def log_to_stderr(verbose: bool) -> None:
@@ -48,16 +48,3 @@ def line(text: str) -> None:
     as its trial ends (also when stdout is a pipe or a file)."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def shown(location: str | Path) -> str:
-    """A local path as a person reads it, relative to the working folder when it lies under
-    it (`runs/sweep-…`); any other path, and a bucket's URI, as it is."""
-    text = str(location)
-    if "://" in text:
-        return text
-    path = Path(text)
-    try:
-        return str(path.relative_to(Path.cwd())) if path.is_absolute() else text
-    except ValueError:
-        return text

@@ -12,12 +12,11 @@ from results.experiment import Experiment
 from results.layout import METRICS_FILE
 from results.settings import RunSettings
 from results.words import state_counts
-from tuner import console
 
 
 def summarise(settings: RunSettings, experiment: Experiment) -> str:
     """`settings`: those the run ran with (the experiment's, where it is now)."""
-    lines = [f"experiment: {console.shown(settings.experiment_dir)}"]
+    lines = [f"experiment: {storage.shown(settings.experiment_dir)}"]
     lines.append(state_counts(experiment.trials))  # the report's words
     for trial in experiment.trials:
         if trial.errored:
@@ -38,11 +37,11 @@ def summarise(settings: RunSettings, experiment: Experiment) -> str:
             lines.append("test metrics at the selected epoch vs the published reference:")
             lines.append(comparison_table(selected.test))
             details = storage.join(settings.experiment_dir, best.name, METRICS_FILE)
-            lines.append(f"details: {console.shown(details)}")
+            lines.append(f"details: {storage.shown(details)}")
     if not settings.reference_only:
-        lines.append(f"optuna study: {console.shown(settings.study_location)}")
+        lines.append(f"optuna study: {storage.shown(settings.study_location)}")
     # Printed commands are shell-quoted, so they can be pasted whatever the name holds.
-    where = shlex.quote(console.shown(settings.experiment_dir))
+    where = shlex.quote(storage.shown(settings.experiment_dir))
     lines.append(f"report:      python -m tuner report {where}")
     lines.append(f"tensorboard: tensorboard --logdir {where}")
     return "\n".join(lines)

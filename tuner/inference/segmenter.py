@@ -140,7 +140,7 @@ def read_card(path: Path) -> ModelCard:
         raise UserError(f"{path}: no model card {card_file.name} beside it; export it again")
     try:
         return ModelCard.from_text(card_file.read_bytes(), card_file)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         raise UserError(
             f"{card_file}: damaged model card ({reason(error)}); export the model again"
         ) from None
