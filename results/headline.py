@@ -49,12 +49,12 @@ def read_final(experiment: Experiment) -> Confirmation | None:
         return None
 
 
-def shown_trial(experiment: Experiment) -> Trial | None:
+def shown_trial(experiment: Experiment, result: Confirmation | None) -> Trial | None:
     """The trial whose test images and curves are drawn: the final round's winner's (its
-    sweep trial), else the best trial; chosen on validation either way."""
-    final = read_final(experiment)
-    if final is not None and final.winner is not None:
-        name = final.winner.trial
+    sweep trial), else the best trial; chosen on validation either way. `result`: the
+    experiment's `assessment`."""
+    if result is not None and result.kind == FINAL and result.winner is not None:
+        name = result.winner.trial
         return next((t for t in experiment.trials if t.name == name), experiment.best)
     return experiment.best
 

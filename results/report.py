@@ -81,6 +81,7 @@ class ReportPaths:
     markdown: Path
     trials_csv: Path
     plots: tuple[Path, ...]
+    assessment: Confirmation | None  # the numbers shown (a bootstrap: worth making once)
 
 
 # --- report.md -----------------------------------------------------------------------
@@ -359,7 +360,7 @@ def write_report(
     for name in PLOT_FILES:
         (directory / name).unlink(missing_ok=True)
     compared = [(row.title, row.test) for row in headline(experiment, result)]
-    shown = shown_trial(experiment)
+    shown = shown_trial(experiment, result)
     # Names from the experiment's files are shown as they are, never read as mathtext.
     with matplotlib.rc_context({"text.parse_math": False}):
         plots = [
@@ -378,7 +379,8 @@ def write_report(
     trials_csv = directory / TRIALS_FILE
     trials_csv.unlink(missing_ok=True)
     write_trials_csv(experiment, reference, trials_csv, all_test_metrics)
-    paths = ReportPaths(directory, markdown, trials_csv, tuple(p.path for p in plots if p.path))
+    shown_plots = tuple(p.path for p in plots if p.path)
+    paths = ReportPaths(directory, markdown, trials_csv, shown_plots, result)
     if experiment.is_remote:  # written on the mirror, kept with the experiment
         for path in (markdown, trials_csv, *paths.plots):
             storage.upload(path, storage.join(experiment.location, REPORT_DIR, path.name))

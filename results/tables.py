@@ -11,6 +11,7 @@ from results.compare import COMPARABLE, deltas
 from results.experiment import Experiment, Trial
 from results.headline import assessment, headline, primary_lines
 from results.keys import LOSS, METRIC_KEYS
+from results.records import Confirmation
 from results.reference import PublishedReference, load_reference
 from results.words import (
     fold_warning,
@@ -26,11 +27,14 @@ TRIALS_CSV_PARAM = "param_"  # trials.csv's column prefix of a searched value
 
 
 def format_terminal_table(
-    experiment: Experiment, reference: PublishedReference | None = None
+    experiment: Experiment,
+    reference: PublishedReference | None = None,
+    result: Confirmation | None = None,
 ) -> str:
     """The trials as text (objective and searched values: no test numbers, the test part
     picks nothing), then the winner's and the reference config's test metrics beside the
-    published ones, and the primary endpoint with its interval."""
+    published ones, and the primary endpoint with its interval. `result`: the experiment's
+    `assessment`, when the caller has made it already (write_report has)."""
     reference = reference or load_reference()
     settings = experiment.settings
     kind = "--reference run" if settings.reference_only else f"sweep ({settings.space} space)"
@@ -48,7 +52,7 @@ def format_terminal_table(
         )
     if warning := fold_warning(experiment):
         lines.append(warning)
-    result = assessment(experiment)
+    result = result or assessment(experiment)
     rows = headline(experiment, result)
     if not rows:
         return "\n".join(lines)

@@ -214,7 +214,7 @@ def report(args: argparse.Namespace) -> int:
     # folder the experiment's settings name.
     read_images = functools.partial(load_busi, progress=False)
     paths = write_report(experiment, args.all_test_metrics, read_images)
-    console.say(format_terminal_table(experiment))
+    console.say(format_terminal_table(experiment, result=paths.assessment))
     console.say(f"report:  {storage.shown(paths.markdown)}")
     console.say(f"trials:  {storage.shown(paths.trials_csv)}")
     for plot in paths.plots:
