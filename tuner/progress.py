@@ -118,9 +118,12 @@ class TrialLines(tune.Callback):
         leader = keys.rank_key(self.best[0], self.mode, _number(self.best[1]))
         return keys.rank_key(value, self.mode, _number(name)) < leader
 
-    def _line(self, trial, state: str, value: float | None) -> None:
+    def _line(self, trial, errored: bool) -> None:
         self.ended = (self.ended or 0) + 1
-        self.eta.trial_ended(trial.trial_id, _epochs(trial))
+        epochs = _epochs(trial)
+        self.eta.trial_ended(trial.trial_id, epochs)
+        state = trial_state(errored, epochs, self.budget).at(epochs)
+        value = None if errored else (trial.last_result or {}).get(self.metric)
         name = self.namer(trial)
         if value is not None and self._better(value, name):
             self.best = (value, name)
@@ -135,11 +138,10 @@ class TrialLines(tune.Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        state = trial_state(False, _epochs(trial), self.budget).at(_epochs(trial))
-        self._line(trial, state, (trial.last_result or {}).get(self.metric))
+        self._line(trial, errored=False)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._line(trial, trial_state(True, _epochs(trial), self.budget).at(_epochs(trial)), None)
+        self._line(trial, errored=True)
 
 
 def _number(name: str) -> int:
