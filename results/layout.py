@@ -65,6 +65,9 @@ PLOT_FILES = (
     PARALLEL_PLOT,
     EXAMPLES_PLOT,
 )
+# What `export` writes: the model's runtimes (the first is the default), each with its model
+# card <out>.json beside it (whose "runtime" names it).
+EXPORT_FORMATS = ("torchscript", "onnx")
 # Tune's own: its experiment state, which --resume needs, its run snapshots and its
 # checkpoint folders inside a trial's.
 TUNE_STATE_FILE = "tuner.pkl"

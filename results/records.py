@@ -28,7 +28,7 @@ from results.compare import COMPARED
 from results.config import TrainConfig
 from results.errors import UserError
 from results.intervals import Interval
-from results.layout import METRICS_FILE
+from results.layout import EXPORT_FORMATS, METRICS_FILE
 from results.settings import RunSettings, Scheduler, SplitPolicy
 
 FORMAT = "format"
@@ -845,7 +845,6 @@ class Confirmation:
         )
 
 
-RUNTIMES = ("torchscript", "onnx")
 SPLIT_IMAGES = "split_images"  # the card's copy of the split, as content hashes
 
 
@@ -855,7 +854,7 @@ class ModelCard:
     `predict` needs to run the file alone, read from the card as written; the rest
     (config, split, metrics, software) is for people and other programs."""
 
-    runtime: str  # RUNTIMES
+    runtime: str  # one of layout.EXPORT_FORMATS
     trial: str | None  # the trial it was exported from
     input_size: int
     evaluation_size: int
@@ -878,9 +877,9 @@ class ModelCard:
         if isinstance(raw, dict) and isinstance(raw.get(FORMAT), str):  # format 0
             raw = {**raw, FORMAT: 0, "runtime": raw[FORMAT]}
         _, body = unstamped(raw, MODEL_CARD_FORMAT, path)
-        runtime = body.get("runtime", RUNTIMES[0])  # format 0 without one: torchscript
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime {runtime!r} unknown ({' or '.join(RUNTIMES)})")
+        runtime = body.get("runtime", EXPORT_FORMATS[0])  # format 0 without one: torchscript
+        if runtime not in EXPORT_FORMATS:
+            raise ValueError(f"runtime {runtime!r} unknown ({' or '.join(EXPORT_FORMATS)})")
         try:  # optional: a card without a readable copy of the split still runs
             split = body[SPLIT_IMAGES]["parts"]
             parts = {str(part): [str(h) for h in hashes] for part, hashes in split.items()}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from results.config import TrainConfig
 from results.errors import UserError
+from results.layout import EXPORT_FORMATS
 from results.settings import (
     CPUS_PER_GPU_TRIAL,
     GPU_FINAL_SEEDS,
@@ -34,7 +35,6 @@ from tuner.commands import AUTO, DEMO
 from tuner.inference import (
     ENSEMBLE,
     EVALUATE_BATCH_SIZE,
-    EXPORT_FORMATS,
     PREDICT_BATCH_SIZE,
     Part,
     Tta,

@@ -26,4 +26,3 @@ class Tta(enum.StrEnum):
 ENSEMBLE = 1  # trials whose probabilities are averaged: the best alone
 EVALUATE_BATCH_SIZE = 16
 PREDICT_BATCH_SIZE = 8
-EXPORT_FORMATS = ("torchscript", "onnx")  # the first is the default

@@ -17,12 +17,11 @@ from torch import nn
 from results import storage
 from results.errors import DamagedRecord, UserError
 from results.experiment import Experiment, Trial
-from results.layout import METRICS_FILE, SPLIT_FILE
+from results.layout import EXPORT_FORMATS, METRICS_FILE, SPLIT_FILE
 from results.records import SPLIT_IMAGES, ModelCard, SplitManifest
 from results.reference import load_reference
 from trainable.augment import GREY_MEAN, GREY_STD
 from trainable.preprocess import resize_rule
-from tuner.inference import EXPORT_FORMATS
 from tuner.inference.model import load_tuned_model, trial_threshold
 from tuner.inference.predict import split_images
 from tuner.inference.segmenter import card_path
