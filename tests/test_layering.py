@@ -139,15 +139,22 @@ def _module_path(module: str) -> Path | None:
 
 
 def _top_level_names(path: Path) -> set[str]:
-    """What a module defines or imports at its top level (and in its top-level blocks)."""
+    """What a module defines or imports at its top level (and in its top-level if/try
+    blocks): not a name bound inside a function or class."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    pending = list(ast.parse(path.read_text(), str(path)).body)
+    while pending:
+        node = pending.pop()
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(node.name)
         elif isinstance(node, ast.Import | ast.ImportFrom):
             names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.If | ast.Try):
+            pending += [*node.body, *node.orelse, *getattr(node, "finalbody", [])]
+            pending += [s for handler in getattr(node, "handlers", []) for s in handler.body]
     return names
 
 
